@@ -1,0 +1,80 @@
+/*
+ * catalog.h - the cluster map: nodes, streams, views and their shard placements, versioned by
+ * an epoch. The coordinator owns the authoritative copy and publishes it to every node as an
+ * encoded blob; each node decodes it into an immutable tally_catalog that readers share.
+ */
+#ifndef TALLY_CATALOG_H
+#define TALLY_CATALOG_H
+
+#include "tally/sql.h"
+
+typedef enum tally_node_state {
+	TALLY_NODE_UP = 0,
+	TALLY_NODE_DOWN = 1,
+} tally_node_state;
+
+typedef struct tally_node_info {
+	uint32_t id; /* 1.. ; the coordinator itself is not a member node */
+	char name[TALLY_NAME_MAX];
+	char data_addr[128]; /* "tcp://127.0.0.1:40123" */
+	char sql_addr[128];  /* "127.0.0.1:6433" */
+	uint8_t state;       /* tally_node_state */
+	uint64_t incarnation;
+	int64_t last_heartbeat_us; /* wall clock, 0 = never */
+} tally_node_info;
+
+typedef struct tally_stream_info {
+	uint64_t id;
+	char name[TALLY_NAME_MAX];
+	int ncols; /* user columns; arrival_timestamp is implicit and not listed */
+	tally_column *cols;
+} tally_stream_info;
+
+typedef struct tally_view_info {
+	uint64_t id;
+	char name[TALLY_NAME_MAX];
+	char stream[TALLY_NAME_MAX];
+	char *query_text; /* "SELECT ...", re-analyzed by every node */
+	int num_shards;
+	int num_replicas;
+	int sharding_policy; /* tally_sharding_policy */
+	uint32_t *primary;   /* [num_shards] node ids */
+	uint32_t *replicas;  /* [num_shards * num_replicas] node ids */
+} tally_view_info;
+
+typedef struct tally_catalog {
+	uint64_t epoch;
+	uint64_t next_id; /* next stream/view id */
+	int nnodes;
+	tally_node_info *nodes;
+	int nstreams;
+	tally_stream_info *streams;
+	int nviews;
+	tally_view_info *views;
+} tally_catalog;
+
+/* Encode c (big-endian, versioned) into b. */
+void tally_catalog_encode(const tally_catalog *c, tally_buf *b);
+/* Decode an encoded catalog into a fresh heap object. Rejects truncated, trailing or
+ * inconsistent data (counts beyond limits, placements naming unknown nodes). */
+int tally_catalog_decode(const void *p, size_t n, tally_catalog **out);
+tally_catalog *tally_catalog_clone(const tally_catalog *c);
+void tally_catalog_free(tally_catalog *c);
+
+const tally_node_info *tally_catalog_node(const tally_catalog *c, uint32_t id);
+const tally_node_info *tally_catalog_node_by_name(const tally_catalog *c, const char *name);
+const tally_stream_info *tally_catalog_stream(const tally_catalog *c, const char *name);
+const tally_view_info *tally_catalog_view(const tally_catalog *c, const char *name);
+const tally_view_info *tally_catalog_view_by_id(const tally_catalog *c, uint64_t id);
+
+/* Mutators used by the coordinator on its private copy (names are case-sensitive, already
+ * normalised by the parser). They take ownership of nothing; arrays are copied. */
+int tally_catalog_add_stream(tally_catalog *c, const char *name, int ncols,
+			     const tally_column *cols, tally_err *err);
+int tally_catalog_drop_stream(tally_catalog *c, const char *name); /* views too */
+int tally_catalog_add_view(tally_catalog *c, const tally_view_info *v, tally_err *err);
+int tally_catalog_drop_view(tally_catalog *c, const char *name);
+/* Add or update a node by name; returns its id. */
+uint32_t tally_catalog_upsert_node(tally_catalog *c, const tally_node_info *n);
+
+#endif
