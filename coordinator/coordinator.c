@@ -1,4 +1,461 @@
-/* coordinator.c - coordinator node runtime (filled in below). */
-#include "tally/core.h"
-int tally_coordinator_placeholder(void);
-int tally_coordinator_placeholder(void) { return 0; }
+/*
+ * coordinator.c - the coordinator node. It owns the authoritative catalog (nodes, streams,
+ * views, placements) under one mutex; every change bumps the epoch and is published to every
+ * live worker (MAP_PUSH) before the change is acknowledged, so a DDL statement that returned
+ * is visible at every node. Workers register (REGISTER) and heartbeat (HEARTBEAT); the failure
+ * detector marks a worker down after pipeline_cluster.failure_timeout of silence and publishes
+ * that too. The coordinator is also a full SQL endpoint (an origin for ingest and a reader).
+ */
+#include "coordinator.h"
+#include "tally/ring.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+struct tally_coord {
+	tally_node node;
+	pthread_mutex_t mu; /* guards cat */
+	tally_catalog *cat;
+	pthread_t fd_thread;
+	pthread_mutex_t stop_mu;
+	pthread_cond_t stop_cv;
+	bool stopping;
+};
+
+/* Publish the catalog (caller holds c->mu and has bumped the epoch): install it locally and
+ * push it to every live worker, waiting for their acknowledgements (bounded). */
+static void publish_locked(tally_coord *c, uint32_t skip_node)
+{
+	tally_node *n = &c->node;
+	tally_node_install_map(n, tally_catalog_clone(c->cat));
+	tally_buf enc = {0};
+	tally_catalog_encode(c->cat, &enc);
+	tally_rpc_call *calls = tally_xcalloc((size_t)c->cat->nnodes + 1, sizeof *calls);
+	int nc = 0;
+	for (int i = 0; i < c->cat->nnodes; i++) {
+		const tally_node_info *ni = &c->cat->nodes[i];
+		if (ni->state != TALLY_NODE_UP || ni->id == skip_node)
+			continue;
+		tally_msg_begin(&calls[nc].req, TALLY_MSG_MAP_PUSH, tally_node_next_req(n), c->cat->epoch);
+		tally_buf_put_str(&calls[nc].req, (const char *)enc.data, (uint32_t)enc.len);
+		tally_msg_end(&calls[nc].req);
+		calls[nc].addr = ni->data_addr;
+		calls[nc].peer = ni->name;
+		nc++;
+	}
+	tally_rpc_call_many(n->rpc, calls, nc, 2000);
+	for (int i = 0; i < nc; i++) {
+		if (calls[i].rc != 0)
+			tally_log_warn("could not publish map epoch %llu to %s: %s",
+				       (unsigned long long)c->cat->epoch, calls[i].peer, calls[i].errmsg);
+		tally_buf_free(&calls[i].req);
+	}
+	tally_rpc_calls_done(calls, nc);
+	free(calls);
+	tally_buf_free(&enc);
+}
+
+static void put_catalog(tally_buf *b, const tally_catalog *cat)
+{
+	tally_buf enc = {0};
+	tally_catalog_encode(cat, &enc);
+	tally_buf_put_str(b, (const char *)enc.data, (uint32_t)enc.len);
+	tally_buf_free(&enc);
+}
+
+/* ---- DDL ------------------------------------------------------------------------------------- */
+
+static int members(const tally_catalog *cat, tally_ring_member *m)
+{
+	for (int i = 0; i < cat->nnodes; i++) {
+		m[i].id = cat->nodes[i].id;
+		m[i].name = cat->nodes[i].name;
+		m[i].weight = 1;
+	}
+	return cat->nnodes;
+}
+
+static int ddl_create_view(tally_coord *c, const tally_stmt *st, char *notice, size_t noticesz,
+			   tally_err *err)
+{
+	tally_catalog *cat = c->cat;
+	const char *name = st->u.create_view.name;
+	if (tally_catalog_view(cat, name) || tally_catalog_stream(cat, name)) {
+		if (st->u.create_view.if_not_exists && tally_catalog_view(cat, name)) {
+			snprintf(notice, noticesz, "relation \"%s\" already exists, skipping", name);
+			return 1;
+		}
+		return tally_err_set(err, TALLY_SQLSTATE_DUPLICATE_TABLE, "relation \"%s\" already exists", name);
+	}
+	const char *stream = st->u.create_view.stream;
+	const tally_stream_info *si = stream ? tally_catalog_stream(cat, stream) : NULL;
+	if (!si) {
+		if (stream && tally_catalog_view(cat, stream))
+			return tally_err_set(err, TALLY_SQLSTATE_WRONG_OBJECT_TYPE,
+					     "continuous view \"%s\" must read from a stream, and \"%s\" is a view",
+					     name, stream);
+		return tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE, "stream \"%s\" does not exist",
+				     stream ? stream : "?");
+	}
+	/* Analyze here so that errors reach the user now, not at every node later. */
+	tally_arena a = {0};
+	tally_column *cols = tally_arena_alloc(&a, (size_t)(si->ncols + 1) * sizeof *cols);
+	memcpy(cols, si->cols, (size_t)si->ncols * sizeof *cols);
+	memset(&cols[si->ncols], 0, sizeof *cols);
+	tally_strlcpy(cols[si->ncols].name, "arrival_timestamp", TALLY_NAME_MAX);
+	cols[si->ncols].type = TALLY_T_TIMESTAMPTZ;
+	tally_relation rel = {.name = si->name, .ncols = si->ncols + 1, .cols = cols};
+	tally_view_plan *plan;
+	int rc = tally_view_analyze(st->u.create_view.query, &rel, &a, &plan, err);
+	tally_arena_free(&a);
+	if (rc != 0)
+		return -1;
+	int nworkers = cat->nnodes;
+	if (nworkers == 0)
+		return tally_err_set(err, TALLY_SQLSTATE_INSUFFICIENT_RESOURCES,
+				     "cannot create continuous view \"%s\": the cluster has no worker nodes", name);
+	int nshards = tally_ring_num_shards(st->u.create_view.num_shards, st->u.create_view.shard_factor, nworkers);
+	int nrep = st->u.create_view.num_replicas;
+	if (nrep < 0) {
+		nrep = (int)strtol(c->node.cfg.defaults.v[TALLY_SET_NUM_REPLICAS], NULL, 10);
+		if (nrep > nworkers - 1)
+			nrep = nworkers - 1; /* the default adapts to small clusters */
+	}
+	tally_view_info v;
+	memset(&v, 0, sizeof v);
+	tally_strlcpy(v.name, name, sizeof v.name);
+	tally_strlcpy(v.stream, si->name, sizeof v.stream);
+	v.query_text = (char *)st->u.create_view.query_text;
+	v.num_shards = nshards;
+	v.num_replicas = nrep;
+	v.sharding_policy = st->u.create_view.sharding_policy < 0 ? TALLY_POLICY_READ_OPTIMIZED
+								   : st->u.create_view.sharding_policy;
+	v.primary = tally_xcalloc((size_t)nshards, sizeof *v.primary);
+	v.replicas = tally_xcalloc((size_t)nshards * (size_t)(nrep ? nrep : 1), sizeof *v.replicas);
+	tally_ring_member *mem = tally_xcalloc((size_t)nworkers, sizeof *mem);
+	members(cat, mem);
+	rc = tally_ring_place(mem, nworkers, name, nshards, nrep, 0, v.primary, v.replicas, err);
+	if (rc == 0)
+		rc = tally_catalog_add_view(cat, &v, err);
+	free(mem);
+	free(v.primary);
+	free(v.replicas);
+	return rc;
+}
+
+static int ddl_locked(tally_coord *c, const char *sql, char *tag, size_t tagsz, char *notice,
+		      size_t noticesz, tally_err *err)
+{
+	tally_arena a = {0};
+	tally_stmt *st;
+	int n, rc = -1;
+	notice[0] = 0;
+	if (tally_sql_parse(sql, &a, &st, &n, err) != 0)
+		goto out;
+	if (n != 1) {
+		tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "expected one DDL statement, got %d", n);
+		goto out;
+	}
+	tally_catalog *cat = c->cat;
+	int changed = 0;
+	switch (st->kind) {
+	case TALLY_STMT_CREATE_STREAM: {
+		const char *name = st->u.create_stream.name;
+		tally_strlcpy(tag, st->u.create_stream.foreign_table ? "CREATE FOREIGN TABLE" : "CREATE STREAM", tagsz);
+		if ((tally_catalog_stream(cat, name) || tally_catalog_view(cat, name)) &&
+		    st->u.create_stream.if_not_exists) {
+			snprintf(notice, noticesz, "relation \"%s\" already exists, skipping", name);
+			break;
+		}
+		if (tally_catalog_add_stream(cat, name, st->u.create_stream.ncols, st->u.create_stream.cols, err) != 0)
+			goto out;
+		changed = 1;
+		break;
+	}
+	case TALLY_STMT_DROP_STREAM: {
+		const char *name = st->u.drop.name;
+		tally_strlcpy(tag, "DROP STREAM", tagsz);
+		if (!tally_catalog_stream(cat, name)) {
+			if (st->u.drop.if_exists) {
+				snprintf(notice, noticesz, "stream \"%s\" does not exist, skipping", name);
+				break;
+			}
+			if (tally_catalog_view(cat, name)) {
+				tally_err_set(err, TALLY_SQLSTATE_WRONG_OBJECT_TYPE, "\"%s\" is not a stream", name);
+				tally_err_hint(err, "Use DROP CONTINUOUS VIEW to remove a continuous view.");
+				goto out;
+			}
+			tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE, "stream \"%s\" does not exist", name);
+			goto out;
+		}
+		if (!st->u.drop.cascade) {
+			for (int i = 0; i < cat->nviews; i++) {
+				if (strcmp(cat->views[i].stream, name) == 0) {
+					tally_err_set(err, "2BP01", "cannot drop stream %s because other objects depend on it", name);
+					tally_err_detail(err, "continuous view %s depends on stream %s", cat->views[i].name, name);
+					tally_err_hint(err, "Use DROP ... CASCADE to drop the dependent objects too.");
+					goto out;
+				}
+			}
+		}
+		tally_catalog_drop_stream(cat, name);
+		changed = 1;
+		break;
+	}
+	case TALLY_STMT_CREATE_VIEW: {
+		tally_strlcpy(tag, strncasecmp(st->text, "create view", 11) == 0 ? "CREATE VIEW" : "CREATE CONTINUOUS VIEW", tagsz);
+		int r = ddl_create_view(c, st, notice, noticesz, err);
+		if (r < 0)
+			goto out;
+		changed = r == 0;
+		break;
+	}
+	case TALLY_STMT_DROP_VIEW: {
+		const char *name = st->u.drop.name;
+		const char *p = st->text;
+		while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+			p++;
+		tally_strlcpy(tag, strncasecmp(p, "drop view", 9) == 0 ? "DROP VIEW" : "DROP CONTINUOUS VIEW", tagsz);
+		if (!tally_catalog_view(cat, name)) {
+			if (st->u.drop.if_exists) {
+				snprintf(notice, noticesz, "continuous view \"%s\" does not exist, skipping", name);
+				break;
+			}
+			if (tally_catalog_stream(cat, name)) {
+				tally_err_set(err, TALLY_SQLSTATE_WRONG_OBJECT_TYPE, "\"%s\" is not a continuous view", name);
+				tally_err_hint(err, "Use DROP STREAM to remove a stream.");
+				goto out;
+			}
+			tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE, "continuous view \"%s\" does not exist", name);
+			goto out;
+		}
+		tally_catalog_drop_view(cat, name);
+		changed = 1;
+		break;
+	}
+	default:
+		tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "not a DDL statement");
+		goto out;
+	}
+	if (changed) {
+		cat->epoch++;
+		publish_locked(c, 0);
+	}
+	rc = 0;
+out:
+	tally_arena_free(&a);
+	return rc;
+}
+
+static int coord_ddl(tally_node *n, const char *sql, char *tag, size_t tagsz, tally_err *notice,
+		     tally_err *err)
+{
+	tally_coord *c = n->role.ctx;
+	char nt[512];
+	pthread_mutex_lock(&c->mu);
+	int rc = ddl_locked(c, sql, tag, tagsz, nt, sizeof nt, err);
+	pthread_mutex_unlock(&c->mu);
+	if (rc == 0 && nt[0] && notice) {
+		tally_err_set(notice, "00000", "%s", nt);
+		notice->severity = TALLY_SEV_NOTICE;
+	}
+	return rc;
+}
+
+/* ---- requests ------------------------------------------------------------------------------- */
+
+static void handle_register(tally_coord *c, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)
+{
+	tally_msg_register m;
+	if (tally_msg_get_register(r, &m) != 0 || tally_msg_done(r) != 0) {
+		tally_rpc_reply_error(reply, h->req_id, 0, TALLY_SQLSTATE_PROTOCOL, "malformed REGISTER");
+		return;
+	}
+	pthread_mutex_lock(&c->mu);
+	tally_node_info ni;
+	memset(&ni, 0, sizeof ni);
+	tally_strlcpy(ni.name, m.name, sizeof ni.name);
+	tally_strlcpy(ni.data_addr, m.data_addr, sizeof ni.data_addr);
+	tally_strlcpy(ni.sql_addr, m.sql_addr, sizeof ni.sql_addr);
+	ni.state = TALLY_NODE_UP;
+	ni.incarnation = m.incarnation;
+	ni.last_heartbeat_us = tally_now_us();
+	uint32_t id = tally_catalog_upsert_node(c->cat, &ni);
+	c->cat->epoch++;
+	tally_log_info("node %s registered as %u at %s (sql %s)", m.name, id, m.data_addr, m.sql_addr);
+	publish_locked(c, id);
+	tally_msg_begin(reply, TALLY_MSG_REGISTER_OK, h->req_id, c->cat->epoch);
+	tally_buf_put_u32(reply, id);
+	put_catalog(reply, c->cat);
+	tally_msg_end(reply);
+	pthread_mutex_unlock(&c->mu);
+}
+
+static void handle_heartbeat(tally_coord *c, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)
+{
+	tally_msg_heartbeat hb;
+	if (tally_msg_get_heartbeat(r, &hb) != 0 || tally_msg_done(r) != 0) {
+		tally_rpc_reply_error(reply, h->req_id, 0, TALLY_SQLSTATE_PROTOCOL, "malformed HEARTBEAT");
+		return;
+	}
+	pthread_mutex_lock(&c->mu);
+	tally_node_info *ni = NULL;
+	for (int i = 0; i < c->cat->nnodes; i++)
+		if (c->cat->nodes[i].id == hb.node_id)
+			ni = &c->cat->nodes[i];
+	if (!ni || ni->incarnation != hb.incarnation) {
+		tally_rpc_reply_error(reply, h->req_id, c->cat->epoch, TALLY_SQLSTATE_UNDEFINED_OBJECT,
+				      "unknown node %u", hb.node_id);
+		pthread_mutex_unlock(&c->mu);
+		return;
+	}
+	ni->last_heartbeat_us = tally_now_us();
+	if (ni->state != TALLY_NODE_UP) {
+		ni->state = TALLY_NODE_UP;
+		c->cat->epoch++;
+		tally_log_info("node %s is up again", ni->name);
+		publish_locked(c, hb.node_id);
+	}
+	tally_msg_begin(reply, TALLY_MSG_HEARTBEAT_OK, h->req_id, c->cat->epoch);
+	tally_buf_put_u64(reply, c->cat->epoch);
+	if (hb.known_epoch < c->cat->epoch) {
+		tally_buf_putc(reply, 1);
+		put_catalog(reply, c->cat);
+	} else {
+		tally_buf_putc(reply, 0);
+	}
+	tally_msg_end(reply);
+	pthread_mutex_unlock(&c->mu);
+}
+
+static void handle_ddl(tally_coord *c, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)
+{
+	const uint8_t *p;
+	uint32_t len;
+	if (tally_rd_str(r, &p, &len, TALLY_MSG_MAX) != 0 || tally_msg_done(r) != 0) {
+		tally_rpc_reply_error(reply, h->req_id, 0, TALLY_SQLSTATE_PROTOCOL, "malformed DDL");
+		return;
+	}
+	char *sql = tally_xmalloc(len + 1);
+	memcpy(sql, p, len);
+	sql[len] = 0;
+	char tag[64] = "", notice[512] = "";
+	tally_err err;
+	tally_err_clear(&err);
+	pthread_mutex_lock(&c->mu);
+	int rc = ddl_locked(c, sql, tag, sizeof tag, notice, sizeof notice, &err);
+	tally_msg_begin(reply, TALLY_MSG_DDL_OK, h->req_id, c->cat->epoch);
+	tally_ddl_reply_put(reply, tag, notice, c->cat, rc == 0 ? NULL : &err);
+	tally_msg_end(reply);
+	pthread_mutex_unlock(&c->mu);
+	free(sql);
+}
+
+static void coord_handle(tally_node *n, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)
+{
+	tally_coord *c = n->role.ctx;
+	switch (h->type) {
+	case TALLY_MSG_REGISTER:
+		handle_register(c, h, r, reply);
+		break;
+	case TALLY_MSG_HEARTBEAT:
+		handle_heartbeat(c, h, r, reply);
+		break;
+	case TALLY_MSG_DDL:
+		handle_ddl(c, h, r, reply);
+		break;
+	case TALLY_MSG_GET_MAP:
+		pthread_mutex_lock(&c->mu);
+		tally_msg_begin(reply, TALLY_MSG_MAP, h->req_id, c->cat->epoch);
+		put_catalog(reply, c->cat);
+		tally_msg_end(reply);
+		pthread_mutex_unlock(&c->mu);
+		break;
+	default:
+		break;
+	}
+}
+
+/* ---- failure detector ------------------------------------------------------------------------ */
+
+static void *fd_main(void *arg)
+{
+	tally_coord *c = arg;
+	pthread_mutex_lock(&c->stop_mu);
+	while (!c->stopping) {
+		pthread_mutex_unlock(&c->stop_mu);
+		int64_t timeout_us = tally_settings_ms(&c->node.cfg.defaults, TALLY_SET_FAILURE_TIMEOUT) * 1000;
+		int64_t now = tally_now_us();
+		pthread_mutex_lock(&c->mu);
+		bool changed = false;
+		for (int i = 0; i < c->cat->nnodes; i++) {
+			tally_node_info *ni = &c->cat->nodes[i];
+			if (ni->state == TALLY_NODE_UP && now - ni->last_heartbeat_us > timeout_us) {
+				ni->state = TALLY_NODE_DOWN;
+				changed = true;
+				tally_log_warn("node %s is down: no heartbeat for %lld ms", ni->name,
+					       (long long)((now - ni->last_heartbeat_us) / 1000));
+			}
+		}
+		if (changed) {
+			c->cat->epoch++;
+			publish_locked(c, 0);
+		}
+		pthread_mutex_unlock(&c->mu);
+		pthread_mutex_lock(&c->stop_mu);
+		if (c->stopping)
+			break;
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 100 * 1000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&c->stop_cv, &c->stop_mu, &ts);
+	}
+	pthread_mutex_unlock(&c->stop_mu);
+	return NULL;
+}
+
+int tally_coord_start(tally_coord **out, const tally_node_config *cfg)
+{
+	tally_coord *c = tally_xcalloc(1, sizeof *c);
+	pthread_mutex_init(&c->mu, NULL);
+	pthread_mutex_init(&c->stop_mu, NULL);
+	pthread_cond_init(&c->stop_cv, NULL);
+	c->cat = tally_xcalloc(1, sizeof *c->cat);
+	c->cat->epoch = 1;
+	c->cat->next_id = 1;
+	tally_node_role role = {.ddl = coord_ddl, .handle = coord_handle, .ctx = c};
+	if (tally_node_open(&c->node, cfg, &role) != 0) {
+		tally_node_close(&c->node);
+		tally_catalog_free(c->cat);
+		free(c);
+		return -1;
+	}
+	pthread_mutex_lock(&c->mu);
+	tally_node_install_map(&c->node, tally_catalog_clone(c->cat));
+	pthread_mutex_unlock(&c->mu);
+	if (tally_node_write_ready(&c->node) != 0) {
+		tally_node_close(&c->node);
+		tally_catalog_free(c->cat);
+		free(c);
+		return -1;
+	}
+	pthread_create(&c->fd_thread, NULL, fd_main, c);
+	*out = c;
+	return 0;
+}
+
+void tally_coord_stop(tally_coord *c)
+{
+	pthread_mutex_lock(&c->stop_mu);
+	c->stopping = true;
+	pthread_cond_broadcast(&c->stop_cv);
+	pthread_mutex_unlock(&c->stop_mu);
+	pthread_join(c->fd_thread, NULL);
+	tally_node_close(&c->node);
+	tally_catalog_free(c->cat);
+	free(c);
+}

@@ -1,1 +1,684 @@
-int main(void) { return 0; }
+/*
+ * tally_bench.c - load and read benchmarks against a running tally cluster over libpq.
+ *
+ *   ingest: N connections COPY pre-generated rows (k integer, v double precision) into a
+ *           stream feeding one continuous view (count, sum, avg per k), then check that the
+ *           view counted exactly the events sent;
+ *   select: a view with G groups (filled by one COPY) read with SELECT * Q times; latency
+ *           percentiles;
+ *   all:    ingest, select 1000 groups and select 100000 groups, as a markdown table.
+ *
+ * Every run ends with one JSON line (for docs/benchmarks.md). The client generates its COPY
+ * text once per connection up front so that the measured time is the cluster's, not ours.
+ */
+#include "tally/core.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BENCH_CHUNK (256 * 1024) /* bytes per PQputCopyData */
+#define BENCH_MAX_CONNECTIONS 256
+#define BENCH_VERIFY_WAIT_US (10 * 1000000LL)
+
+typedef struct bench_opts {
+	const char *host;
+	int port;
+	int connections;
+	long long events;
+	int groups;
+	int batch;
+	int queries;
+	const char *prefix;
+	bool groups_set;
+} bench_opts;
+
+typedef struct bench_ingest_result {
+	long long events;
+	double seconds;
+	double events_per_s;
+	double mb_per_s;
+	long long counted;
+	bool ok;
+} bench_ingest_result;
+
+typedef struct bench_select_result {
+	int groups;
+	int queries;
+	double p50_ms, p99_ms, max_ms, mean_ms;
+	long long rows;
+	bool ok;
+} bench_select_result;
+
+/* ---- helpers ------------------------------------------------------------------------------- */
+
+static uint64_t bench_rand(uint64_t *s)
+{
+	/* splitmix64: fast, good enough spread for keys and values */
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static PGconn *bench_connect(const bench_opts *o)
+{
+	char ci[512];
+	snprintf(ci, sizeof ci,
+		 "host=%s port=%d user=tally dbname=tally application_name=tally-bench "
+		 "connect_timeout=10",
+		 o->host, o->port);
+	PGconn *c = PQconnectdb(ci);
+	if (PQstatus(c) != CONNECTION_OK) {
+		fprintf(stderr, "tally-bench: could not connect to %s:%d: %s", o->host, o->port,
+			PQerrorMessage(c));
+		PQfinish(c);
+		return NULL;
+	}
+	return c;
+}
+
+/* Run a statement that returns no rows; print the error and return -1 on failure. */
+static int bench_exec(PGconn *c, const char *sql)
+{
+	PGresult *r = PQexec(c, sql);
+	ExecStatusType st = PQresultStatus(r);
+	if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+		fprintf(stderr, "tally-bench: %s\n  failed: %s", sql, PQresultErrorMessage(r));
+		PQclear(r);
+		return -1;
+	}
+	PQclear(r);
+	return 0;
+}
+
+/* Drop then create stream <name>_s and view <name>_v (count, sum, avg of v per k). */
+static int bench_create(PGconn *c, const char *name)
+{
+	char sql[512];
+	snprintf(sql, sizeof sql, "DROP CONTINUOUS VIEW IF EXISTS %s_v", name);
+	if (bench_exec(c, sql))
+		return -1;
+	snprintf(sql, sizeof sql, "DROP STREAM IF EXISTS %s_s", name);
+	if (bench_exec(c, sql))
+		return -1;
+	snprintf(sql, sizeof sql, "CREATE STREAM %s_s (k integer, v double precision)", name);
+	if (bench_exec(c, sql))
+		return -1;
+	snprintf(sql, sizeof sql,
+		 "CREATE CONTINUOUS VIEW %s_v AS SELECT k, count(*), sum(v), avg(v) FROM %s_s "
+		 "GROUP BY k",
+		 name, name);
+	return bench_exec(c, sql);
+}
+
+/* Append one row "k\tv\n" with v = random, 2 decimals. */
+static void bench_row(tally_buf *b, long long k, uint64_t *seed)
+{
+	char row[48];
+	uint64_t r = bench_rand(seed) % 100000;
+	int n = snprintf(row, sizeof row, "%lld\t%llu.%02llu\n", k, (unsigned long long)(r / 100),
+			 (unsigned long long)(r % 100));
+	tally_buf_append(b, row, (size_t)n);
+}
+
+/* COPY the first `rows` rows of data (len bytes, rows end in '\n') into stream; chunks are cut
+ * at row ends. Returns the server's row count, or -1 (err filled). */
+static long long bench_copy(PGconn *c, const char *stream, const uint8_t *data, size_t len,
+			    char *err, size_t errsz)
+{
+	char sql[256];
+	snprintf(sql, sizeof sql, "COPY %s (k, v) FROM STDIN", stream);
+	PGresult *r = PQexec(c, sql);
+	if (PQresultStatus(r) != PGRES_COPY_IN) {
+		snprintf(err, errsz, "%s: %s", sql, PQresultErrorMessage(r));
+		PQclear(r);
+		return -1;
+	}
+	PQclear(r);
+	size_t off = 0;
+	while (off < len) {
+		size_t n = len - off;
+		if (n > BENCH_CHUNK) {
+			n = BENCH_CHUNK;
+			while (n > 0 && data[off + n - 1] != '\n')
+				n--;
+			if (n == 0)
+				n = BENCH_CHUNK;
+		}
+		if (PQputCopyData(c, (const char *)data + off, (int)n) != 1) {
+			snprintf(err, errsz, "sending COPY data: %s", PQerrorMessage(c));
+			return -1;
+		}
+		off += n;
+	}
+	if (PQputCopyEnd(c, NULL) != 1) {
+		snprintf(err, errsz, "ending COPY: %s", PQerrorMessage(c));
+		return -1;
+	}
+	long long count = -1;
+	bool bad = false;
+	while ((r = PQgetResult(c)) != NULL) {
+		if (PQresultStatus(r) == PGRES_COMMAND_OK) {
+			count = strtoll(PQcmdTuples(r), NULL, 10);
+		} else {
+			if (!bad)
+				snprintf(err, errsz, "COPY %s: %s", stream, PQresultErrorMessage(r));
+			bad = true;
+		}
+		PQclear(r);
+	}
+	if (!bad && count < 0)
+		snprintf(err, errsz, "COPY %s: no command status\n", stream);
+	return bad || count < 0 ? -1 : count;
+}
+
+/* Read one numeric/bigint scalar; -1 on error. NULL reads as 0. */
+static int bench_scalar(PGconn *c, const char *sql, long long *out)
+{
+	PGresult *r = PQexec(c, sql);
+	if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) < 1) {
+		fprintf(stderr, "tally-bench: %s\n  failed: %s", sql,
+			PQresultStatus(r) == PGRES_TUPLES_OK ? "expected one row\n"
+							     : PQresultErrorMessage(r));
+		PQclear(r);
+		return -1;
+	}
+	*out = PQgetisnull(r, 0, 0) ? 0 : strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+	PQclear(r);
+	return 0;
+}
+
+/* ---- ingest -------------------------------------------------------------------------------- */
+
+typedef struct bench_worker {
+	const bench_opts *o;
+	int index;
+	PGconn *conn;
+	tally_buf data;   /* --batch rows of COPY text */
+	long long events; /* rows this connection sends */
+	long long sent;   /* rows the server acknowledged */
+	long long bytes;
+	pthread_barrier_t *start;
+	char stream[128];
+	char err[512];
+} bench_worker;
+
+static void *bench_ingest_thread(void *arg)
+{
+	bench_worker *w = arg;
+	pthread_barrier_wait(w->start);
+	int batch = w->o->batch;
+	while (w->sent < w->events) {
+		long long rows = w->events - w->sent;
+		size_t len = w->data.len;
+		if (rows < batch) {
+			/* the last, short batch: the first `rows` rows of the buffer */
+			long long seen = 0;
+			for (len = 0; len < w->data.len && seen < rows; len++)
+				if (w->data.data[len] == '\n')
+					seen++;
+		} else {
+			rows = batch;
+		}
+		long long got = bench_copy(w->conn, w->stream, w->data.data, len, w->err,
+					   sizeof w->err);
+		if (got < 0)
+			return NULL;
+		if (got != rows) {
+			snprintf(w->err, sizeof w->err, "COPY reported %lld rows, sent %lld", got,
+				 rows);
+			return NULL;
+		}
+		w->sent += rows;
+		w->bytes += (long long)len;
+	}
+	return NULL;
+}
+
+static int bench_ingest(const bench_opts *o, bench_ingest_result *res)
+{
+	memset(res, 0, sizeof *res);
+	char name[64];
+	snprintf(name, sizeof name, "%s", o->prefix);
+	PGconn *admin = bench_connect(o);
+	if (!admin)
+		return -1;
+	if (bench_create(admin, name) != 0) {
+		PQfinish(admin);
+		return -1;
+	}
+
+	int nc = o->connections;
+	bench_worker *ws = tally_xcalloc((size_t)nc, sizeof *ws);
+	pthread_t *th = tally_xcalloc((size_t)nc, sizeof *th);
+	pthread_barrier_t start;
+	pthread_barrier_init(&start, NULL, (unsigned)nc + 1);
+	int rc = -1, started = 0;
+	long long per = o->events / nc, extra = o->events % nc;
+	for (int i = 0; i < nc; i++) {
+		bench_worker *w = &ws[i];
+		w->o = o;
+		w->index = i;
+		w->start = &start;
+		w->events = per + (i < extra ? 1 : 0);
+		snprintf(w->stream, sizeof w->stream, "%s_s", name);
+		uint64_t seed = 0x7a11ULL * (uint64_t)(i + 1);
+		long long rows = w->events < o->batch ? w->events : o->batch;
+		tally_buf_reserve(&w->data, (size_t)rows * 14);
+		for (long long r = 0; r < rows; r++)
+			bench_row(&w->data, (long long)(bench_rand(&seed) % (uint64_t)o->groups),
+				  &seed);
+		w->conn = bench_connect(o);
+		if (!w->conn)
+			goto out;
+	}
+	for (int i = 0; i < nc; i++) {
+		if (pthread_create(&th[i], NULL, bench_ingest_thread, &ws[i]) != 0) {
+			fprintf(stderr, "tally-bench: could not start a thread\n");
+			/* let the started ones run: release them with the barrier below is impossible
+			 * with fewer parties, so stop here */
+			exit(1);
+		}
+		started++;
+	}
+	int64_t t0 = tally_mono_us();
+	pthread_barrier_wait(&start);
+	for (int i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+	int64_t t1 = tally_mono_us();
+
+	long long sent = 0, bytes = 0;
+	bool failed = false;
+	for (int i = 0; i < nc; i++) {
+		sent += ws[i].sent;
+		bytes += ws[i].bytes;
+		if (ws[i].err[0]) {
+			fprintf(stderr, "tally-bench: connection %d: %s", i, ws[i].err);
+			if (ws[i].err[strlen(ws[i].err) - 1] != '\n')
+				fputc('\n', stderr);
+			failed = true;
+		}
+	}
+	res->events = sent;
+	res->seconds = (double)(t1 - t0) / 1e6;
+	res->events_per_s = res->seconds > 0 ? (double)sent / res->seconds : 0;
+	res->mb_per_s = res->seconds > 0 ? (double)bytes / res->seconds / 1e6 : 0;
+	printf("ingest: %lld events over %d connection%s in %.3f s: %.0f events/s (%.1f MB/s of "
+	       "COPY text)\n",
+	       sent, nc, nc == 1 ? "" : "s", res->seconds, res->events_per_s, res->mb_per_s);
+	if (failed)
+		goto out;
+
+	/* Rows are visible at every node once COPY returns: check at once, then allow a short
+	 * grace period so that a lagging view is reported as such rather than as lost rows. */
+	char sql[256];
+	snprintf(sql, sizeof sql, "SELECT sum(count) FROM %s_v", name);
+	int64_t deadline = tally_mono_us() + BENCH_VERIFY_WAIT_US;
+	bool first = true;
+	for (;;) {
+		if (bench_scalar(admin, sql, &res->counted) != 0)
+			goto out;
+		if (res->counted == sent)
+			break;
+		if (first)
+			printf("ingest: warning: right after COPY the view counted %lld of %lld "
+			       "events\n",
+			       res->counted, sent);
+		first = false;
+		if (tally_mono_us() >= deadline)
+			break;
+		usleep(100000);
+	}
+	if (res->counted != sent) {
+		printf("ingest: MISMATCH: %s_v counted %lld events, %lld were sent\n", name,
+		       res->counted, sent);
+		goto out;
+	}
+	printf("ingest: verified: %s_v counted %lld events\n", name, res->counted);
+	res->ok = true;
+	rc = 0;
+out:
+	for (int i = 0; i < nc; i++) {
+		PQfinish(ws[i].conn);
+		tally_buf_free(&ws[i].data);
+	}
+	pthread_barrier_destroy(&start);
+	free(ws);
+	free(th);
+	PQfinish(admin);
+	return rc;
+}
+
+/* ---- select -------------------------------------------------------------------------------- */
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+static double percentile(const double *sorted, int n, double p)
+{
+	if (n == 0)
+		return 0;
+	int i = (int)(p * (double)n + 0.999999) - 1; /* nearest-rank */
+	if (i < 0)
+		i = 0;
+	if (i >= n)
+		i = n - 1;
+	return sorted[i];
+}
+
+static int bench_select(const bench_opts *o, int groups, bench_select_result *res)
+{
+	memset(res, 0, sizeof *res);
+	res->groups = groups;
+	res->queries = o->queries;
+	char name[64];
+	snprintf(name, sizeof name, "%s_g%d", o->prefix, groups);
+	PGconn *c = bench_connect(o);
+	if (!c)
+		return -1;
+	int rc = -1;
+	double *lat = tally_xcalloc((size_t)o->queries, sizeof *lat);
+	tally_buf data = {0};
+	if (bench_create(c, name) != 0)
+		goto out;
+
+	uint64_t seed = 0x5e1ecULL + (uint64_t)groups;
+	for (int k = 0; k < groups; k++)
+		bench_row(&data, k, &seed);
+	char stream[160], err[512] = "";
+	snprintf(stream, sizeof stream, "%s_s", name);
+	long long got = bench_copy(c, stream, data.data, data.len, err, sizeof err);
+	if (got != groups) {
+		if (got < 0)
+			fprintf(stderr, "tally-bench: %s", err);
+		else
+			fprintf(stderr, "tally-bench: COPY reported %lld rows, sent %d\n", got,
+				groups);
+		goto out;
+	}
+
+	char sql[256];
+	snprintf(sql, sizeof sql, "SELECT * FROM %s_v", name);
+	double total = 0;
+	for (int q = 0; q < o->queries; q++) {
+		int64_t t0 = tally_mono_us();
+		PGresult *r = PQexec(c, sql);
+		int64_t t1 = tally_mono_us();
+		if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+			fprintf(stderr, "tally-bench: %s\n  failed: %s", sql, PQresultErrorMessage(r));
+			PQclear(r);
+			goto out;
+		}
+		int rows = PQntuples(r);
+		PQclear(r);
+		if (rows != groups) {
+			fprintf(stderr, "tally-bench: %s returned %d rows, expected %d\n", sql, rows,
+				groups);
+			goto out;
+		}
+		res->rows += rows;
+		lat[q] = (double)(t1 - t0) / 1000.0;
+		total += lat[q];
+	}
+	qsort(lat, (size_t)o->queries, sizeof *lat, cmp_double);
+	res->p50_ms = percentile(lat, o->queries, 0.50);
+	res->p99_ms = percentile(lat, o->queries, 0.99);
+	res->max_ms = o->queries ? lat[o->queries - 1] : 0;
+	res->mean_ms = o->queries ? total / o->queries : 0;
+	res->ok = true;
+	printf("select: %d groups, %d queries: p50 %.2f ms, p99 %.2f ms, max %.2f ms, mean %.2f "
+	       "ms; %d rows per query\n",
+	       groups, o->queries, res->p50_ms, res->p99_ms, res->max_ms, res->mean_ms, groups);
+	rc = 0;
+out:
+	tally_buf_free(&data);
+	free(lat);
+	PQfinish(c);
+	return rc;
+}
+
+/* ---- output -------------------------------------------------------------------------------- */
+
+static void json_ingest(tally_buf *b, const bench_opts *o, const bench_ingest_result *r)
+{
+	tally_buf_printf(b,
+			 "{\"connections\":%d,\"events\":%lld,\"groups\":%d,\"batch\":%d,"
+			 "\"seconds\":%.3f,\"events_per_s\":%.0f,\"mb_per_s\":%.2f,"
+			 "\"counted\":%lld,\"ok\":%s}",
+			 o->connections, r->events, o->groups, o->batch, r->seconds,
+			 r->events_per_s, r->mb_per_s, r->counted, r->ok ? "true" : "false");
+}
+
+static void json_select(tally_buf *b, const bench_select_result *r)
+{
+	tally_buf_printf(b,
+			 "{\"groups\":%d,\"queries\":%d,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
+			 "\"max_ms\":%.3f,\"mean_ms\":%.3f,\"rows\":%lld,\"ok\":%s}",
+			 r->groups, r->queries, r->p50_ms, r->p99_ms, r->max_ms, r->mean_ms,
+			 r->rows, r->ok ? "true" : "false");
+}
+
+static void json_print(tally_buf *b)
+{
+	tally_buf_putc(b, 0);
+	printf("%s\n", (const char *)b->data);
+	tally_buf_free(b);
+}
+
+/* ---- command line -------------------------------------------------------------------------- */
+
+static const char *usage =
+	"usage: tally-bench ingest [--host H] [--port P] [--connections 4] [--events 10000000]\n"
+	"                          [--groups 1000] [--batch 100000] [--view-prefix b]\n"
+	"       tally-bench select [--host H] [--port P] [--groups 1000] [--queries 200]\n"
+	"                          [--view-prefix b]\n"
+	"       tally-bench all    [options of both]\n"
+	"\n"
+	"ingest  COPY --events rows (k integer, v double precision; k in 0..groups-1) over\n"
+	"        --connections connections, --batch rows per COPY, into stream <prefix>_s feeding\n"
+	"        view <prefix>_v (count, sum, avg per k); report events/s and check the view\n"
+	"        counted every event (exit 1 if not).\n"
+	"select  fill view <prefix>_g<groups>_v with --groups groups by one COPY, then run\n"
+	"        SELECT * on it --queries times; report p50/p99/max latency.\n"
+	"all     ingest, select 1000 groups, select 100000 groups; a markdown table.\n"
+	"\n"
+	"Defaults: --host 127.0.0.1 --port 6432. The last output line is the result as JSON.\n"
+	"Existing streams and views of the same names are dropped first.\n";
+
+enum { OPT_HOST = 1000, OPT_PORT, OPT_CONN, OPT_EVENTS, OPT_GROUPS, OPT_BATCH, OPT_QUERIES,
+       OPT_PREFIX };
+
+static int parse_ll(const char *s, long long min, long long max, long long *out)
+{
+	char *end;
+	errno = 0;
+	long long v = strtoll(s, &end, 10);
+	if (errno || end == s || *end || v < min || v > max)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static bool valid_prefix(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 40 || !((s[0] >= 'a' && s[0] <= 'z') || s[0] == '_'))
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+			return false;
+	return true;
+}
+
+static int parse_args(int argc, char **argv, bench_opts *o)
+{
+	static const struct option longopts[] = {
+		{"host", required_argument, NULL, OPT_HOST},
+		{"port", required_argument, NULL, OPT_PORT},
+		{"connections", required_argument, NULL, OPT_CONN},
+		{"events", required_argument, NULL, OPT_EVENTS},
+		{"groups", required_argument, NULL, OPT_GROUPS},
+		{"batch", required_argument, NULL, OPT_BATCH},
+		{"queries", required_argument, NULL, OPT_QUERIES},
+		{"view-prefix", required_argument, NULL, OPT_PREFIX},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	optind = 1;
+	opterr = 0;
+	int ch;
+	long long v;
+	while ((ch = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+		const char *bad = NULL, *range = NULL;
+		switch (ch) {
+		case 'h':
+			fputs(usage, stdout);
+			return 1;
+		case OPT_HOST:
+			o->host = optarg;
+			break;
+		case OPT_PORT:
+			if (parse_ll(optarg, 1, 65535, &v))
+				bad = "--port", range = "1..65535";
+			o->port = (int)v;
+			break;
+		case OPT_CONN:
+			if (parse_ll(optarg, 1, BENCH_MAX_CONNECTIONS, &v))
+				bad = "--connections", range = "1..256";
+			o->connections = (int)v;
+			break;
+		case OPT_EVENTS:
+			if (parse_ll(optarg, 1, 1000000000000LL, &v))
+				bad = "--events", range = "1..10^12";
+			o->events = v;
+			break;
+		case OPT_GROUPS:
+			if (parse_ll(optarg, 1, 100000000, &v))
+				bad = "--groups", range = "1..10^8";
+			o->groups = (int)v;
+			o->groups_set = true;
+			break;
+		case OPT_BATCH:
+			if (parse_ll(optarg, 1, 10000000, &v))
+				bad = "--batch", range = "1..10^7";
+			o->batch = (int)v;
+			break;
+		case OPT_QUERIES:
+			if (parse_ll(optarg, 1, 1000000, &v))
+				bad = "--queries", range = "1..10^6";
+			o->queries = (int)v;
+			break;
+		case OPT_PREFIX:
+			if (!valid_prefix(optarg))
+				bad = "--view-prefix", range = "a lower-case identifier of at most 40 "
+							       "characters";
+			o->prefix = optarg;
+			break;
+		case ':':
+			fprintf(stderr, "tally-bench: option %s needs a value\n", argv[optind - 1]);
+			return 2;
+		default:
+			fprintf(stderr, "tally-bench: unknown option %s\n", argv[optind - 1]);
+			fprintf(stderr, "Try 'tally-bench --help'.\n");
+			return 2;
+		}
+		if (bad) {
+			fprintf(stderr, "tally-bench: invalid %s \"%s\" (expected %s)\n", bad, optarg,
+				range);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "tally-bench: unexpected argument \"%s\"\n", argv[optind]);
+		return 2;
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	const char *cmd = argv[1];
+	if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+		fputs(usage, stdout);
+		return 0;
+	}
+	bench_opts o = {.host = "127.0.0.1",
+			.port = 6432,
+			.connections = 4,
+			.events = 10000000,
+			.groups = 1000,
+			.batch = 100000,
+			.queries = 200,
+			.prefix = "b"};
+	int rc = parse_args(argc - 1, argv + 1, &o);
+	if (rc)
+		return rc == 1 ? 0 : 2;
+	tally_buf json = {0};
+
+	if (strcmp(cmd, "ingest") == 0) {
+		bench_ingest_result r;
+		rc = bench_ingest(&o, &r);
+		tally_buf_printf(&json, "{\"benchmark\":\"ingest\",\"ingest\":");
+		json_ingest(&json, &o, &r);
+		tally_buf_printf(&json, "}");
+		json_print(&json);
+		return rc ? 1 : 0;
+	}
+	if (strcmp(cmd, "select") == 0) {
+		bench_select_result r;
+		rc = bench_select(&o, o.groups, &r);
+		tally_buf_printf(&json, "{\"benchmark\":\"select\",\"select\":[");
+		json_select(&json, &r);
+		tally_buf_printf(&json, "]}");
+		json_print(&json);
+		return rc ? 1 : 0;
+	}
+	if (strcmp(cmd, "all") == 0) {
+		bench_ingest_result ir;
+		bench_select_result sr[2];
+		int sizes[2] = {1000, 100000};
+		int failed = bench_ingest(&o, &ir) != 0;
+		for (int i = 0; i < 2; i++)
+			failed |= bench_select(&o, sizes[i], &sr[i]) != 0;
+
+		printf("\n| benchmark | setup | result |\n|---|---|---|\n");
+		printf("| ingest (COPY) | %d connections, %lld events, %d groups, %d rows per COPY "
+		       "| %.0f events/s (%.2f s)%s |\n",
+		       o.connections, ir.events, o.groups, o.batch, ir.events_per_s, ir.seconds,
+		       ir.ok ? "" : " FAILED");
+		for (int i = 0; i < 2; i++)
+			printf("| select * | %d groups, %d queries | p50 %.2f ms, p99 %.2f ms, max "
+			       "%.2f ms%s |\n",
+			       sizes[i], o.queries, sr[i].p50_ms, sr[i].p99_ms, sr[i].max_ms,
+			       sr[i].ok ? "" : " FAILED");
+		printf("\n");
+
+		tally_buf_printf(&json, "{\"benchmark\":\"all\",\"ingest\":");
+		json_ingest(&json, &o, &ir);
+		tally_buf_printf(&json, ",\"select\":[");
+		for (int i = 0; i < 2; i++) {
+			if (i)
+				tally_buf_printf(&json, ",");
+			json_select(&json, &sr[i]);
+		}
+		tally_buf_printf(&json, "]}");
+		json_print(&json);
+		return failed ? 1 : 0;
+	}
+	fprintf(stderr, "tally-bench: unknown command \"%s\"\n", cmd);
+	fputs(usage, stderr);
+	return 2;
+}

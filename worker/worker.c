@@ -1,4 +1,300 @@
-/* worker.c - worker node runtime (filled in below). */
-#include "tally/core.h"
-int tally_worker_placeholder(void);
-int tally_worker_placeholder(void) { return 0; }
+/*
+ * worker.c - the worker node: registers with the coordinator (retrying until it answers),
+ * heartbeats it every pipeline_cluster.heartbeat_interval, takes cluster maps it pushes or
+ * returns, and serves node-to-node requests: APPLY (merge a batch into a primary shard copy),
+ * READ (return a shard copy's partial states) and MAP_PUSH. DDL typed at the worker is
+ * forwarded to the coordinator; the reply carries the new map, installed before the client
+ * hears back.
+ *
+ * Registration state machine: UNREGISTERED -> (REGISTER ok) -> REGISTERED; a heartbeat the
+ * coordinator refuses as unknown (it restarted) sends the worker back to UNREGISTERED.
+ */
+#include "worker.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+typedef enum { W_UNREGISTERED = 0, W_REGISTERED } wstate;
+
+struct tally_worker {
+	tally_node node;
+	tally_store *store;
+	pthread_t hb_thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool stopping;
+	wstate state;
+	bool ready_written;
+};
+
+static int coord_call(tally_worker *w, tally_buf *req, tally_rpc_call *c, int timeout_ms)
+{
+	memset(c, 0, sizeof *c);
+	c->addr = w->node.cfg.coordinator_addr;
+	c->peer = "coordinator";
+	c->req = *req;
+	tally_rpc_call_many(w->node.rpc, c, 1, timeout_ms);
+	return c->rc;
+}
+
+static int install_from(tally_worker *w, tally_rd *r)
+{
+	const uint8_t *p;
+	uint32_t n;
+	if (tally_rd_str(r, &p, &n, TALLY_MSG_MAX) != 0)
+		return -1;
+	tally_catalog *cat;
+	if (tally_catalog_decode(p, n, &cat) != 0)
+		return -1;
+	if (tally_node_install_map(&w->node, cat)) {
+		tally_map *m = tally_node_map(&w->node);
+		tally_store_sync(w->store, m);
+		tally_log_debug("installed cluster map epoch %llu", (unsigned long long)m->cat->epoch);
+		tally_map_put(m);
+	}
+	return 0;
+}
+
+static int do_register(tally_worker *w)
+{
+	tally_node *n = &w->node;
+	tally_buf req = {0};
+	tally_msg_begin(&req, TALLY_MSG_REGISTER, tally_node_next_req(n), tally_node_epoch(n));
+	tally_msg_register m;
+	memset(&m, 0, sizeof m);
+	tally_strlcpy(m.name, n->cfg.name, sizeof m.name);
+	tally_strlcpy(m.data_addr, tally_rpc_server_addr(n->rpcsrv), sizeof m.data_addr);
+	snprintf(m.sql_addr, sizeof m.sql_addr, "%s:%d", n->cfg.host, tally_pg_server_port(n->pg));
+	m.incarnation = n->incarnation;
+	tally_msg_put_register(&req, &m);
+	tally_msg_end(&req);
+	tally_rpc_call c;
+	int rc = coord_call(w, &req, &c, 2000);
+	if (rc == 0) {
+		uint32_t id;
+		if (c.hdr.type != TALLY_MSG_REGISTER_OK || tally_rd_u32(&c.body, &id) != 0 ||
+		    install_from(w, &c.body) != 0 || tally_msg_done(&c.body) != 0) {
+			tally_log_warn("malformed REGISTER reply from the coordinator");
+			rc = -1;
+		} else {
+			n->node_id = id;
+			tally_log_info("registered with the coordinator as node %u (incarnation %llu)", id,
+				       (unsigned long long)n->incarnation);
+		}
+	} else {
+		tally_log_debug("register: %s", c.errmsg);
+		if (c.sqlstate[0] && strcmp(c.sqlstate, TALLY_SQLSTATE_UNAVAILABLE) != 0)
+			tally_log_warn("the coordinator refused registration: %s", c.errmsg);
+	}
+	tally_rpc_calls_done(&c, 1);
+	tally_buf_free(&req);
+	return rc;
+}
+
+static int do_heartbeat(tally_worker *w)
+{
+	tally_node *n = &w->node;
+	tally_buf req = {0};
+	tally_msg_begin(&req, TALLY_MSG_HEARTBEAT, tally_node_next_req(n), tally_node_epoch(n));
+	tally_msg_heartbeat hb = {.node_id = n->node_id, .incarnation = n->incarnation,
+				  .known_epoch = tally_node_epoch(n), .mem_bytes = 0};
+	tally_msg_put_heartbeat(&req, &hb);
+	tally_msg_end(&req);
+	tally_rpc_call c;
+	int rc = coord_call(w, &req, &c, 1000);
+	if (rc == 0) {
+		uint64_t epoch;
+		uint8_t has_map;
+		if (c.hdr.type != TALLY_MSG_HEARTBEAT_OK || tally_rd_u64(&c.body, &epoch) != 0 ||
+		    tally_rd_u8(&c.body, &has_map) != 0 || (has_map && install_from(w, &c.body) != 0)) {
+			tally_log_warn("malformed HEARTBEAT reply from the coordinator");
+		}
+	} else if (strcmp(c.sqlstate, TALLY_SQLSTATE_UNDEFINED_OBJECT) == 0) {
+		/* the coordinator does not know us (it restarted): register again */
+		tally_log_info("the coordinator does not know this node; registering again");
+		rc = 1;
+	}
+	tally_rpc_calls_done(&c, 1);
+	tally_buf_free(&req);
+	return rc;
+}
+
+static void *hb_main(void *arg)
+{
+	tally_worker *w = arg;
+	pthread_mutex_lock(&w->mu);
+	while (!w->stopping) {
+		pthread_mutex_unlock(&w->mu);
+		int64_t interval = tally_settings_ms(&w->node.cfg.defaults, TALLY_SET_HEARTBEAT_INTERVAL);
+		if (w->state == W_UNREGISTERED) {
+			if (do_register(w) == 0) {
+				w->state = W_REGISTERED;
+				if (!w->ready_written && tally_node_write_ready(&w->node) == 0)
+					w->ready_written = true;
+			} else {
+				interval = 200;
+			}
+		} else if (do_heartbeat(w) == 1) {
+			w->state = W_UNREGISTERED;
+			interval = 0;
+		}
+		pthread_mutex_lock(&w->mu);
+		if (w->stopping)
+			break;
+		if (interval > 0) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			int64_t ns = ts.tv_nsec + (interval % 1000) * 1000000;
+			ts.tv_sec += (time_t)(interval / 1000 + ns / 1000000000);
+			ts.tv_nsec = (long)(ns % 1000000000);
+			pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+		}
+	}
+	pthread_mutex_unlock(&w->mu);
+	return NULL;
+}
+
+/* ---- requests ------------------------------------------------------------------------------- */
+
+static void handle_apply(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)
+{
+	tally_node *n = &w->node;
+	tally_msg_apply a;
+	if (tally_msg_get_apply(r, &a) != 0) {
+		tally_rpc_reply_error(reply, h->req_id, tally_node_epoch(n), TALLY_SQLSTATE_PROTOCOL, "malformed APPLY");
+		return;
+	}
+	tally_map *m = tally_node_map(n);
+	const tally_view_rt *v = tally_map_view_by_id(m, a.view_id);
+	tally_err err;
+	tally_err_clear(&err);
+	if (!v) {
+		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_UNDEFINED_TABLE,
+				      "node %s does not know view id %llu (map epoch %llu)", n->cfg.name,
+				      (unsigned long long)a.view_id, (unsigned long long)m->cat->epoch);
+	} else if (!v->ok) {
+		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_INTERNAL, "%s", v->error);
+	} else if (a.target_shard >= (uint32_t)v->info->num_shards ||
+		   v->info->primary[a.target_shard] != n->node_id) {
+		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_UNAVAILABLE,
+				      "node %s is not the primary of shard %s_%u", n->cfg.name, v->info->name,
+				      a.target_shard);
+	} else if (tally_store_apply(w->store, v, &a, r, &err) != 0) {
+		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, err.sqlstate, "%s", err.message);
+	} else {
+		tally_msg_begin(reply, TALLY_MSG_APPLY_OK, h->req_id, m->cat->epoch);
+		tally_msg_end(reply);
+	}
+	tally_map_put(m);
+}
+
+static void handle_read(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)
+{
+	tally_node *n = &w->node;
+	tally_msg_read q;
+	if (tally_msg_get_read(r, &q) != 0 || tally_msg_done(r) != 0) {
+		tally_rpc_reply_error(reply, h->req_id, tally_node_epoch(n), TALLY_SQLSTATE_PROTOCOL, "malformed READ");
+		return;
+	}
+	tally_map *m = tally_node_map(n);
+	const tally_view_rt *v = tally_map_view_by_id(m, q.view_id);
+	if (!v || !v->ok || q.shard >= (uint32_t)v->info->num_shards) {
+		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_UNDEFINED_TABLE,
+				      "node %s has no shard %u of view id %llu", n->cfg.name, q.shard,
+				      (unsigned long long)q.view_id);
+	} else {
+		tally_msg_begin(reply, TALLY_MSG_READ_OK, h->req_id, m->cat->epoch);
+		tally_store_read(w->store, v, q.shard, reply);
+		tally_msg_end(reply);
+	}
+	tally_map_put(m);
+}
+
+static void worker_handle(tally_node *n, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)
+{
+	tally_worker *w = n->role.ctx;
+	switch (h->type) {
+	case TALLY_MSG_APPLY:
+		handle_apply(w, h, r, reply);
+		break;
+	case TALLY_MSG_READ:
+		handle_read(w, h, r, reply);
+		break;
+	case TALLY_MSG_MAP_PUSH:
+		if (install_from(w, r) != 0 || tally_msg_done(r) != 0) {
+			tally_rpc_reply_error(reply, h->req_id, tally_node_epoch(n), TALLY_SQLSTATE_PROTOCOL,
+					      "malformed MAP_PUSH");
+		} else {
+			tally_msg_begin(reply, TALLY_MSG_OK, h->req_id, tally_node_epoch(n));
+			tally_msg_end(reply);
+		}
+		break;
+	default:
+		break; /* the node answers ERROR */
+	}
+}
+
+/* DDL typed at a worker runs on the coordinator. */
+static int worker_ddl(tally_node *n, const char *sql, char *tag, size_t tagsz, tally_err *notice,
+		      tally_err *err)
+{
+	tally_worker *w = n->role.ctx;
+	tally_buf req = {0};
+	tally_msg_begin(&req, TALLY_MSG_DDL, tally_node_next_req(n), tally_node_epoch(n));
+	tally_buf_put_str(&req, sql, (uint32_t)strlen(sql));
+	tally_msg_end(&req);
+	tally_rpc_call c;
+	int rc = coord_call(w, &req, &c, (int)tally_settings_ms(&n->cfg.defaults, TALLY_SET_RPC_TIMEOUT));
+	if (rc != 0) {
+		tally_err_set(err, c.sqlstate[0] ? c.sqlstate : TALLY_SQLSTATE_UNAVAILABLE,
+			      "could not run DDL on the coordinator: %s", c.errmsg);
+	} else if (c.hdr.type != TALLY_MSG_DDL_OK) {
+		rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "unexpected reply to DDL from the coordinator");
+	} else {
+		tally_catalog *cat = NULL;
+		rc = tally_ddl_reply_get(&c.body, tag, tagsz, notice, &cat, err);
+		if (rc == 0) {
+			if (tally_node_install_map(n, cat)) {
+				tally_map *m = tally_node_map(n);
+				tally_store_sync(w->store, m);
+				tally_map_put(m);
+			}
+		}
+	}
+	tally_rpc_calls_done(&c, 1);
+	tally_buf_free(&req);
+	return rc;
+}
+
+int tally_worker_start(tally_worker **out, const tally_node_config *cfg)
+{
+	tally_worker *w = tally_xcalloc(1, sizeof *w);
+	w->store = tally_store_alloc();
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_cond_init(&w->cv, NULL);
+	tally_node_role role = {.ddl = worker_ddl, .handle = worker_handle, .ctx = w};
+	if (tally_node_open(&w->node, cfg, &role) != 0) {
+		tally_node_close(&w->node);
+		tally_store_free(w->store);
+		free(w);
+		return -1;
+	}
+	pthread_create(&w->hb_thread, NULL, hb_main, w);
+	*out = w;
+	return 0;
+}
+
+void tally_worker_stop(tally_worker *w)
+{
+	pthread_mutex_lock(&w->mu);
+	w->stopping = true;
+	pthread_cond_broadcast(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+	pthread_join(w->hb_thread, NULL);
+	tally_node_close(&w->node);
+	tally_store_free(w->store);
+	pthread_cond_destroy(&w->cv);
+	pthread_mutex_destroy(&w->mu);
+	free(w);
+}

@@ -56,8 +56,14 @@ typedef struct tally_catalog {
 /* Encode c (big-endian, versioned) into b. */
 void tally_catalog_encode(const tally_catalog *c, tally_buf *b);
 /* Decode an encoded catalog into a fresh heap object. Rejects truncated, trailing or
- * inconsistent data (counts beyond limits, placements naming unknown nodes). */
+ * inconsistent data (counts beyond limits, placements naming unknown nodes). Limits: nodes
+ * <= 1024, streams + views each <= 100000, columns <= TALLY_MAX_COLUMNS, shards 1..
+ * TALLY_MAX_SHARDS, replicas <= TALLY_MAX_REPLICAS, query text <= 1 MiB; node ids nonzero and
+ * distinct, node names distinct, stream and view names distinct from each other. */
 int tally_catalog_decode(const void *p, size_t n, tally_catalog **out);
+/* An empty catalog (epoch 0, next_id 1, no nodes/streams/views); free with
+ * tally_catalog_free. A zeroed heap tally_catalog is valid too. */
+tally_catalog *tally_catalog_alloc(void);
 tally_catalog *tally_catalog_clone(const tally_catalog *c);
 void tally_catalog_free(tally_catalog *c);
 
@@ -74,7 +80,14 @@ int tally_catalog_add_stream(tally_catalog *c, const char *name, int ncols,
 int tally_catalog_drop_stream(tally_catalog *c, const char *name); /* views too */
 int tally_catalog_add_view(tally_catalog *c, const tally_view_info *v, tally_err *err);
 int tally_catalog_drop_view(tally_catalog *c, const char *name);
-/* Add or update a node by name; returns its id. */
+/* add_stream: 42P07 `stream "s" already exists` / `relation "s" already exists` (a view has the
+ * name), 54011 beyond TALLY_MAX_COLUMNS. add_view: 42P07 `relation "v" already exists`, 22023 for
+ * out-of-range num_shards/num_replicas, XX000 when the placement names a node not in c. Both
+ * assign id = next_id++ (v->id is ignored). drop_*: 0 if dropped, -1 if no such name. Mutators
+ * never change the epoch. Pointers from the lookups are invalidated by any mutator. */
+/* Add or update a node by name (a new name gets max id + 1; an existing one keeps its id and
+ * takes n's other fields); returns its id, or 0 if n->name is empty/too long or the catalog
+ * already has 1024 nodes. */
 uint32_t tally_catalog_upsert_node(tally_catalog *c, const tally_node_info *n);
 
 #endif

@@ -75,7 +75,7 @@ int tally_pg_send_parameter_status(tally_pg_conn *c, const char *name, const cha
 /* COPY FROM STDIN: send CopyInResponse (text format, ncols columns) and flush. Then call
  * tally_pg_copy_read until it returns 1 (CopyDone) or -1. */
 int tally_pg_copy_in_begin(tally_pg_conn *c, int ncols);
-/* Next chunk of COPY data: returns 0 with *data/*len set (valid until the next call), 1 at
+/* Next chunk of COPY data: returns 0 with *data and *len set (valid until the next call), 1 at
  * CopyDone, -1 when the client sent CopyFail (err = 57014 `COPY from stdin failed: <msg>`),
  * vanished, or broke the protocol (err filled). Flush/Sync during COPY are ignored as
  * PostgreSQL does. */

@@ -170,6 +170,9 @@ int tally_key_decode(tally_rd *r, tally_value *out);
 /* Exact quotient sum/count rounded half away from zero to PostgreSQL's select_div_scale for
  * numeric division of an integer by a positive integer (what avg(integer) returns). */
 tally_numeric tally_numeric_avg(__int128 sum, int64_t count);
+/* The same for a numeric sum with a fraction (avg(numeric)): PostgreSQL's numeric_div of sum by a
+ * positive count, result scale at least sum.scale, capped to 38 digits. count <= 0 gives 0. */
+tally_numeric tally_numeric_div_count(tally_numeric sum, int64_t count);
 double tally_numeric_to_double(tally_numeric n);
 
 /* Time helpers. */

@@ -1,0 +1,344 @@
+/*
+ * read.c - the read path (DESIGN §8): a SELECT on a continuous view fans out one READ per
+ * shard, in parallel, to one copy of each shard; the replies' partial states are merged per
+ * group, finalized and handed back as rows of the view's columns for the session layer to
+ * filter, sort and project. Also the pipeline_cluster.* system views.
+ *
+ * Copy choice: until replication lands (replicas hold no data yet) every shard is read from
+ * its primary. A shard whose primary is down or does not answer fails the query with an
+ * error naming it, unless pipeline_cluster.skip_unavailable is on: then it is skipped and a
+ * WARNING names it.
+ */
+#include "tally/node.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static int copy_text(tally_value *v, tally_arena *a)
+{
+	if (v->isnull || (v->type != TALLY_T_TEXT && v->type != TALLY_T_UNKNOWN))
+		return 0;
+	char *p = tally_arena_memdup(a, v->u.s.p, v->u.s.len ? v->u.s.len : 1);
+	if (!p)
+		return -1;
+	v->u.s.p = p;
+	return 0;
+}
+
+int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const tally_settings *s,
+		    const tally_value *key_filter, tally_arena *a, tally_value **rows, size_t *nrows,
+		    tally_err *warning, tally_err *err)
+{
+	(void)key_filter;
+	if (!rt->ok)
+		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "%s", rt->error);
+	const tally_view_info *v = rt->info;
+	const tally_view_plan *p = rt->plan;
+	const tally_catalog *cat = m->cat;
+	bool skip = tally_settings_bool(s, TALLY_SET_SKIP_UNAVAILABLE);
+	int S = v->num_shards;
+	tally_rpc_call *calls = tally_xcalloc((size_t)S, sizeof *calls);
+	int *shard_of_call = tally_xcalloc((size_t)S, sizeof(int));
+	int ncalls = 0, rc = 0;
+	tally_buf skipped = {0};
+	int nskipped = 0;
+	for (int i = 0; i < S; i++) {
+		const tally_node_info *pn = tally_catalog_node(cat, v->primary[i]);
+		if (!pn || pn->state != TALLY_NODE_UP) {
+			if (!skip) {
+				rc = tally_err_set(err, TALLY_SQLSTATE_UNAVAILABLE,
+						   "shard %s_%d is unavailable: its primary %s is down", v->name,
+						   i, pn ? pn->name : "?");
+				tally_err_hint(err, "SET pipeline_cluster.skip_unavailable = on to read the other shards.");
+				goto out;
+			}
+			tally_buf_printf(&skipped, "%s%s_%d", nskipped++ ? ", " : "", v->name, i);
+			continue;
+		}
+		tally_rpc_call *c = &calls[ncalls];
+		tally_msg_begin(&c->req, TALLY_MSG_READ, tally_node_next_req(n), cat->epoch);
+		tally_msg_read r = {.view_id = v->id, .shard = (uint32_t)i, .has_key = 0};
+		tally_msg_put_read(&c->req, &r);
+		tally_msg_end(&c->req);
+		c->addr = pn->data_addr;
+		c->peer = pn->name;
+		shard_of_call[ncalls++] = i;
+	}
+	tally_rpc_call_many(n->rpc, calls, ncalls, (int)tally_settings_ms(s, TALLY_SET_RPC_TIMEOUT));
+
+	tally_gtab t;
+	tally_gtab_init(&t, p->aggs, p->naggs, a);
+	for (int i = 0; i < ncalls && rc == 0; i++) {
+		tally_rpc_call *c = &calls[i];
+		if (c->rc != 0) {
+			if (!skip) {
+				rc = tally_err_set(err, c->sqlstate[0] ? c->sqlstate : TALLY_SQLSTATE_UNAVAILABLE,
+						   "could not read shard %s_%d: %s", v->name, shard_of_call[i],
+						   c->errmsg);
+				break;
+			}
+			tally_buf_printf(&skipped, "%s%s_%d", nskipped++ ? ", " : "", v->name, shard_of_call[i]);
+			continue;
+		}
+		uint32_t ng;
+		if (c->hdr.type != TALLY_MSG_READ_OK || tally_rd_u32(&c->body, &ng) != 0) {
+			rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "malformed reply from node %s", c->peer);
+			break;
+		}
+		for (uint32_t k = 0; k < ng; k++) {
+			int mr = tally_group_merge_encoded(&t, &c->body);
+			if (mr != 0) {
+				rc = mr == -2 ? tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY, "out of memory merging shard %s_%d",
+							      v->name, shard_of_call[i])
+					      : tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
+							      "malformed shard data from node %s", c->peer);
+				break;
+			}
+		}
+		if (rc == 0 && tally_msg_done(&c->body) != 0)
+			rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "malformed shard data from node %s", c->peer);
+	}
+	if (rc == 0) {
+		size_t ncol = (size_t)p->nout;
+		tally_value *out = tally_arena_alloc(a, (t.count ? t.count : 1) * ncol * sizeof *out);
+		tally_value *gv = tally_arena_alloc(a, (size_t)(p->ngroups + 1) * sizeof *gv);
+		if (!out || !gv) {
+			rc = tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY, "out of memory reading view %s", v->name);
+		}
+		size_t r = 0;
+		for (size_t i = 0; rc == 0 && i < t.cap; i++) {
+			tally_group *grp = t.slots[i].g;
+			if (!grp)
+				continue;
+			tally_rd kr;
+			tally_rd_init(&kr, grp->key, grp->keylen);
+			for (int k = 0; k < p->ngroups; k++) {
+				if (tally_key_decode(&kr, &gv[k]) != 0) {
+					rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "malformed group key in view %s", v->name);
+					break;
+				}
+				gv[k].type = (uint8_t)p->group_types[k];
+			}
+			for (size_t c = 0; rc == 0 && c < ncol; c++) {
+				const tally_view_out *o = &p->out[c];
+				tally_value *dst = &out[r * ncol + c];
+				if (!o->is_agg) {
+					*dst = gv[o->index];
+				} else if (tally_agg_finalize(&p->aggs[o->index],
+							      grp->states + (size_t)o->index * TALLY_AGG_SLOT, dst,
+							      err) != 0) {
+					rc = -1;
+				}
+				if (rc == 0 && copy_text(dst, a) != 0)
+					rc = tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY, "out of memory");
+			}
+			r++;
+		}
+		*rows = out;
+		*nrows = r;
+	}
+	tally_gtab_fini(&t);
+	if (rc == 0 && nskipped && warning) {
+		tally_err_set(warning, TALLY_SQLSTATE_UNAVAILABLE, "skipped unavailable shards: %.*s",
+			      (int)skipped.len, (const char *)skipped.data);
+		warning->severity = TALLY_SEV_WARNING;
+	}
+out:
+	tally_rpc_calls_done(calls, ncalls);
+	for (int i = 0; i < S; i++)
+		tally_buf_free(&calls[i].req);
+	tally_buf_free(&skipped);
+	free(calls);
+	free(shard_of_call);
+	return rc;
+}
+
+/* ---- system views ------------------------------------------------------------------------- */
+
+static tally_value text_val(tally_arena *a, const char *s)
+{
+	size_t n = strlen(s);
+	return tally_text(tally_arena_strndup(a, s, n), (uint32_t)n);
+}
+
+static void set_cols(tally_arena *a, tally_relation *rel, const char *name, int ncols,
+		     const char *const *names, const tally_type *types)
+{
+	tally_column *c = tally_arena_alloc(a, (size_t)ncols * sizeof *c);
+	for (int i = 0; i < ncols; i++) {
+		memset(&c[i], 0, sizeof c[i]);
+		tally_strlcpy(c[i].name, names[i], TALLY_NAME_MAX);
+		c[i].type = types[i];
+	}
+	rel->name = name;
+	rel->ncols = ncols;
+	rel->cols = c;
+}
+
+static int64_t self_rss(void)
+{
+	FILE *f = fopen("/proc/self/statm", "r");
+	long pages = 0, rss = 0;
+	if (!f)
+		return -1;
+	if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+		rss = -1;
+	fclose(f);
+	return rss < 0 ? -1 : (int64_t)rss * sysconf(_SC_PAGESIZE);
+}
+
+static const char *policy_name(int p) { return p == TALLY_POLICY_WRITE_OPTIMIZED ? "write_optimized" : "read_optimized"; }
+
+int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
+		  tally_relation *rel, tally_value **rows, size_t *nrows, tally_err *err)
+{
+	const tally_catalog *cat = m->cat;
+	if (strcmp(name, "pipeline_cluster.shards") == 0) {
+		static const char *const names[] = {"shard", "owner", "continuous_view", "shard_id",
+						    "shard_type", "sharding_policy", "is_local", "balanced",
+						    "reachable", "owner_id"};
+		static const tally_type types[] = {TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_INT2,
+						   TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_BOOL, TALLY_T_BOOL,
+						   TALLY_T_BOOL, TALLY_T_INT4};
+		const int nc = 10;
+		set_cols(a, rel, "shards", nc, names, types);
+		size_t total = 0;
+		for (int i = 0; i < cat->nviews; i++)
+			total += (size_t)cat->views[i].num_shards * (size_t)(1 + cat->views[i].num_replicas);
+		tally_value *out = tally_arena_alloc(a, (total ? total : 1) * nc * sizeof *out);
+		size_t r = 0;
+		for (int i = 0; i < cat->nviews; i++) {
+			const tally_view_info *v = &cat->views[i];
+			for (int s = 0; s < v->num_shards; s++) {
+				for (int c = 0; c <= v->num_replicas; c++) {
+					uint32_t id = c == 0 ? v->primary[s] : v->replicas[s * v->num_replicas + c - 1];
+					const tally_node_info *ni = tally_catalog_node(cat, id);
+					char sh[TALLY_NAME_MAX + 16];
+					snprintf(sh, sizeof sh, "%s_%d", v->name, s);
+					tally_value *row = &out[r * nc];
+					row[0] = text_val(a, sh);
+					row[1] = text_val(a, ni ? ni->name : "?");
+					row[2] = text_val(a, v->name);
+					row[3] = tally_int(TALLY_T_INT2, s);
+					row[4] = text_val(a, c == 0 ? "primary" : "replica");
+					row[5] = text_val(a, policy_name(v->sharding_policy));
+					row[6] = tally_bool(n->node_id != 0 && id == n->node_id);
+					row[7] = tally_bool(true);
+					row[8] = tally_bool(ni && ni->state == TALLY_NODE_UP);
+					row[9] = tally_int(TALLY_T_INT4, id);
+					r++;
+				}
+			}
+		}
+		*rows = out;
+		*nrows = r;
+		return 1;
+	}
+	if (strcmp(name, "pipeline_cluster.nodes") == 0) {
+		static const char *const names[] = {"name", "role", "node_id", "state", "sql_addr",
+						    "data_addr", "incarnation", "last_heartbeat",
+						    "primaries", "replicas", "memory_bytes"};
+		static const tally_type types[] = {TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_INT4, TALLY_T_TEXT,
+						   TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_INT8,
+						   TALLY_T_TIMESTAMPTZ, TALLY_T_INT4, TALLY_T_INT4, TALLY_T_INT8};
+		const int nc = 11;
+		set_cols(a, rel, "nodes", nc, names, types);
+		tally_value *out = tally_arena_alloc(a, (size_t)(cat->nnodes + 1) * nc * sizeof *out);
+		/* the coordinator first */
+		tally_value *row = out;
+		bool self_coord = n->cfg.role == TALLY_ROLE_COORDINATOR;
+		row[0] = text_val(a, "coordinator");
+		row[1] = text_val(a, "coordinator");
+		row[2] = tally_int(TALLY_T_INT4, 0);
+		row[3] = text_val(a, "up");
+		if (self_coord) {
+			char sql[96];
+			snprintf(sql, sizeof sql, "%s:%d", n->cfg.host, tally_pg_server_port(n->pg));
+			row[4] = text_val(a, sql);
+			row[5] = text_val(a, tally_rpc_server_addr(n->rpcsrv));
+			row[6] = tally_int(TALLY_T_INT8, (int64_t)n->incarnation);
+		} else {
+			row[4] = tally_null(TALLY_T_TEXT);
+			row[5] = text_val(a, n->cfg.coordinator_addr);
+			row[6] = tally_null(TALLY_T_INT8);
+		}
+		row[7] = tally_null(TALLY_T_TIMESTAMPTZ);
+		row[8] = tally_int(TALLY_T_INT4, 0);
+		row[9] = tally_int(TALLY_T_INT4, 0);
+		row[10] = self_coord ? tally_int(TALLY_T_INT8, self_rss()) : tally_null(TALLY_T_INT8);
+		for (int i = 0; i < cat->nnodes; i++) {
+			const tally_node_info *ni = &cat->nodes[i];
+			row = &out[(size_t)(i + 1) * nc];
+			int prim = 0, repl = 0;
+			for (int k = 0; k < cat->nviews; k++) {
+				const tally_view_info *v = &cat->views[k];
+				for (int s = 0; s < v->num_shards; s++) {
+					prim += v->primary[s] == ni->id;
+					for (int c = 0; c < v->num_replicas; c++)
+						repl += v->replicas[s * v->num_replicas + c] == ni->id;
+				}
+			}
+			row[0] = text_val(a, ni->name);
+			row[1] = text_val(a, "worker");
+			row[2] = tally_int(TALLY_T_INT4, ni->id);
+			row[3] = text_val(a, ni->state == TALLY_NODE_UP ? "up" : "down");
+			row[4] = text_val(a, ni->sql_addr);
+			row[5] = text_val(a, ni->data_addr);
+			row[6] = tally_int(TALLY_T_INT8, (int64_t)ni->incarnation);
+			row[7] = ni->last_heartbeat_us ? tally_int(TALLY_T_TIMESTAMPTZ, ni->last_heartbeat_us)
+						       : tally_null(TALLY_T_TIMESTAMPTZ);
+			row[8] = tally_int(TALLY_T_INT4, prim);
+			row[9] = tally_int(TALLY_T_INT4, repl);
+			row[10] = ni->id == n->node_id ? tally_int(TALLY_T_INT8, self_rss()) : tally_null(TALLY_T_INT8);
+		}
+		*rows = out;
+		*nrows = (size_t)cat->nnodes + 1;
+		return 1;
+	}
+	if (strcmp(name, "pipeline_cluster.views") == 0) {
+		static const char *const names[] = {"name", "stream", "num_shards", "num_replicas",
+						    "sharding_policy", "query"};
+		static const tally_type types[] = {TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_INT4, TALLY_T_INT4,
+						   TALLY_T_TEXT, TALLY_T_TEXT};
+		const int nc = 6;
+		set_cols(a, rel, "views", nc, names, types);
+		tally_value *out = tally_arena_alloc(a, (size_t)(cat->nviews + 1) * nc * sizeof *out);
+		for (int i = 0; i < cat->nviews; i++) {
+			const tally_view_info *v = &cat->views[i];
+			tally_value *row = &out[(size_t)i * nc];
+			row[0] = text_val(a, v->name);
+			row[1] = text_val(a, v->stream);
+			row[2] = tally_int(TALLY_T_INT4, v->num_shards);
+			row[3] = tally_int(TALLY_T_INT4, v->num_replicas);
+			row[4] = text_val(a, policy_name(v->sharding_policy));
+			row[5] = text_val(a, v->query_text);
+		}
+		*rows = out;
+		*nrows = (size_t)cat->nviews;
+		return 1;
+	}
+	if (strcmp(name, "pipeline_cluster.streams") == 0) {
+		static const char *const names[] = {"name", "columns"};
+		static const tally_type types[] = {TALLY_T_TEXT, TALLY_T_TEXT};
+		const int nc = 2;
+		set_cols(a, rel, "streams", nc, names, types);
+		tally_value *out = tally_arena_alloc(a, (size_t)(cat->nstreams + 1) * nc * sizeof *out);
+		for (int i = 0; i < cat->nstreams; i++) {
+			const tally_stream_info *st = &cat->streams[i];
+			tally_buf b = {0};
+			for (int c = 0; c < st->ncols; c++)
+				tally_buf_printf(&b, "%s%s %s", c ? ", " : "", st->cols[c].name,
+						 tally_type_name(st->cols[c].type));
+			tally_buf_putc(&b, 0);
+			out[(size_t)i * nc] = text_val(a, st->name);
+			out[(size_t)i * nc + 1] = text_val(a, (const char *)b.data);
+			tally_buf_free(&b);
+		}
+		*rows = out;
+		*nrows = (size_t)cat->nstreams;
+		return 1;
+	}
+	(void)err;
+	return 0;
+}

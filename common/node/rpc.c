@@ -1,0 +1,307 @@
+/*
+ * rpc.c - node-to-node request/reply over NNG (req0/rep0 on TCP).
+ *
+ * Client: one req0 socket per peer address, dialed in the background so NNG reconnects by
+ * itself; each call opens its own context, so any number of threads can have requests in
+ * flight on one socket. tally_rpc_call_many starts every send, then every receive, and waits
+ * for them all: a fan-out costs one round trip, not one per peer. Automatic resend is off:
+ * a request is delivered at most once by the transport (exactly-once comes from batch ids).
+ *
+ * Server: one rep0 socket and a pool of service threads, each owning one context and looping
+ * receive -> handle -> reply. Handlers run on those threads, never inside NNG callbacks.
+ */
+#include "tally/node.h"
+
+#include <nng/protocol/reqrep0/rep.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+typedef struct peer {
+	char addr[128];
+	nng_socket sock;
+} peer;
+
+struct tally_rpc {
+	pthread_mutex_t mu;
+	peer *peers;
+	int npeers, cap;
+};
+
+tally_rpc *tally_rpc_alloc(void)
+{
+	tally_rpc *r = tally_xcalloc(1, sizeof *r);
+	pthread_mutex_init(&r->mu, NULL);
+	return r;
+}
+
+void tally_rpc_free(tally_rpc *r)
+{
+	if (!r)
+		return;
+	for (int i = 0; i < r->npeers; i++)
+		nng_close(r->peers[i].sock);
+	free(r->peers);
+	pthread_mutex_destroy(&r->mu);
+	free(r);
+}
+
+static int rpc_socket(tally_rpc *r, const char *addr, nng_socket *out)
+{
+	pthread_mutex_lock(&r->mu);
+	for (int i = 0; i < r->npeers; i++) {
+		if (strcmp(r->peers[i].addr, addr) == 0) {
+			*out = r->peers[i].sock;
+			pthread_mutex_unlock(&r->mu);
+			return 0;
+		}
+	}
+	nng_socket s;
+	int rv = nng_req0_open(&s);
+	if (rv == 0) {
+		nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, TALLY_MSG_MAX);
+		nng_socket_set_ms(s, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+		nng_socket_set_ms(s, NNG_OPT_RECONNMINT, 20);
+		nng_socket_set_ms(s, NNG_OPT_RECONNMAXT, 500);
+		rv = nng_dial(s, addr, NULL, NNG_FLAG_NONBLOCK);
+		if (rv != 0)
+			nng_close(s);
+	}
+	if (rv != 0) {
+		pthread_mutex_unlock(&r->mu);
+		return rv;
+	}
+	if (r->npeers == r->cap) {
+		r->cap = r->cap ? r->cap * 2 : 8;
+		r->peers = tally_xrealloc(r->peers, (size_t)r->cap * sizeof *r->peers);
+	}
+	tally_strlcpy(r->peers[r->npeers].addr, addr, sizeof r->peers[r->npeers].addr);
+	r->peers[r->npeers].sock = s;
+	r->npeers++;
+	*out = s;
+	pthread_mutex_unlock(&r->mu);
+	return 0;
+}
+
+static void call_fail(tally_rpc_call *c, int rv, const char *what)
+{
+	c->rc = -1;
+	tally_strlcpy(c->sqlstate, TALLY_SQLSTATE_UNAVAILABLE, sizeof c->sqlstate);
+	snprintf(c->errmsg, sizeof c->errmsg, "could not %s node %s (%s): %s", what,
+		 c->peer ? c->peer : "?", c->addr, nng_strerror(rv));
+}
+
+void tally_rpc_call_many(tally_rpc *r, tally_rpc_call *calls, int n, int timeout_ms)
+{
+	for (int i = 0; i < n; i++) {
+		tally_rpc_call *c = &calls[i];
+		c->rc = 1; /* pending */
+		c->reply = NULL;
+		c->ctx_open = false;
+		c->aio = NULL;
+		c->errmsg[0] = 0;
+		c->sqlstate[0] = 0;
+		nng_socket s;
+		int rv = rpc_socket(r, c->addr, &s);
+		if (rv == 0)
+			rv = nng_ctx_open(&c->ctx, s);
+		if (rv != 0) {
+			call_fail(c, rv, "connect to");
+			continue;
+		}
+		c->ctx_open = true;
+		if ((rv = nng_aio_alloc(&c->aio, NULL, NULL)) != 0) {
+			call_fail(c, rv, "send to");
+			continue;
+		}
+		nng_msg *m;
+		if ((rv = nng_msg_alloc(&m, 0)) != 0 || (rv = nng_msg_append(m, c->req.data, c->req.len)) != 0) {
+			call_fail(c, rv, "send to");
+			continue;
+		}
+		nng_aio_set_msg(c->aio, m);
+		nng_aio_set_timeout(c->aio, timeout_ms);
+		nng_ctx_send(c->ctx, c->aio);
+	}
+	for (int i = 0; i < n; i++) {
+		tally_rpc_call *c = &calls[i];
+		if (c->rc != 1)
+			continue;
+		nng_aio_wait(c->aio);
+		int rv = nng_aio_result(c->aio);
+		if (rv != 0) {
+			nng_msg *m = nng_aio_get_msg(c->aio);
+			if (m)
+				nng_msg_free(m);
+			call_fail(c, rv, "send to");
+			continue;
+		}
+		nng_aio_set_timeout(c->aio, timeout_ms);
+		nng_ctx_recv(c->ctx, c->aio);
+	}
+	for (int i = 0; i < n; i++) {
+		tally_rpc_call *c = &calls[i];
+		if (c->rc != 1)
+			continue;
+		nng_aio_wait(c->aio);
+		int rv = nng_aio_result(c->aio);
+		if (rv != 0) {
+			call_fail(c, rv, rv == NNG_ETIMEDOUT ? "get a reply in time from" : "receive from");
+			continue;
+		}
+		c->reply = nng_aio_get_msg(c->aio);
+		if (tally_msg_open(nng_msg_body(c->reply), nng_msg_len(c->reply), &c->hdr, &c->body) != 0) {
+			c->rc = -1;
+			tally_strlcpy(c->sqlstate, TALLY_SQLSTATE_INTERNAL, sizeof c->sqlstate);
+			snprintf(c->errmsg, sizeof c->errmsg, "malformed reply from node %s", c->peer ? c->peer : c->addr);
+			continue;
+		}
+		if (c->hdr.type == TALLY_MSG_ERROR) {
+			c->rc = -1;
+			if (tally_msg_get_error(&c->body, c->sqlstate, c->errmsg, sizeof c->errmsg) != 0) {
+				tally_strlcpy(c->sqlstate, TALLY_SQLSTATE_INTERNAL, sizeof c->sqlstate);
+				snprintf(c->errmsg, sizeof c->errmsg, "malformed error reply from node %s",
+					 c->peer ? c->peer : c->addr);
+			}
+			continue;
+		}
+		c->rc = 0;
+	}
+}
+
+void tally_rpc_calls_done(tally_rpc_call *calls, int n)
+{
+	for (int i = 0; i < n; i++) {
+		tally_rpc_call *c = &calls[i];
+		if (c->reply)
+			nng_msg_free(c->reply);
+		c->reply = NULL;
+		if (c->aio)
+			nng_aio_free(c->aio);
+		c->aio = NULL;
+		if (c->ctx_open)
+			nng_ctx_close(c->ctx);
+		c->ctx_open = false;
+	}
+}
+
+/* ---- server ---------------------------------------------------------------------------------- */
+
+struct tally_rpc_server {
+	nng_socket sock;
+	nng_listener listener;
+	char addr[128];
+	int nthreads;
+	pthread_t *threads;
+	tally_rpc_handler fn;
+	void *ctx;
+	volatile int stopping;
+};
+
+void tally_rpc_reply_error(tally_buf *b, uint64_t req_id, uint64_t epoch, const char *sqlstate,
+			   const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	tally_msg_begin(b, TALLY_MSG_ERROR, req_id, epoch);
+	tally_msg_put_error(b, sqlstate, msg);
+	tally_msg_end(b);
+}
+
+static void *service_main(void *arg)
+{
+	tally_rpc_server *s = arg;
+	nng_ctx ctx;
+	nng_aio *aio;
+	if (nng_ctx_open(&ctx, s->sock) != 0 || nng_aio_alloc(&aio, NULL, NULL) != 0) {
+		tally_log_error("rpc: could not open a service context");
+		return NULL;
+	}
+	tally_buf reply = {0};
+	while (!s->stopping) {
+		nng_ctx_recv(ctx, aio);
+		nng_aio_wait(aio);
+		int rv = nng_aio_result(aio);
+		if (rv == NNG_ECLOSED)
+			break;
+		if (rv != 0)
+			continue;
+		nng_msg *m = nng_aio_get_msg(aio);
+		tally_msg_hdr h;
+		tally_rd r;
+		tally_buf_reset(&reply);
+		if (tally_msg_open(nng_msg_body(m), nng_msg_len(m), &h, &r) != 0) {
+			/* Garbage from a peer: log and drop it; the peer gets no reply. */
+			tally_log_warn("rpc: dropped a malformed message of %zu bytes", nng_msg_len(m));
+			nng_msg_free(m);
+			continue;
+		}
+		s->fn(s->ctx, &h, &r, &reply);
+		nng_msg_free(m);
+		if (reply.len == 0)
+			continue;
+		nng_msg *out;
+		if (nng_msg_alloc(&out, 0) != 0 || nng_msg_append(out, reply.data, reply.len) != 0)
+			continue;
+		nng_aio_set_msg(aio, out);
+		nng_ctx_send(ctx, aio);
+		nng_aio_wait(aio);
+		if (nng_aio_result(aio) != 0)
+			nng_msg_free(out);
+		if (reply.cap > (8u << 20))
+			tally_buf_free(&reply); /* don't pin a large read reply */
+	}
+	tally_buf_free(&reply);
+	nng_aio_free(aio);
+	nng_ctx_close(ctx);
+	return NULL;
+}
+
+int tally_rpc_server_open(const char *host, int port, int nthreads, tally_rpc_handler fn,
+			  void *ctx, tally_rpc_server **out)
+{
+	tally_rpc_server *s = tally_xcalloc(1, sizeof *s);
+	s->fn = fn;
+	s->ctx = ctx;
+	int rv = nng_rep0_open(&s->sock);
+	if (rv != 0) {
+		tally_log_error("rpc: could not open socket: %s", nng_strerror(rv));
+		free(s);
+		return -1;
+	}
+	nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, TALLY_MSG_MAX);
+	char url[160];
+	snprintf(url, sizeof url, "tcp://%s:%d", host, port);
+	if ((rv = nng_listen(s->sock, url, &s->listener, 0)) != 0) {
+		tally_log_error("rpc: could not listen on %s: %s", url, nng_strerror(rv));
+		nng_close(s->sock);
+		free(s);
+		return -1;
+	}
+	int bound = 0;
+	nng_listener_get_int(s->listener, NNG_OPT_TCP_BOUND_PORT, &bound);
+	snprintf(s->addr, sizeof s->addr, "tcp://%s:%d", host, bound);
+	s->nthreads = nthreads > 0 ? nthreads : 4;
+	s->threads = tally_xcalloc((size_t)s->nthreads, sizeof *s->threads);
+	for (int i = 0; i < s->nthreads; i++)
+		pthread_create(&s->threads[i], NULL, service_main, s);
+	*out = s;
+	return 0;
+}
+
+const char *tally_rpc_server_addr(const tally_rpc_server *s) { return s->addr; }
+
+void tally_rpc_server_close(tally_rpc_server *s)
+{
+	if (!s)
+		return;
+	s->stopping = 1;
+	nng_close(s->sock); /* fails every pending receive with NNG_ECLOSED */
+	for (int i = 0; i < s->nthreads; i++)
+		pthread_join(s->threads[i], NULL);
+	free(s->threads);
+	free(s);
+}

@@ -1,0 +1,256 @@
+/*
+ * node.h - the runtime every tally process shares: settings, the cluster map as this node
+ * knows it, node-to-node RPC over NNG, and the SQL session layer (ingest at any node, reads
+ * at any node). The coordinator and the worker plug their role-specific parts in through
+ * tally_node_role.
+ *
+ * Threads: the pgwire server runs one thread per client connection; the RPC server runs a
+ * fixed pool of service threads, each owning one NNG rep context; role code may run more
+ * (the worker's heartbeat thread, the coordinator's failure detector).
+ */
+#ifndef TALLY_NODE_H
+#define TALLY_NODE_H
+
+#include "tally/catalog.h"
+#include "tally/codec.h"
+#include "tally/group.h"
+#include "tally/pgwire.h"
+
+#include <nng/nng.h>
+#include <pthread.h>
+
+/* ---- settings -------------------------------------------------------------------------------- */
+
+typedef enum tally_setting_id {
+	TALLY_SET_PRIMARY_ONLY = 0,
+	TALLY_SET_SKIP_UNAVAILABLE,
+	TALLY_SET_INSERT_LEVEL,
+	TALLY_SET_NUM_REPLICAS,
+	TALLY_SET_FAILURE_TIMEOUT,
+	TALLY_SET_HEARTBEAT_INTERVAL,
+	TALLY_SET_FSYNC,
+	TALLY_SET_STATEMENT_MEMORY,
+	TALLY_SET_RPC_TIMEOUT,
+	/* standard PostgreSQL settings drivers send */
+	TALLY_SET_CLIENT_ENCODING,
+	TALLY_SET_DATESTYLE,
+	TALLY_SET_TIMEZONE,
+	TALLY_SET_APPLICATION_NAME,
+	TALLY_SET_EXTRA_FLOAT_DIGITS,
+	TALLY_SET_SEARCH_PATH,
+	TALLY_SET_STATEMENT_TIMEOUT,
+	TALLY_SET_SERVER_VERSION,
+	TALLY_SET_SERVER_ENCODING,
+	TALLY_SET_STANDARD_CONFORMING_STRINGS,
+	TALLY_SET_INTEGER_DATETIMES,
+	TALLY_SET_TRANSACTION_ISOLATION,
+	TALLY_SET_COUNT_
+} tally_setting_id;
+
+#define TALLY_SETTING_VALUE_MAX 128
+
+typedef struct tally_settings {
+	char v[TALLY_SET_COUNT_][TALLY_SETTING_VALUE_MAX];
+} tally_settings;
+
+/* Fill s with the built-in defaults. */
+void tally_settings_defaults(tally_settings *s);
+/* Look a setting up by name (case-insensitive); -1 if unknown. */
+int tally_settings_lookup(const char *name);
+const char *tally_settings_name(int id);
+/* Validate and normalise value for setting id, then store it. NULL value = reset to dflt.
+ * Errors: 22023 `invalid value for parameter "x": "y"` (with the accepted values as hint),
+ * 55P02 for read-only settings. */
+int tally_settings_set(tally_settings *s, const tally_settings *dflt, int id, const char *value,
+		       tally_err *err);
+bool tally_settings_bool(const tally_settings *s, int id);
+/* Durations in milliseconds ("2s", "250ms", "2000"). Sizes in bytes ("1GB", "64MB"). */
+int64_t tally_settings_ms(const tally_settings *s, int id);
+int64_t tally_settings_bytes(const tally_settings *s, int id);
+/* Short description used by SHOW ALL and docs. */
+const char *tally_settings_describe(int id);
+
+/* ---- cluster map as known to this node -------------------------------------------------------- */
+
+/* A view analyzed on this node: its catalog entry plus the plan its SELECT compiles to. */
+typedef struct tally_view_rt {
+	const tally_view_info *info;
+	const tally_stream_info *stream;
+	tally_relation stream_rel; /* stream columns + arrival_timestamp */
+	tally_column *stream_cols;
+	tally_view_plan *plan;
+	tally_relation out_rel; /* the view's output columns */
+	tally_column *out_cols;
+	bool ok; /* false if the view failed to analyze here (version skew); reads/ingest error */
+	char error[256];
+} tally_view_rt;
+
+/* An immutable snapshot: catalog + analyzed views. Reference-counted: tally_map_get returns
+ * a reference the caller must release with tally_map_put. */
+typedef struct tally_map {
+	int refs; /* atomic */
+	tally_catalog *cat;
+	tally_view_rt *views; /* [cat->nviews], same order */
+	tally_arena arena;
+} tally_map;
+
+tally_map *tally_map_build(tally_catalog *cat); /* takes ownership of cat */
+void tally_map_put(tally_map *m);
+const tally_view_rt *tally_map_view(const tally_map *m, const char *name);
+const tally_view_rt *tally_map_view_by_id(const tally_map *m, uint64_t id);
+/* The stream's relation (columns + arrival_timestamp) in arena a. */
+int tally_map_stream_rel(const tally_map *m, const char *name, tally_arena *a, tally_relation *out);
+
+/* ---- RPC --------------------------------------------------------------------------------- */
+
+typedef struct tally_rpc tally_rpc; /* client side: one req socket per peer address */
+
+tally_rpc *tally_rpc_alloc(void);
+void tally_rpc_free(tally_rpc *r);
+
+typedef struct tally_rpc_call {
+	const char *addr;   /* peer data address */
+	const char *peer;   /* name for errors ("w2") */
+	tally_buf req;      /* full request message (header + body), owned by the caller */
+	/* results */
+	int rc;             /* 0 = reply received */
+	nng_msg *reply;     /* owned by the caller after the call: nng_msg_free */
+	tally_msg_hdr hdr;  /* reply header */
+	tally_rd body;      /* reply body reader (into reply) */
+	char errmsg[256];   /* transport or remote error text when rc != 0 */
+	char sqlstate[6];   /* remote ERROR's sqlstate, or 57P03 for transport failures */
+	/* private */
+	nng_ctx ctx;
+	nng_aio *aio;
+	bool ctx_open;
+} tally_rpc_call;
+
+/* Send every request in parallel and wait for each reply (timeout_ms each). A reply of type
+ * TALLY_MSG_ERROR sets rc = -1 with the remote sqlstate/message. Never blocks longer than about
+ * 2 * timeout_ms. */
+void tally_rpc_call_many(tally_rpc *r, tally_rpc_call *calls, int n, int timeout_ms);
+/* Release replies and private state of the calls (not their req buffers). */
+void tally_rpc_calls_done(tally_rpc_call *calls, int n);
+
+typedef struct tally_rpc_server tally_rpc_server;
+/* Handler: decode req (header h, body r), append the whole reply message (header + body) to
+ * reply. Runs on a service thread; must not block for long. */
+typedef void (*tally_rpc_handler)(void *ctx, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply);
+/* Listen on tcp://host:port (0 = any) with nthreads service threads. */
+int tally_rpc_server_open(const char *host, int port, int nthreads, tally_rpc_handler fn,
+			  void *ctx, tally_rpc_server **out);
+const char *tally_rpc_server_addr(const tally_rpc_server *s); /* "tcp://127.0.0.1:NNNN" */
+void tally_rpc_server_close(tally_rpc_server *s);
+/* Build an ERROR reply into b. */
+void tally_rpc_reply_error(tally_buf *b, uint64_t req_id, uint64_t epoch, const char *sqlstate,
+			   const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* ---- the node ----------------------------------------------------------------------------- */
+
+typedef enum tally_role { TALLY_ROLE_COORDINATOR = 0, TALLY_ROLE_WORKER = 1 } tally_role;
+
+typedef struct tally_node tally_node;
+
+typedef struct tally_node_role {
+	/* Execute one DDL statement for the cluster (coordinator: directly; worker: forwarded to
+	 * the coordinator). On success fill tag (e.g. "CREATE STREAM") and, if set, a notice for
+	 * the client; this node's map already includes the change when it returns. */
+	int (*ddl)(tally_node *n, const char *sql, char *tag, size_t tagsz, tally_err *notice,
+		   tally_err *err);
+	/* Handle a node-to-node request of a role-specific type (else the node answers ERROR). */
+	void (*handle)(tally_node *n, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply);
+	void *ctx;
+} tally_node_role;
+
+typedef struct tally_node_config {
+	tally_role role;
+	char name[TALLY_NAME_MAX];
+	char dir[512];
+	char host[64];
+	int sql_port;
+	int data_port;
+	char coordinator_addr[128]; /* workers */
+	tally_settings defaults;
+	int rpc_threads;
+} tally_node_config;
+
+struct tally_node {
+	tally_node_config cfg;
+	tally_node_role role;
+	uint32_t node_id;  /* 0 for the coordinator */
+	uint64_t incarnation;
+	tally_pg_server *pg;
+	tally_rpc_server *rpcsrv;
+	tally_rpc *rpc;
+	pthread_mutex_t map_mu;
+	tally_map *map; /* current snapshot, replaced whole; guarded by map_mu */
+	uint64_t next_seq;     /* atomic: per-origin batch sequence */
+	uint64_t next_req;     /* atomic: request ids */
+	int64_t started_us;
+};
+
+int tally_node_open(tally_node *n, const tally_node_config *cfg, const tally_node_role *role);
+void tally_node_close(tally_node *n);
+/* Current map (a reference; release with tally_map_put). Never NULL after open. */
+tally_map *tally_node_map(tally_node *n);
+/* Install a new map if its epoch is newer than the current one (takes ownership of cat;
+ * frees it otherwise). Returns true if installed. */
+bool tally_node_install_map(tally_node *n, tally_catalog *cat);
+uint64_t tally_node_epoch(tally_node *n);
+uint64_t tally_node_next_req(tally_node *n);
+/* Write DIR/ready (pid, name, sql_port, data_addr) atomically; remove it at close. */
+int tally_node_write_ready(tally_node *n);
+
+/* Parse argv common flags into cfg (role-specific flags handled by the caller first).
+ * Returns 0, or prints usage/error and returns 2. */
+int tally_node_parse_args(int argc, char **argv, tally_node_config *cfg, const char *usage);
+/* Call first thing in main: block SIGTERM/SIGINT in every thread (tally_node_wait_signal
+ * takes them) and ignore SIGPIPE. */
+void tally_node_init_process(void);
+/* Block until SIGTERM/SIGINT. */
+void tally_node_wait_signal(void);
+
+/* DDL replies (TALLY_MSG_DDL_OK): u8 ok; ok: str tag, str notice, str catalog; else str sqlstate,
+ * message, detail, hint, u32 position. A notice (e.g. "relation already exists, skipping") may
+ * accompany success. */
+void tally_ddl_reply_put(tally_buf *b, const char *tag, const char *notice, const tally_catalog *cat,
+			 const tally_err *err);
+/* Decode: on ok fills tag/notice and *cat (heap; caller owns), returns 0; on a remote error
+ * fills err and returns -1; malformed -> -1 with an internal error. */
+int tally_ddl_reply_get(tally_rd *r, char *tag, size_t tagsz, tally_err *notice, tally_catalog **cat,
+			tally_err *err);
+
+/* ---- ingest and read, used by the session layer -------------------------------------------- */
+
+/* Statement-scoped ingest: rows are added one by one, pre-aggregated per view and group, and
+ * sent to the primaries at commit. Nothing is sent before commit, so a failed statement
+ * applies nothing. */
+typedef struct tally_ingest tally_ingest;
+int tally_ingest_begin(tally_node *n, tally_map *m, const char *stream, const tally_settings *s,
+		       tally_ingest **out, tally_err *err);
+/* The stream's relation (columns + arrival_timestamp). */
+const tally_relation *tally_ingest_rel(const tally_ingest *g);
+/* Add one row (stream columns then arrival_timestamp, which the caller leaves NULL and
+ * ingest fills). Errors from view WHERE/group expressions (22012 ...) and memory limits. */
+int tally_ingest_row(tally_ingest *g, tally_value *row, tally_err *err);
+int tally_ingest_commit(tally_ingest *g, tally_err *err);
+void tally_ingest_free(tally_ingest *g);
+uint64_t tally_ingest_rows(const tally_ingest *g);
+
+/* Read every group of a view: fan out to one copy per shard, merge, finalize. Rows are the
+ * view's output columns, allocated in a. warnings (may be NULL) receives a WARNING when shards
+ * were skipped. */
+int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *v, const tally_settings *s,
+		    const tally_value *key_filter /* [ngroups] or NULL */, tally_arena *a,
+		    tally_value **rows, size_t *nrows, tally_err *warning, tally_err *err);
+
+/* System views: fill the relation description and rows. Returns 1 if name is a system view,
+ * 0 if not, -1 on error. */
+int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
+		  tally_relation *rel, tally_value **rows, size_t *nrows, tally_err *err);
+
+/* The pgwire handlers of the session layer; server_ctx is the tally_node. */
+extern const tally_pg_handlers tally_session_handlers;
+
+
+#endif
