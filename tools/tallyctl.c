@@ -1120,8 +1120,8 @@ static int cmd_up(int argc, char **argv)
 		for (int i = 0; i < old.nnodes; i++)
 			if (node_alive(&old, &old.nodes[i])) {
 				fprintf(stderr, "tallyctl: cluster already running in %s (%s has pid "
-						"%ld)\n",
-					c.dir, old.nodes[i].name, (long)old.nodes[i].pid);
+						"%ld); stop it with: tallyctl down --dir %s\n",
+					c.dir, old.nodes[i].name, (long)old.nodes[i].pid, c.dir);
 				return CTL_EXIT_FAIL;
 			}
 	}

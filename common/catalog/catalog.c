@@ -174,8 +174,8 @@ static int cat_validate(const tally_catalog *c)
 		size_t ncopies = (size_t)v->num_shards * (size_t)(v->num_replicas + 1);
 		for (size_t j = 0; j < ncopies; j++) {
 			uint32_t id = j < (size_t)v->num_shards
-					      ? v->primary[j]
-					      : v->replicas[j - (size_t)v->num_shards];
+					  ? v->primary[j]
+					  : v->replicas[j - (size_t)v->num_shards];
 			if (!bsearch(&id, ids, (size_t)c->nnodes, sizeof *ids, cat_u32cmp))
 				goto out;
 		}
@@ -192,9 +192,8 @@ static int cat_decode_node(tally_rd *r, tally_node_info *n)
 	uint64_t hb;
 	if (tally_rd_u32(r, &n->id) || cat_get_name(r, n->name, sizeof n->name, false) ||
 	    cat_get_name(r, n->data_addr, sizeof n->data_addr, true) ||
-	    cat_get_name(r, n->sql_addr, sizeof n->sql_addr, true) ||
-	    tally_rd_u8(r, &n->state) || tally_rd_u64(r, &n->incarnation) ||
-	    tally_rd_u64(r, &hb))
+	    cat_get_name(r, n->sql_addr, sizeof n->sql_addr, true) || tally_rd_u8(r, &n->state) ||
+	    tally_rd_u64(r, &n->incarnation) || tally_rd_u64(r, &hb))
 		return -1;
 	n->last_heartbeat_us = (int64_t)hb;
 	if (n->id == 0 || n->state > TALLY_NODE_DOWN)
@@ -351,7 +350,7 @@ static void cat_view_copy(tally_view_info *d, const tally_view_info *v)
 	d->query_text = tally_xstrdup(v->query_text ? v->query_text : "");
 	d->primary = cat_dup(v->primary, (size_t)v->num_shards * sizeof *v->primary);
 	d->replicas = cat_dup(v->replicas, (size_t)v->num_shards * (size_t)v->num_replicas *
-						   sizeof *v->replicas);
+					       sizeof *v->replicas);
 }
 
 tally_catalog *tally_catalog_clone(const tally_catalog *c)
@@ -363,8 +362,8 @@ tally_catalog *tally_catalog_clone(const tally_catalog *c)
 	d->nodes = cat_dup(c->nodes, (size_t)c->nnodes * sizeof *c->nodes);
 	d->streams = cat_dup(c->streams, (size_t)c->nstreams * sizeof *c->streams);
 	for (int i = 0; i < c->nstreams; i++)
-		d->streams[i].cols = cat_dup(c->streams[i].cols,
-					     (size_t)c->streams[i].ncols * sizeof(tally_column));
+		d->streams[i].cols =
+		    cat_dup(c->streams[i].cols, (size_t)c->streams[i].ncols * sizeof(tally_column));
 	d->views = tally_xcalloc((size_t)c->nviews + 1, sizeof *d->views);
 	for (int i = 0; i < c->nviews; i++)
 		cat_view_copy(&d->views[i], &c->views[i]);

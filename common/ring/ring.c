@@ -99,10 +99,11 @@ int tally_ring_place(const tally_ring_member *members, int nmembers, const char 
 					TALLY_MAX_REPLICAS);
 	}
 	if (num_replicas + 1 > nmembers)
-		return tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
-				     "num_replicas %d requires at least %d worker nodes, the cluster "
-				     "has %d",
-				     num_replicas, num_replicas + 1, nmembers);
+		return tally_err_set(
+		    err, TALLY_SQLSTATE_INVALID_PARAMETER,
+		    "num_replicas %d requires at least %d worker nodes, the cluster "
+		    "has %d",
+		    num_replicas, num_replicas + 1, nmembers);
 	if (!view || !primary || (num_replicas > 0 && !replicas))
 		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
 				     "cannot place shards: missing view name or output array");

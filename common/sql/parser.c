@@ -890,7 +890,7 @@ static int parse_pred(parser *p, tally_expr **out)
 			if (is_kw(p, "symmetric"))
 				return not_supported(p, cur(p)->cpos, "BETWEEN SYMMETRIC", NULL);
 			tally_expr *lo, *hi;
-			if (parse_other(p, &lo) || expect_kw(p, "and") || parse_other(p, &hi))
+			if (parse_bexpr(p, &lo) || expect_kw(p, "and") || parse_bexpr(p, &hi))
 				return -1;
 			tally_expr *e = sql_expr_new(p->a, N_BETWEEN, pos);
 			e->flag = neg;
@@ -910,7 +910,7 @@ static int parse_pred(parser *p, tally_expr **out)
 				pos = cur(p)->cpos;
 			adv(p);
 			tally_expr *r;
-			if (parse_other(p, &r))
+			if (parse_bexpr(p, &r))
 				return -1;
 			if (is_kw(p, "escape"))
 				return not_supported(p, cur(p)->cpos, "LIKE ... ESCAPE", NULL);

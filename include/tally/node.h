@@ -117,7 +117,7 @@ typedef struct tally_rpc_call {
 	nng_msg *reply;     /* owned by the caller after the call: nng_msg_free */
 	tally_msg_hdr hdr;  /* reply header */
 	tally_rd body;      /* reply body reader (into reply) */
-	char errmsg[256];   /* transport or remote error text when rc != 0 */
+	char errmsg[512];   /* transport or remote error text when rc != 0 */
 	char sqlstate[6];   /* remote ERROR's sqlstate, or 57P03 for transport failures */
 	/* private */
 	nng_ctx ctx;

@@ -15,8 +15,7 @@ typedef void (*build_fn)(tally_buf *b);
  * returns 0 only when the body decoded and the reader is fully consumed. */
 typedef int (*parse_fn)(tally_rd *r, bool check);
 
-static const tally_msg_register reg_in = {"w1", "tcp://127.0.0.1:40123", "127.0.0.1:6433",
-					  42};
+static const tally_msg_register reg_in = {"w1", "tcp://127.0.0.1:40123", "127.0.0.1:6433", 42};
 static const tally_msg_heartbeat hb_in = {7, 3, 99, 123456789};
 static const tally_msg_apply apply_in = {2, 5, 1000001, 77, 6, 2};
 static const uint8_t read_key[] = {1, 2, 0, 4};
@@ -154,12 +153,12 @@ static const struct {
 	build_fn build;
 	parse_fn parse;
 } cases[] = {
-	{"ERROR", TALLY_MSG_ERROR, build_error, parse_error},
-	{"REGISTER", TALLY_MSG_REGISTER, build_register, parse_register},
-	{"HEARTBEAT", TALLY_MSG_HEARTBEAT, build_heartbeat, parse_heartbeat},
-	{"APPLY", TALLY_MSG_APPLY, build_apply, parse_apply},
-	{"READ", TALLY_MSG_READ, build_read_key, parse_read_key},
-	{"READ", TALLY_MSG_READ, build_read_nokey, parse_read_nokey},
+    {"ERROR", TALLY_MSG_ERROR, build_error, parse_error},
+    {"REGISTER", TALLY_MSG_REGISTER, build_register, parse_register},
+    {"HEARTBEAT", TALLY_MSG_HEARTBEAT, build_heartbeat, parse_heartbeat},
+    {"APPLY", TALLY_MSG_APPLY, build_apply, parse_apply},
+    {"READ", TALLY_MSG_READ, build_read_key, parse_read_key},
+    {"READ", TALLY_MSG_READ, build_read_nokey, parse_read_nokey},
 };
 #define NCASES (sizeof cases / sizeof cases[0])
 
@@ -397,14 +396,14 @@ Test(codec, golden_header_bytes, .timeout = 30)
 	tally_msg_begin(&b, TALLY_MSG_HEARTBEAT, 0x0102030405060708ull, 0x1112131415161718ull);
 	tally_msg_end(&b);
 	static const uint8_t want[] = {
-		0x54, 0x4C,                                     /* magic "TL" */
-		0x01,                                           /* version */
-		0x05,                                           /* type HEARTBEAT */
-		0x00, 0x00,                                     /* flags */
-		0x00, 0x00,                                     /* reserved */
-		0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, /* request id */
-		0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, /* epoch */
-		0x00, 0x00, 0x00, 0x00,                         /* body length */
+	    0x54, 0x4C,					    /* magic "TL" */
+	    0x01,					    /* version */
+	    0x05,					    /* type HEARTBEAT */
+	    0x00, 0x00,					    /* flags */
+	    0x00, 0x00,					    /* reserved */
+	    0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, /* request id */
+	    0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, /* epoch */
+	    0x00, 0x00, 0x00, 0x00,			    /* body length */
 	};
 	assert_bytes(&b, want, sizeof want);
 	tally_buf_free(&b);
@@ -422,23 +421,23 @@ Test(codec, golden_apply_bytes, .timeout = 30)
 	tally_msg_begin(&b, TALLY_MSG_APPLY, 9, 4);
 	tally_msg_put_apply(&b, &m);
 	tally_buf_put_str(&b, "ab", 2); /* one group: key "ab" ... */
-	tally_buf_putc(&b, 0xFF);       /* ... and a one-byte state */
+	tally_buf_putc(&b, 0xFF);	/* ... and a one-byte state */
 	tally_msg_end(&b);
 	static const uint8_t want[] = {
-		/* header */
-		0x54, 0x4C, 0x01, 0x0C, 0x00, 0x00, 0x00, 0x00,  /* TL v1 APPLY flags rsvd */
-		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09,  /* request id 9 */
-		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04,  /* epoch 4 */
-		0x00, 0x00, 0x00, 0x27,                          /* body length 39 */
-		/* body */
-		0x00, 0x00, 0x00, 0x03,                          /* origin 3 */
-		0x00, 0x00, 0x00, 0x01,                          /* home shard 1 */
-		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02,  /* seq 258 */
-		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07,  /* view id 7 */
-		0x00, 0x00, 0x00, 0x02,                          /* target shard 2 */
-		0x00, 0x00, 0x00, 0x01,                          /* ngroups 1 */
-		0x00, 0x00, 0x00, 0x02, 0x61, 0x62,              /* key "ab" */
-		0xFF,                                            /* state */
+	    /* header */
+	    0x54, 0x4C, 0x01, 0x0C, 0x00, 0x00, 0x00, 0x00, /* TL v1 APPLY flags rsvd */
+	    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, /* request id 9 */
+	    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, /* epoch 4 */
+	    0x00, 0x00, 0x00, 0x27,			    /* body length 39 */
+	    /* body */
+	    0x00, 0x00, 0x00, 0x03,			    /* origin 3 */
+	    0x00, 0x00, 0x00, 0x01,			    /* home shard 1 */
+	    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, /* seq 258 */
+	    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07, /* view id 7 */
+	    0x00, 0x00, 0x00, 0x02,			    /* target shard 2 */
+	    0x00, 0x00, 0x00, 0x01,			    /* ngroups 1 */
+	    0x00, 0x00, 0x00, 0x02, 0x61, 0x62,		    /* key "ab" */
+	    0xFF,					    /* state */
 	};
 	assert_bytes(&b, want, sizeof want);
 	tally_msg_hdr h;

@@ -841,3 +841,21 @@ Test(pgwire, execute_without_describe)
 	close(fd);
 	check_server_alive();
 }
+
+Test(pgwire, gss_and_ssl_requests_answered_n)
+{
+	int fd = raw_connect();
+	uint8_t gss[8] = {0, 0, 0, 8, 0x04, 0xD2, 0x16, 0x30}; /* 80877104 */
+	uint8_t ssl[8] = {0, 0, 0, 8, 0x04, 0xD2, 0x16, 0x2F}; /* 80877103 */
+	uint8_t ch = 0;
+	raw_send(fd, gss, 8);
+	cr_assert_eq(recv(fd, &ch, 1, 0), 1);
+	cr_assert_eq(ch, 'N');
+	raw_send(fd, ssl, 8);
+	cr_assert_eq(recv(fd, &ch, 1, 0), 1);
+	cr_assert_eq(ch, 'N');
+	raw_startup(fd); /* asserts ReadyForQuery arrives */
+	cr_assert_eq(tally_pg_server_nconns(srv), 1);
+	close(fd);
+	check_server_alive();
+}

@@ -112,7 +112,8 @@ Test(ring, replica_never_on_primary_node, .timeout = 30)
 			cr_assert(known, "primary is not a member id");
 			for (int r = 0; r < R; r++) {
 				uint32_t id = reps[i * R + r];
-				cr_assert_neq(id, prim[i], "replica on its primary (iter %d)", iter);
+				cr_assert_neq(id, prim[i], "replica on its primary (iter %d)",
+					      iter);
 				for (int q = 0; q < r; q++)
 					cr_assert_neq(id, reps[i * R + q], "replica twice");
 				known = false;
@@ -187,15 +188,13 @@ Test(ring, adding_a_node_moves_few_copies, .timeout = 30)
 	double slot_frac = (double)slot_changed / total;
 	printf("ring: adding a 4th node to 3 moved %d of %d shard copies (%.1f%%); "
 	       "%d copy slots changed node or role (%.1f%%); the new node holds %.1f%%\n",
-	       moved, total, 100.0 * frac, slot_changed, 100.0 * slot_frac,
-	       100.0 * on_new / total);
+	       moved, total, 100.0 * frac, slot_changed, 100.0 * slot_frac, 100.0 * on_new / total);
 	cr_assert_leq(frac, 0.40, "moved %.3f of shard copies", frac);
 	cr_assert_leq(slot_frac, 0.45, "%.3f of copy slots changed", slot_frac);
 	/* The new node got a fair share, and most moves went to it (bounded loads shift a
 	 * few copies between the old nodes too). */
 	cr_assert_geq(on_new, total / 5);
-	cr_assert_geq(on_new * 10, moved * 8, "%d of %d moves went to the new node", on_new,
-		      moved);
+	cr_assert_geq(on_new * 10, moved * 8, "%d of %d moves went to the new node", on_new, moved);
 }
 
 Test(ring, refuses_too_many_replicas, .timeout = 30)
