@@ -11,6 +11,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
 
 struct tally_coord {
 	tally_node node;
@@ -67,16 +68,20 @@ static void put_catalog(tally_buf *b, const tally_catalog *cat)
 
 static int members(const tally_catalog *cat, tally_ring_member *m)
 {
+	int n = 0;
 	for (int i = 0; i < cat->nnodes; i++) {
-		m[i].id = cat->nodes[i].id;
-		m[i].name = cat->nodes[i].name;
-		m[i].weight = 1;
+		if (cat->nodes[i].state != TALLY_NODE_UP)
+			continue;
+		m[n].id = cat->nodes[i].id;
+		m[n].name = cat->nodes[i].name;
+		m[n].weight = 1;
+		n++;
 	}
-	return cat->nnodes;
+	return n;
 }
 
-static int ddl_create_view(tally_coord *c, const tally_stmt *st, char *notice, size_t noticesz,
-			   tally_err *err)
+static int ddl_create_view(tally_coord *c, const tally_stmt *st, int default_replicas, char *notice,
+			   size_t noticesz, tally_err *err)
 {
 	tally_catalog *cat = c->cat;
 	const char *name = st->u.create_view.name;
@@ -110,14 +115,19 @@ static int ddl_create_view(tally_coord *c, const tally_stmt *st, char *notice, s
 	tally_arena_free(&a);
 	if (rc != 0)
 		return -1;
-	int nworkers = cat->nnodes;
-	if (nworkers == 0)
+	/* Place on the workers that are up now: a down node would get primaries nobody can
+	 * write to. */
+	tally_ring_member *mem = tally_xcalloc((size_t)cat->nnodes + 1, sizeof *mem);
+	int nworkers = members(cat, mem);
+	if (nworkers == 0) {
+		free(mem);
 		return tally_err_set(err, TALLY_SQLSTATE_INSUFFICIENT_RESOURCES,
-				     "cannot create continuous view \"%s\": the cluster has no worker nodes", name);
+				     "cannot create continuous view \"%s\": no worker node is up", name);
+	}
 	int nshards = tally_ring_num_shards(st->u.create_view.num_shards, st->u.create_view.shard_factor, nworkers);
 	int nrep = st->u.create_view.num_replicas;
 	if (nrep < 0) {
-		nrep = (int)strtol(c->node.cfg.defaults.v[TALLY_SET_NUM_REPLICAS], NULL, 10);
+		nrep = default_replicas;
 		if (nrep > nworkers - 1)
 			nrep = nworkers - 1; /* the default adapts to small clusters */
 	}
@@ -132,8 +142,6 @@ static int ddl_create_view(tally_coord *c, const tally_stmt *st, char *notice, s
 								   : st->u.create_view.sharding_policy;
 	v.primary = tally_xcalloc((size_t)nshards, sizeof *v.primary);
 	v.replicas = tally_xcalloc((size_t)nshards * (size_t)(nrep ? nrep : 1), sizeof *v.replicas);
-	tally_ring_member *mem = tally_xcalloc((size_t)nworkers, sizeof *mem);
-	members(cat, mem);
 	rc = tally_ring_place(mem, nworkers, name, nshards, nrep, 0, v.primary, v.replicas, err);
 	if (rc == 0)
 		rc = tally_catalog_add_view(cat, &v, err);
@@ -143,8 +151,21 @@ static int ddl_create_view(tally_coord *c, const tally_stmt *st, char *notice, s
 	return rc;
 }
 
-static int ddl_locked(tally_coord *c, const char *sql, char *tag, size_t tagsz, char *notice,
-		      size_t noticesz, tally_err *err)
+/* Whether the statement's second word is VIEW (CREATE VIEW / DROP VIEW, as opposed to the
+ * CONTINUOUS VIEW spelling): the command tag echoes what the user typed. */
+static bool second_word_is_view(const char *p)
+{
+	while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+		p++;
+	while (*p && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
+		p++;
+	while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+		p++;
+	return strncasecmp(p, "view", 4) == 0 && (p[4] == 0 || strchr(" \t\r\n", p[4]));
+}
+
+static int ddl_locked(tally_coord *c, const char *sql, int default_replicas, char *tag, size_t tagsz,
+		      char *notice, size_t noticesz, tally_err *err)
 {
 	tally_arena a = {0};
 	tally_stmt *st;
@@ -203,8 +224,8 @@ static int ddl_locked(tally_coord *c, const char *sql, char *tag, size_t tagsz, 
 		break;
 	}
 	case TALLY_STMT_CREATE_VIEW: {
-		tally_strlcpy(tag, strncasecmp(st->text, "create view", 11) == 0 ? "CREATE VIEW" : "CREATE CONTINUOUS VIEW", tagsz);
-		int r = ddl_create_view(c, st, notice, noticesz, err);
+		tally_strlcpy(tag, second_word_is_view(st->text) ? "CREATE VIEW" : "CREATE CONTINUOUS VIEW", tagsz);
+		int r = ddl_create_view(c, st, default_replicas, notice, noticesz, err);
 		if (r < 0)
 			goto out;
 		changed = r == 0;
@@ -212,10 +233,7 @@ static int ddl_locked(tally_coord *c, const char *sql, char *tag, size_t tagsz, 
 	}
 	case TALLY_STMT_DROP_VIEW: {
 		const char *name = st->u.drop.name;
-		const char *p = st->text;
-		while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-			p++;
-		tally_strlcpy(tag, strncasecmp(p, "drop view", 9) == 0 ? "DROP VIEW" : "DROP CONTINUOUS VIEW", tagsz);
+		tally_strlcpy(tag, second_word_is_view(st->text) ? "DROP VIEW" : "DROP CONTINUOUS VIEW", tagsz);
 		if (!tally_catalog_view(cat, name)) {
 			if (st->u.drop.if_exists) {
 				snprintf(notice, noticesz, "continuous view \"%s\" does not exist, skipping", name);
@@ -247,13 +265,14 @@ out:
 	return rc;
 }
 
-static int coord_ddl(tally_node *n, const char *sql, char *tag, size_t tagsz, tally_err *notice,
-		     tally_err *err)
+static int coord_ddl(tally_node *n, const char *sql, const tally_settings *s, char *tag, size_t tagsz,
+		     tally_err *notice, tally_err *err)
 {
 	tally_coord *c = n->role.ctx;
 	char nt[512];
+	int nrep = (int)strtol(s->v[TALLY_SET_NUM_REPLICAS], NULL, 10);
 	pthread_mutex_lock(&c->mu);
-	int rc = ddl_locked(c, sql, tag, tagsz, nt, sizeof nt, err);
+	int rc = ddl_locked(c, sql, nrep, tag, tagsz, nt, sizeof nt, err);
 	pthread_mutex_unlock(&c->mu);
 	if (rc == 0 && nt[0] && notice) {
 		tally_err_set(notice, "00000", "%s", nt);
@@ -330,20 +349,23 @@ static void handle_heartbeat(tally_coord *c, const tally_msg_hdr *h, tally_rd *r
 
 static void handle_ddl(tally_coord *c, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)
 {
-	const uint8_t *p;
-	uint32_t len;
-	if (tally_rd_str(r, &p, &len, TALLY_MSG_MAX) != 0 || tally_msg_done(r) != 0) {
+	const uint8_t *p, *np;
+	uint32_t len, nlen;
+	if (tally_rd_str(r, &p, &len, TALLY_MSG_MAX) != 0 || tally_rd_str(r, &np, &nlen, 16) != 0 ||
+	    tally_msg_done(r) != 0) {
 		tally_rpc_reply_error(reply, h->req_id, 0, TALLY_SQLSTATE_PROTOCOL, "malformed DDL");
 		return;
 	}
 	char *sql = tally_xmalloc(len + 1);
 	memcpy(sql, p, len);
 	sql[len] = 0;
-	char tag[64] = "", notice[512] = "";
+	char tag[64] = "", notice[512] = "", nrep[17];
+	memcpy(nrep, np, nlen);
+	nrep[nlen] = 0;
 	tally_err err;
 	tally_err_clear(&err);
 	pthread_mutex_lock(&c->mu);
-	int rc = ddl_locked(c, sql, tag, sizeof tag, notice, sizeof notice, &err);
+	int rc = ddl_locked(c, sql, (int)strtol(nrep, NULL, 10), tag, sizeof tag, notice, sizeof notice, &err);
 	tally_msg_begin(reply, TALLY_MSG_DDL_OK, h->req_id, c->cat->epoch);
 	tally_ddl_reply_put(reply, tag, notice, c->cat, rc == 0 ? NULL : &err);
 	tally_msg_end(reply);

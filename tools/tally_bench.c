@@ -66,6 +66,12 @@ static uint64_t bench_rand(uint64_t *s)
 	return z ^ (z >> 31);
 }
 
+static void bench_quiet(void *arg, const char *message)
+{
+	(void)arg;
+	(void)message;
+}
+
 static PGconn *bench_connect(const bench_opts *o)
 {
 	char ci[512];
@@ -80,6 +86,8 @@ static PGconn *bench_connect(const bench_opts *o)
 		PQfinish(c);
 		return NULL;
 	}
+	/* DROP ... IF EXISTS notices are expected noise */
+	PQsetNoticeProcessor(c, bench_quiet, NULL);
 	return c;
 }
 
@@ -168,7 +176,8 @@ static long long bench_copy(PGconn *c, const char *stream, const uint8_t *data, 
 			count = strtoll(PQcmdTuples(r), NULL, 10);
 		} else {
 			if (!bad)
-				snprintf(err, errsz, "COPY %s: %s", stream, PQresultErrorMessage(r));
+				snprintf(err, errsz, "COPY %s: %s", stream,
+					 PQresultErrorMessage(r));
 			bad = true;
 		}
 		PQclear(r);
@@ -200,9 +209,9 @@ typedef struct bench_worker {
 	const bench_opts *o;
 	int index;
 	PGconn *conn;
-	tally_buf data;   /* --batch rows of COPY text */
+	tally_buf data;	  /* --batch rows of COPY text */
 	long long events; /* rows this connection sends */
-	long long sent;   /* rows the server acknowledged */
+	long long sent;	  /* rows the server acknowledged */
 	long long bytes;
 	pthread_barrier_t *start;
 	char stream[128];
@@ -226,8 +235,8 @@ static void *bench_ingest_thread(void *arg)
 		} else {
 			rows = batch;
 		}
-		long long got = bench_copy(w->conn, w->stream, w->data.data, len, w->err,
-					   sizeof w->err);
+		long long got =
+		    bench_copy(w->conn, w->stream, w->data.data, len, w->err, sizeof w->err);
 		if (got < 0)
 			return NULL;
 		if (got != rows) {
@@ -280,9 +289,9 @@ static int bench_ingest(const bench_opts *o, bench_ingest_result *res)
 	}
 	for (int i = 0; i < nc; i++) {
 		if (pthread_create(&th[i], NULL, bench_ingest_thread, &ws[i]) != 0) {
-			fprintf(stderr, "tally-bench: could not start a thread\n");
-			/* let the started ones run: release them with the barrier below is impossible
-			 * with fewer parties, so stop here */
+			/* The threads already started wait on a barrier sized for all of them:
+			 * without this one nothing can be measured, so give up at once. */
+			fprintf(stderr, "tally-bench: could not start thread %d\n", i);
 			exit(1);
 		}
 		started++;
@@ -414,15 +423,16 @@ static int bench_select(const bench_opts *o, int groups, bench_select_result *re
 		PGresult *r = PQexec(c, sql);
 		int64_t t1 = tally_mono_us();
 		if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-			fprintf(stderr, "tally-bench: %s\n  failed: %s", sql, PQresultErrorMessage(r));
+			fprintf(stderr, "tally-bench: %s\n  failed: %s", sql,
+				PQresultErrorMessage(r));
 			PQclear(r);
 			goto out;
 		}
 		int rows = PQntuples(r);
 		PQclear(r);
 		if (rows != groups) {
-			fprintf(stderr, "tally-bench: %s returned %d rows, expected %d\n", sql, rows,
-				groups);
+			fprintf(stderr, "tally-bench: %s returned %d rows, expected %d\n", sql,
+				rows, groups);
 			goto out;
 		}
 		res->rows += rows;
@@ -477,25 +487,33 @@ static void json_print(tally_buf *b)
 /* ---- command line -------------------------------------------------------------------------- */
 
 static const char *usage =
-	"usage: tally-bench ingest [--host H] [--port P] [--connections 4] [--events 10000000]\n"
-	"                          [--groups 1000] [--batch 100000] [--view-prefix b]\n"
-	"       tally-bench select [--host H] [--port P] [--groups 1000] [--queries 200]\n"
-	"                          [--view-prefix b]\n"
-	"       tally-bench all    [options of both]\n"
-	"\n"
-	"ingest  COPY --events rows (k integer, v double precision; k in 0..groups-1) over\n"
-	"        --connections connections, --batch rows per COPY, into stream <prefix>_s feeding\n"
-	"        view <prefix>_v (count, sum, avg per k); report events/s and check the view\n"
-	"        counted every event (exit 1 if not).\n"
-	"select  fill view <prefix>_g<groups>_v with --groups groups by one COPY, then run\n"
-	"        SELECT * on it --queries times; report p50/p99/max latency.\n"
-	"all     ingest, select 1000 groups, select 100000 groups; a markdown table.\n"
-	"\n"
-	"Defaults: --host 127.0.0.1 --port 6432. The last output line is the result as JSON.\n"
-	"Existing streams and views of the same names are dropped first.\n";
+    "usage: tally-bench ingest [--host H] [--port P] [--connections 4] [--events 10000000]\n"
+    "                          [--groups 1000] [--batch 100000] [--view-prefix b]\n"
+    "       tally-bench select [--host H] [--port P] [--groups 1000] [--queries 200]\n"
+    "                          [--view-prefix b]\n"
+    "       tally-bench all    [options of both]\n"
+    "\n"
+    "ingest  COPY --events rows (k integer, v double precision; k in 0..groups-1) over\n"
+    "        --connections connections, --batch rows per COPY, into stream <prefix>_s feeding\n"
+    "        view <prefix>_v (count, sum, avg per k); report events/s and check the view\n"
+    "        counted every event (exit 1 if not).\n"
+    "select  fill view <prefix>_g<groups>_v with --groups groups by one COPY, then run\n"
+    "        SELECT * on it --queries times; report p50/p99/max latency.\n"
+    "all     ingest, select 1000 groups, select 100000 groups; a markdown table.\n"
+    "\n"
+    "Defaults: --host 127.0.0.1 --port 6432. The last output line is the result as JSON.\n"
+    "Existing streams and views of the same names are dropped first.\n";
 
-enum { OPT_HOST = 1000, OPT_PORT, OPT_CONN, OPT_EVENTS, OPT_GROUPS, OPT_BATCH, OPT_QUERIES,
-       OPT_PREFIX };
+enum {
+	OPT_HOST = 1000,
+	OPT_PORT,
+	OPT_CONN,
+	OPT_EVENTS,
+	OPT_GROUPS,
+	OPT_BATCH,
+	OPT_QUERIES,
+	OPT_PREFIX
+};
 
 static int parse_ll(const char *s, long long min, long long max, long long *out)
 {
@@ -522,16 +540,16 @@ static bool valid_prefix(const char *s)
 static int parse_args(int argc, char **argv, bench_opts *o)
 {
 	static const struct option longopts[] = {
-		{"host", required_argument, NULL, OPT_HOST},
-		{"port", required_argument, NULL, OPT_PORT},
-		{"connections", required_argument, NULL, OPT_CONN},
-		{"events", required_argument, NULL, OPT_EVENTS},
-		{"groups", required_argument, NULL, OPT_GROUPS},
-		{"batch", required_argument, NULL, OPT_BATCH},
-		{"queries", required_argument, NULL, OPT_QUERIES},
-		{"view-prefix", required_argument, NULL, OPT_PREFIX},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"host", required_argument, NULL, OPT_HOST},
+	    {"port", required_argument, NULL, OPT_PORT},
+	    {"connections", required_argument, NULL, OPT_CONN},
+	    {"events", required_argument, NULL, OPT_EVENTS},
+	    {"groups", required_argument, NULL, OPT_GROUPS},
+	    {"batch", required_argument, NULL, OPT_BATCH},
+	    {"queries", required_argument, NULL, OPT_QUERIES},
+	    {"view-prefix", required_argument, NULL, OPT_PREFIX},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	optind = 1;
 	opterr = 0;
@@ -579,8 +597,9 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 			break;
 		case OPT_PREFIX:
 			if (!valid_prefix(optarg))
-				bad = "--view-prefix", range = "a lower-case identifier of at most 40 "
-							       "characters";
+				bad = "--view-prefix", range =
+							   "a lower-case identifier of at most 40 "
+							   "characters";
 			o->prefix = optarg;
 			break;
 		case ':':
@@ -592,8 +611,8 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 			return 2;
 		}
 		if (bad) {
-			fprintf(stderr, "tally-bench: invalid %s \"%s\" (expected %s)\n", bad, optarg,
-				range);
+			fprintf(stderr, "tally-bench: invalid %s \"%s\" (expected %s)\n", bad,
+				optarg, range);
 			return 2;
 		}
 	}

@@ -57,9 +57,9 @@ typedef struct ctl_node {
 	char name[TALLY_NAME_MAX];
 	ctl_role role;
 	int sql_port;
-	pid_t pid;           /* 0 = not known to run */
-	bool child;          /* started by this process: reap it with waitpid */
-	off_t log_off;       /* size of the log when we started it (for the failure tail) */
+	pid_t pid;	     /* 0 = not known to run */
+	bool child;	     /* started by this process: reap it with waitpid */
+	off_t log_off;	     /* size of the log when we started it (for the failure tail) */
 	char data_addr[128]; /* from the ready file */
 } ctl_node;
 
@@ -202,8 +202,9 @@ static int conf_read(ctl_cluster *c, bool *missing)
 	if (!f) {
 		if (errno == ENOENT) {
 			*missing = true;
-			fprintf(stderr, "tallyctl: no cluster in \"%s\" (no cluster.conf; start one with "
-					"tallyctl up)\n",
+			fprintf(stderr,
+				"tallyctl: no cluster in \"%s\" (no cluster.conf; start one with "
+				"tallyctl up)\n",
 				c->dir);
 		} else {
 			fprintf(stderr, "tallyctl: could not read \"%s\": %s\n", path,
@@ -303,8 +304,8 @@ static int cluster_dir(ctl_cluster *c, const char *dir, bool create)
 	}
 	if (!realpath(dir, c->dir)) {
 		if (errno == ENOENT)
-			fprintf(stderr, "tallyctl: no cluster in \"%s\" (directory does not exist)\n",
-				dir);
+			fprintf(stderr,
+				"tallyctl: no cluster in \"%s\" (directory does not exist)\n", dir);
 		else
 			fprintf(stderr, "tallyctl: could not resolve \"%s\": %s\n", dir,
 				strerror(errno));
@@ -682,14 +683,16 @@ static int node_wait_ready(const ctl_cluster *c, ctl_node *n, int64_t deadline)
 			int st;
 			if (waitpid(n->pid, &st, WNOHANG) == n->pid) {
 				if (WIFEXITED(st))
-					fprintf(stderr, "tallyctl: %s exited with status %d before it "
-							"was ready\n",
+					fprintf(stderr,
+						"tallyctl: %s exited with status %d before it "
+						"was ready\n",
 						n->name, WEXITSTATUS(st));
 				else
-					fprintf(stderr,
-						"tallyctl: %s was killed by signal %d before it was "
-						"ready\n",
-						n->name, WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+					fprintf(
+					    stderr,
+					    "tallyctl: %s was killed by signal %d before it was "
+					    "ready\n",
+					    n->name, WIFSIGNALED(st) ? WTERMSIG(st) : 0);
 				n->pid = 0;
 				n->child = false;
 				pidfile_remove(c, n);
@@ -836,7 +839,8 @@ static int wait_workers_up(ctl_cluster *c, int64_t deadline)
 	for (;;) {
 		for (int i = 0; i < c->nnodes; i++) {
 			if (!node_alive(c, &c->nodes[i])) {
-				fprintf(stderr, "tallyctl: %s exited while the cluster was starting\n",
+				fprintf(stderr,
+					"tallyctl: %s exited while the cluster was starting\n",
 					c->nodes[i].name);
 				log_tail(c, &c->nodes[i]);
 				PQfinish(conn);
@@ -850,17 +854,20 @@ static int wait_workers_up(ctl_cluster *c, int64_t deadline)
 				snprintf(last, sizeof last, "%s", PQerrorMessage(conn));
 		}
 		if (PQstatus(conn) == CONNECTION_OK) {
-			PGresult *r = PQexec(conn, "SELECT name, state FROM pipeline_cluster.nodes");
+			PGresult *r =
+			    PQexec(conn, "SELECT name, state FROM pipeline_cluster.nodes");
 			if (PQresultStatus(r) == PGRES_TUPLES_OK) {
 				int up = 0;
 				for (int i = 1; i < c->nnodes; i++)
 					for (int j = 0; j < PQntuples(r); j++)
-						if (strcmp(PQgetvalue(r, j, 0), c->nodes[i].name) == 0 &&
+						if (strcmp(PQgetvalue(r, j, 0), c->nodes[i].name) ==
+							0 &&
 						    strcmp(PQgetvalue(r, j, 1), "up") == 0) {
 							up++;
 							break;
 						}
-				snprintf(last, sizeof last, "%d of %d workers up", up, c->nnodes - 1);
+				snprintf(last, sizeof last, "%d of %d workers up", up,
+					 c->nnodes - 1);
 				if (up == c->nnodes - 1) {
 					PQclear(r);
 					PQfinish(conn);
@@ -873,8 +880,9 @@ static int wait_workers_up(ctl_cluster *c, int64_t deadline)
 		}
 		if (tally_mono_us() >= deadline) {
 			last[strcspn(last, "\n")] = 0;
-			fprintf(stderr, "tallyctl: the coordinator did not list every worker as up "
-					"within %lld s (%s)\n",
+			fprintf(stderr,
+				"tallyctl: the coordinator did not list every worker as up "
+				"within %lld s (%s)\n",
 				(long long)(CTL_READY_TIMEOUT_US / 1000000), last);
 			log_tail(c, &c->nodes[0]);
 			PQfinish(conn);
@@ -887,41 +895,41 @@ static int wait_workers_up(ctl_cluster *c, int64_t deadline)
 /* ---- option parsing ----------------------------------------------------------------------- */
 
 static const char *usage_main =
-	"usage: tallyctl COMMAND [options]\n"
-	"\n"
-	"Start, stop and inspect a local tally cluster (one coordinator, N workers).\n"
-	"\n"
-	"commands:\n"
-	"  up             start a cluster\n"
-	"  status         show every node's state and the coordinator's node list\n"
-	"  down           stop every node (workers first)\n"
-	"  start-node     start one node of the cluster\n"
-	"  stop-node      stop one node\n"
-	"  restart-node   stop then start one node\n"
-	"\n"
-	"Run 'tallyctl COMMAND --help' for a command's options.\n"
-	"Exit status: 0 ok, 1 failure, 2 bad usage, 3 (status) not every node running.\n";
+    "usage: tallyctl COMMAND [options]\n"
+    "\n"
+    "Start, stop and inspect a local tally cluster (one coordinator, N workers).\n"
+    "\n"
+    "commands:\n"
+    "  up             start a cluster\n"
+    "  status         show every node's state and the coordinator's node list\n"
+    "  down           stop every node (workers first)\n"
+    "  start-node     start one node of the cluster\n"
+    "  stop-node      stop one node\n"
+    "  restart-node   stop then start one node\n"
+    "\n"
+    "Run 'tallyctl COMMAND --help' for a command's options.\n"
+    "Exit status: 0 ok, 1 failure, 2 bad usage, 3 (status) not every node running.\n";
 
 static const char *usage_up =
-	"usage: tallyctl up [--workers N] [--dir DIR] [--port P] [--set NAME=VALUE]...\n"
-	"                   [--log-level LEVEL]\n"
-	"\n"
-	"Start a coordinator (SQL on port P) and N workers w1..wN (SQL on P+1..P+N) as daemons\n"
-	"in DIR/<node>, wait until the coordinator lists every worker as up, and print how to\n"
-	"connect to each node. Node logs go to DIR/<node>/log.\n"
-	"\n"
-	"  --workers N        number of workers (default 3, at most 64)\n"
-	"  --dir DIR          cluster directory (default ./tally-data)\n"
-	"  --port P           coordinator SQL port (default 6432)\n"
-	"  --set NAME=VALUE   node setting, passed to every node (repeatable)\n"
-	"  --log-level LEVEL  debug, info, warning or error\n";
+    "usage: tallyctl up [--workers N] [--dir DIR] [--port P] [--set NAME=VALUE]...\n"
+    "                   [--log-level LEVEL]\n"
+    "\n"
+    "Start a coordinator (SQL on port P) and N workers w1..wN (SQL on P+1..P+N) as daemons\n"
+    "in DIR/<node>, wait until the coordinator lists every worker as up, and print how to\n"
+    "connect to each node. Node logs go to DIR/<node>/log.\n"
+    "\n"
+    "  --workers N        number of workers (default 3, at most 64)\n"
+    "  --dir DIR          cluster directory (default ./tally-data)\n"
+    "  --port P           coordinator SQL port (default 6432)\n"
+    "  --set NAME=VALUE   node setting, passed to every node (repeatable)\n"
+    "  --log-level LEVEL  debug, info, warning or error\n";
 
 static const char *usage_status =
-	"usage: tallyctl status [--dir DIR]\n"
-	"\n"
-	"Print each node's pid, SQL port and state (running, stopped, not responding) and, when\n"
-	"the coordinator answers, its pipeline_cluster.nodes view.\n"
-	"Exit status 0 if every node is running, 3 if not.\n";
+    "usage: tallyctl status [--dir DIR]\n"
+    "\n"
+    "Print each node's pid, SQL port and state (running, stopped, not responding) and, when\n"
+    "the coordinator answers, its pipeline_cluster.nodes view.\n"
+    "Exit status 0 if every node is running, 3 if not.\n";
 
 static const char *usage_down = "usage: tallyctl down [--dir DIR]\n"
 				"\n"
@@ -930,21 +938,21 @@ static const char *usage_down = "usage: tallyctl down [--dir DIR]\n"
 				"10 s for each before SIGKILL.\n";
 
 static const char *usage_start_node =
-	"usage: tallyctl start-node NAME [--dir DIR] [--no-wait]\n"
-	"\n"
-	"Start one node of the cluster (coordinator, w1, ...) with the flags of 'up' and wait\n"
-	"until it is ready (unless --no-wait).\n";
+    "usage: tallyctl start-node NAME [--dir DIR] [--no-wait]\n"
+    "\n"
+    "Start one node of the cluster (coordinator, w1, ...) with the flags of 'up' and wait\n"
+    "until it is ready (unless --no-wait).\n";
 
 static const char *usage_stop_node =
-	"usage: tallyctl stop-node NAME [--dir DIR] [--kill]\n"
-	"\n"
-	"Stop one node: SIGTERM and wait up to 10 s (then SIGKILL), or SIGKILL at once with\n"
-	"--kill.\n";
+    "usage: tallyctl stop-node NAME [--dir DIR] [--kill]\n"
+    "\n"
+    "Stop one node: SIGTERM and wait up to 10 s (then SIGKILL), or SIGKILL at once with\n"
+    "--kill.\n";
 
 static const char *usage_restart_node =
-	"usage: tallyctl restart-node NAME [--dir DIR] [--kill]\n"
-	"\n"
-	"Stop one node (SIGKILL with --kill) and start it again, waiting until it is ready.\n";
+    "usage: tallyctl restart-node NAME [--dir DIR] [--kill]\n"
+    "\n"
+    "Stop one node (SIGKILL with --kill) and start it again, waiting until it is ready.\n";
 
 typedef struct ctl_opts {
 	const char *dir;
@@ -966,15 +974,15 @@ static int parse_opts(int argc, char **argv, const char *usage, const int *allow
 		      ctl_opts *o)
 {
 	static const struct option longopts[] = {
-		{"workers", required_argument, NULL, OPT_WORKERS},
-		{"dir", required_argument, NULL, OPT_DIR},
-		{"port", required_argument, NULL, OPT_PORT},
-		{"kill", no_argument, NULL, OPT_KILL},
-		{"no-wait", no_argument, NULL, OPT_NO_WAIT},
-		{"set", required_argument, NULL, OPT_SET},
-		{"log-level", required_argument, NULL, OPT_LOG_LEVEL},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"workers", required_argument, NULL, OPT_WORKERS},
+	    {"dir", required_argument, NULL, OPT_DIR},
+	    {"port", required_argument, NULL, OPT_PORT},
+	    {"kill", no_argument, NULL, OPT_KILL},
+	    {"no-wait", no_argument, NULL, OPT_NO_WAIT},
+	    {"set", required_argument, NULL, OPT_SET},
+	    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	const char *cmd = argv[0];
 	optind = 1;
@@ -1005,7 +1013,8 @@ static int parse_opts(int argc, char **argv, const char *usage, const int *allow
 		switch (ch) {
 		case OPT_WORKERS:
 			if (ctl_parse_int(optarg, 1, CTL_MAX_WORKERS, &o->workers) != 0) {
-				fprintf(stderr, "tallyctl %s: invalid --workers \"%s\" (expected 1..%d)\n",
+				fprintf(stderr,
+					"tallyctl %s: invalid --workers \"%s\" (expected 1..%d)\n",
 					cmd, optarg, CTL_MAX_WORKERS);
 				return 2;
 			}
@@ -1019,7 +1028,8 @@ static int parse_opts(int argc, char **argv, const char *usage, const int *allow
 			break;
 		case OPT_PORT:
 			if (ctl_parse_int(optarg, 1, 65535, &o->port) != 0) {
-				fprintf(stderr, "tallyctl %s: invalid --port \"%s\" (expected 1..65535)\n",
+				fprintf(stderr,
+					"tallyctl %s: invalid --port \"%s\" (expected 1..65535)\n",
 					cmd, optarg);
 				return 2;
 			}
@@ -1033,12 +1043,14 @@ static int parse_opts(int argc, char **argv, const char *usage, const int *allow
 		case OPT_SET:
 			if (!strchr(optarg, '=') || optarg[0] == '=' || strlen(optarg) >= 256 ||
 			    strchr(optarg, '\n')) {
-				fprintf(stderr, "tallyctl %s: invalid --set \"%s\" (expected NAME=VALUE)\n",
+				fprintf(stderr,
+					"tallyctl %s: invalid --set \"%s\" (expected NAME=VALUE)\n",
 					cmd, optarg);
 				return 2;
 			}
 			if (o->nsets >= CTL_MAX_SETS) {
-				fprintf(stderr, "tallyctl %s: too many --set options (at most %d)\n", cmd,
+				fprintf(stderr,
+					"tallyctl %s: too many --set options (at most %d)\n", cmd,
 					CTL_MAX_SETS);
 				return 2;
 			}
@@ -1048,7 +1060,8 @@ static int parse_opts(int argc, char **argv, const char *usage, const int *allow
 			if (strcmp(optarg, "debug") != 0 && strcmp(optarg, "info") != 0 &&
 			    strcmp(optarg, "warning") != 0 && strcmp(optarg, "error") != 0) {
 				fprintf(stderr,
-					"tallyctl %s: invalid --log-level \"%s\" (expected debug, info, "
+					"tallyctl %s: invalid --log-level \"%s\" (expected debug, "
+					"info, "
 					"warning or error)\n",
 					cmd, optarg);
 				return 2;
@@ -1059,7 +1072,8 @@ static int parse_opts(int argc, char **argv, const char *usage, const int *allow
 	}
 	int left = argc - optind;
 	if (left > npos) {
-		fprintf(stderr, "tallyctl %s: unexpected argument \"%s\"\n", cmd, argv[optind + npos]);
+		fprintf(stderr, "tallyctl %s: unexpected argument \"%s\"\n", cmd,
+			argv[optind + npos]);
 		fprintf(stderr, "Try 'tallyctl %s --help'.\n", cmd);
 		return 2;
 	}
@@ -1093,14 +1107,14 @@ static void stop_started(ctl_cluster *c)
 static int cmd_up(int argc, char **argv)
 {
 	static const int allowed[] = {OPT_WORKERS, OPT_DIR, OPT_PORT, OPT_SET, OPT_LOG_LEVEL, 0};
-	ctl_opts o = {.dir = CTL_DEFAULT_DIR, .workers = CTL_DEFAULT_WORKERS,
-		      .port = CTL_DEFAULT_PORT};
+	ctl_opts o = {
+	    .dir = CTL_DEFAULT_DIR, .workers = CTL_DEFAULT_WORKERS, .port = CTL_DEFAULT_PORT};
 	int rc = parse_opts(argc, argv, usage_up, allowed, 0, &o);
 	if (rc)
 		return rc == 1 ? CTL_EXIT_OK : CTL_EXIT_USAGE;
 	if (o.port + o.workers > 65535) {
-		fprintf(stderr, "tallyctl up: --port %d leaves no room for %d worker ports\n", o.port,
-			o.workers);
+		fprintf(stderr, "tallyctl up: --port %d leaves no room for %d worker ports\n",
+			o.port, o.workers);
 		return CTL_EXIT_USAGE;
 	}
 
@@ -1119,8 +1133,9 @@ static int cmd_up(int argc, char **argv)
 	if (access(conf, F_OK) == 0 && conf_read(&old, &missing) == 0) {
 		for (int i = 0; i < old.nnodes; i++)
 			if (node_alive(&old, &old.nodes[i])) {
-				fprintf(stderr, "tallyctl: cluster already running in %s (%s has pid "
-						"%ld); stop it with: tallyctl down --dir %s\n",
+				fprintf(stderr,
+					"tallyctl: cluster already running in %s (%s has pid "
+					"%ld); stop it with: tallyctl down --dir %s\n",
 					c.dir, old.nodes[i].name, (long)old.nodes[i].pid, c.dir);
 				return CTL_EXIT_FAIL;
 			}
@@ -1134,14 +1149,16 @@ static int cmd_up(int argc, char **argv)
 	cluster_layout(&c);
 	for (int i = 0; i < c.nnodes; i++)
 		if (node_alive(&c, &c.nodes[i])) {
-			fprintf(stderr, "tallyctl: cluster already running in %s (%s has pid %ld)\n",
-				c.dir, c.nodes[i].name, (long)c.nodes[i].pid);
+			fprintf(stderr,
+				"tallyctl: cluster already running in %s (%s has pid %ld)\n", c.dir,
+				c.nodes[i].name, (long)c.nodes[i].pid);
 			return CTL_EXIT_FAIL;
 		}
 	for (int i = 0; i < c.nnodes; i++)
 		if (!port_free(c.nodes[i].sql_port)) {
-			fprintf(stderr, "tallyctl: port %d for %s is already in use (choose another "
-					"with --port)\n",
+			fprintf(stderr,
+				"tallyctl: port %d for %s is already in use (choose another "
+				"with --port)\n",
 				c.nodes[i].sql_port, c.nodes[i].name);
 			return CTL_EXIT_FAIL;
 		}
@@ -1255,7 +1272,8 @@ static int cmd_status(int argc, char **argv)
 		conninfo(c.nodes[0].sql_port, 2, ci, sizeof ci);
 		PGconn *conn = PQconnectdb(ci);
 		if (PQstatus(conn) == CONNECTION_OK) {
-			PGresult *r = PQexec(conn, "SELECT * FROM pipeline_cluster.nodes ORDER BY node_id");
+			PGresult *r =
+			    PQexec(conn, "SELECT * FROM pipeline_cluster.nodes ORDER BY node_id");
 			if (PQresultStatus(r) != PGRES_TUPLES_OK) {
 				PQclear(r);
 				r = PQexec(conn, "SELECT * FROM pipeline_cluster.nodes");
@@ -1317,12 +1335,12 @@ static int cmd_node(int argc, char **argv, node_cmd what)
 {
 	static const int allowed_start[] = {OPT_DIR, OPT_NO_WAIT, 0};
 	static const int allowed_stop[] = {OPT_DIR, OPT_KILL, 0};
-	const char *usage = what == NODE_START  ? usage_start_node
+	const char *usage = what == NODE_START	? usage_start_node
 			    : what == NODE_STOP ? usage_stop_node
 						: usage_restart_node;
 	ctl_opts o = {.dir = CTL_DEFAULT_DIR};
-	int rc = parse_opts(argc, argv, usage, what == NODE_START ? allowed_start : allowed_stop, 1,
-			    &o);
+	int rc =
+	    parse_opts(argc, argv, usage, what == NODE_START ? allowed_start : allowed_stop, 1, &o);
 	if (rc)
 		return rc == 1 ? CTL_EXIT_OK : CTL_EXIT_USAGE;
 	ctl_cluster c;
@@ -1331,7 +1349,8 @@ static int cmd_node(int argc, char **argv, node_cmd what)
 		return CTL_EXIT_FAIL;
 	ctl_node *n = cluster_find(&c, o.name);
 	if (!n) {
-		fprintf(stderr, "tallyctl %s: no node \"%s\" in %s (nodes:", argv[0], o.name, c.dir);
+		fprintf(stderr, "tallyctl %s: no node \"%s\" in %s (nodes:", argv[0], o.name,
+			c.dir);
 		for (int i = 0; i < c.nnodes; i++)
 			fprintf(stderr, " %s", c.nodes[i].name);
 		fprintf(stderr, ")\n");
@@ -1339,18 +1358,21 @@ static int cmd_node(int argc, char **argv, node_cmd what)
 	}
 	if (what == NODE_STOP || what == NODE_RESTART) {
 		pid_t pid = node_alive(&c, n) ? n->pid : 0;
-		ctl_stop_result r = node_stop(&c, n, o.kill ? SIGKILL : SIGTERM, CTL_STOP_TIMEOUT_US);
+		ctl_stop_result r =
+		    node_stop(&c, n, o.kill ? SIGKILL : SIGTERM, CTL_STOP_TIMEOUT_US);
 		report_stop(n, pid, r);
 		if (r == CTL_STOP_FAILED)
 			return CTL_EXIT_FAIL;
 		if (what == NODE_STOP)
 			return CTL_EXIT_OK;
 	} else if (node_alive(&c, n)) {
-		fprintf(stderr, "tallyctl: %s is already running (pid %ld)\n", n->name, (long)n->pid);
+		fprintf(stderr, "tallyctl: %s is already running (pid %ld)\n", n->name,
+			(long)n->pid);
 		return CTL_EXIT_FAIL;
 	}
 	if (!port_free(n->sql_port)) {
-		fprintf(stderr, "tallyctl: port %d for %s is already in use\n", n->sql_port, n->name);
+		fprintf(stderr, "tallyctl: port %d for %s is already in use\n", n->sql_port,
+			n->name);
 		return CTL_EXIT_FAIL;
 	}
 	if (node_start(&c, n, !o.no_wait) != 0) {

@@ -236,13 +236,15 @@ static void worker_handle(tally_node *n, const tally_msg_hdr *h, tally_rd *r, ta
 }
 
 /* DDL typed at a worker runs on the coordinator. */
-static int worker_ddl(tally_node *n, const char *sql, char *tag, size_t tagsz, tally_err *notice,
-		      tally_err *err)
+static int worker_ddl(tally_node *n, const char *sql, const tally_settings *s, char *tag, size_t tagsz,
+		      tally_err *notice, tally_err *err)
 {
 	tally_worker *w = n->role.ctx;
 	tally_buf req = {0};
 	tally_msg_begin(&req, TALLY_MSG_DDL, tally_node_next_req(n), tally_node_epoch(n));
 	tally_buf_put_str(&req, sql, (uint32_t)strlen(sql));
+	const char *nrep = s->v[TALLY_SET_NUM_REPLICAS];
+	tally_buf_put_str(&req, nrep, (uint32_t)strlen(nrep));
 	tally_msg_end(&req);
 	tally_rpc_call c;
 	int rc = coord_call(w, &req, &c, (int)tally_settings_ms(&n->cfg.defaults, TALLY_SET_RPC_TIMEOUT));

@@ -297,7 +297,7 @@ void *tally_arena_alloc(tally_arena *a, size_t n)
 void *tally_arena_memdup(tally_arena *a, const void *p, size_t n)
 {
 	void *q = tally_arena_alloc(a, n);
-	if (q && n)
+	if (q && n && p)
 		memcpy(q, p, n);
 	return q;
 }

@@ -116,6 +116,10 @@ int tally_ingest_row(tally_ingest *g, tally_value *row, tally_err *err)
 				tally_key_encode(&v, &g->key);
 			}
 		}
+		if (g->key.len > TALLY_GROUP_KEY_MAX)
+			return tally_err_set(err, TALLY_SQLSTATE_PROGRAM_LIMIT,
+					     "group key of continuous view \"%s\" is %zu bytes, more than the limit of %u",
+					     iv->rt->info->name, g->key.len, TALLY_GROUP_KEY_MAX);
 		uint64_t h = tally_group_hash(g->key.data, g->key.len);
 		tally_group *grp = tally_gtab_lookup(&iv->groups, g->key.data, (uint32_t)g->key.len, h, true);
 		if (!grp)
@@ -216,9 +220,12 @@ int tally_ingest_commit(tally_ingest *g, tally_err *err)
 			tally_put_be32(reqs[idx].data + TALLY_MSG_HDR + 28, ngroups[idx]);
 			tally_msg_end(&reqs[idx]);
 			const tally_node_info *pn = tally_catalog_node(cat, v->primary[s]);
-			if (!pn) {
-				rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
-						   "shard %s_%u has no primary node", v->name, s);
+			if (!pn || pn->state != TALLY_NODE_UP) {
+				/* Nothing has been sent yet: fail the whole statement now. */
+				rc = tally_err_set(err, TALLY_SQLSTATE_UNAVAILABLE,
+						   "could not apply batch to shard %s_%u: its primary %s is down",
+						   v->name, s, pn ? pn->name : "?");
+				tally_err_detail(err, "No row of the statement was applied.");
 				break;
 			}
 			calls[ncalls].req = reqs[idx]; /* borrowed: reqs[] owns the memory */

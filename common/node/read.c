@@ -19,7 +19,11 @@ static int copy_text(tally_value *v, tally_arena *a)
 {
 	if (v->isnull || (v->type != TALLY_T_TEXT && v->type != TALLY_T_UNKNOWN))
 		return 0;
-	char *p = tally_arena_memdup(a, v->u.s.p, v->u.s.len ? v->u.s.len : 1);
+	if (v->u.s.len == 0) {
+		v->u.s.p = "";
+		return 0;
+	}
+	char *p = tally_arena_memdup(a, v->u.s.p, v->u.s.len);
 	if (!p)
 		return -1;
 	v->u.s.p = p;

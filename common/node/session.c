@@ -380,7 +380,7 @@ static int run_ddl(session *s, tally_pg_conn *c, const tally_stmt *st, tally_err
 	char tag[64];
 	tally_err notice;
 	tally_err_clear(&notice);
-	if (s->node->role.ddl(s->node, st->text, tag, sizeof tag, &notice, err) != 0)
+	if (s->node->role.ddl(s->node, st->text, &s->settings, tag, sizeof tag, &notice, err) != 0)
 		return -1;
 	if (notice.sqlstate[0])
 		tally_pg_send_error(c, &notice);

@@ -118,8 +118,16 @@ static int expect(parser *p, sql_tok_kind k)
 
 static int not_supported(parser *p, int pos, const char *what, const char *hint)
 {
-	tally_err_set(p->err, TALLY_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s is not supported by tally",
-		      what);
+	/* "joins are ...", "UNION is ..." */
+	size_t wl = strlen(what);
+	const char *cut = strstr(what, " in ");
+	if (!cut)
+		cut = strstr(what, " on ");
+	if (cut)
+		wl = (size_t)(cut - what);
+	bool plural = what[0] >= 'a' && what[0] <= 'z' && wl > 1 && what[wl - 1] == 's';
+	tally_err_set(p->err, TALLY_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s %s not supported by tally",
+		      what, plural ? "are" : "is");
 	if (hint)
 		tally_err_hint(p->err, "%s", hint);
 	return sql_err_pos(p->err, pos);
@@ -407,13 +415,12 @@ static tally_expr *mk_const(parser *p, int pos, tally_value v)
 /* Integer literal text -> int4 if it fits, else int8, else float8 (negated if neg). */
 static tally_value int_literal(const char *digits, bool neg)
 {
+	/* as PostgreSQL: the type follows the magnitude (so -2147483648 is a bigint) */
 	errno = 0;
 	unsigned long long u = strtoull(digits, NULL, 10);
-	if (errno == 0 && u <= (unsigned long long)INT64_MAX + (neg ? 1u : 0u)) {
-		int64_t v = neg ? (int64_t)(0 - u) : (int64_t)u;
-		if (v >= INT32_MIN && v <= INT32_MAX)
-			return tally_int(TALLY_T_INT4, v);
-		return tally_int(TALLY_T_INT8, v);
+	if (errno == 0 && u <= (unsigned long long)INT64_MAX) {
+		int64_t v = neg ? -(int64_t)u : (int64_t)u;
+		return tally_int(u <= (unsigned long long)INT32_MAX ? TALLY_T_INT4 : TALLY_T_INT8, v);
 	}
 	double d = strtod(digits, NULL);
 	return tally_float(TALLY_T_FLOAT8, neg ? -d : d);
@@ -436,7 +443,7 @@ static int parse_func_args(parser *p, tally_expr *f)
 		accept_kw(p, "all");
 	exprlist l = {0};
 	for (;;) {
-		tally_expr *e;
+		tally_expr *e = NULL;
 		if (parse_expr(p, &e))
 			return -1;
 		el_push(p, &l, e);
@@ -460,7 +467,7 @@ static int parse_case(parser *p, tally_expr **out)
 	exprlist l = {0};
 	tally_expr *e = sql_expr_new(p->a, N_CASE, pos);
 	if (!is_kw(p, "when")) {
-		tally_expr *arg;
+		tally_expr *arg = NULL;
 		if (parse_expr(p, &arg))
 			return -1;
 		el_push(p, &l, arg);
@@ -469,14 +476,14 @@ static int parse_case(parser *p, tally_expr **out)
 	if (!is_kw(p, "when"))
 		return syntax_error(p);
 	while (accept_kw(p, "when")) {
-		tally_expr *w, *t;
+		tally_expr *w = NULL, *t = NULL;
 		if (parse_expr(p, &w) || expect_kw(p, "then") || parse_expr(p, &t))
 			return -1;
 		el_push(p, &l, w);
 		el_push(p, &l, t);
 	}
 	if (accept_kw(p, "else")) {
-		tally_expr *el;
+		tally_expr *el = NULL;
 		if (parse_expr(p, &el))
 			return -1;
 		el_push(p, &l, el);
@@ -522,7 +529,7 @@ static int parse_primary(parser *p, tally_expr **out)
 		adv(p);
 		if (is_kw(p, "select") || is_kw(p, "values") || is_kw(p, "with"))
 			return not_supported(p, cur(p)->cpos, "subqueries", NULL);
-		tally_expr *e;
+		tally_expr *e = NULL;
 		if (parse_expr(p, &e))
 			return -1;
 		if (cur(p)->kind == TK_COMMA)
@@ -553,7 +560,7 @@ static int parse_primary(parser *p, tally_expr **out)
 		}
 		if (strcmp(w, "cast") == 0) {
 			adv(p);
-			tally_expr *arg;
+			tally_expr *arg = NULL;
 			if (expect(p, TK_LPAREN) || parse_expr(p, &arg) || expect_kw(p, "as"))
 				return -1;
 			tally_expr *c = sql_expr_new(p->a, N_CAST, pos);
@@ -678,7 +685,7 @@ static int parse_primary(parser *p, tally_expr **out)
 
 static int parse_postfix(parser *p, tally_expr **out)
 {
-	tally_expr *e;
+	tally_expr *e = NULL;
 	if (parse_primary(p, &e))
 		return -1;
 	for (;;) {
@@ -725,7 +732,7 @@ static int parse_unary(parser *p, tally_expr **out)
 				*out = mk_const(p, pos, tally_float(TALLY_T_FLOAT8, -strtod(t->str, NULL)));
 			return 0;
 		}
-		tally_expr *arg;
+		tally_expr *arg = NULL;
 		if (parse_unary(p, &arg))
 			return -1;
 		p->depth--;
@@ -745,7 +752,7 @@ static int parse_unary(parser *p, tally_expr **out)
 /* Binary levels, loosest last: ^, * / %, + -, other operators (||). */
 static int parse_pow(parser *p, tally_expr **out)
 {
-	tally_expr *l;
+	tally_expr *l = NULL;
 	if (parse_unary(p, &l))
 		return -1;
 	while (is_op(p, "^")) {
@@ -757,14 +764,14 @@ static int parse_pow(parser *p, tally_expr **out)
 
 static int parse_mul(parser *p, tally_expr **out)
 {
-	tally_expr *l;
+	tally_expr *l = NULL;
 	if (parse_pow(p, &l))
 		return -1;
 	while (is_op(p, "*") || is_op(p, "/") || is_op(p, "%")) {
 		int op = is_op(p, "*") ? OP_MUL : is_op(p, "/") ? OP_DIV : OP_MOD;
 		int pos = cur(p)->cpos;
 		adv(p);
-		tally_expr *r;
+		tally_expr *r = NULL;
 		if (parse_pow(p, &r))
 			return -1;
 		l = mk2(p, N_BINOP, op, pos, l, r);
@@ -777,14 +784,14 @@ static int parse_mul(parser *p, tally_expr **out)
 
 static int parse_add(parser *p, tally_expr **out)
 {
-	tally_expr *l;
+	tally_expr *l = NULL;
 	if (parse_mul(p, &l))
 		return -1;
 	while (is_op(p, "+") || is_op(p, "-")) {
 		int op = is_op(p, "+") ? OP_ADD : OP_SUB;
 		int pos = cur(p)->cpos;
 		adv(p);
-		tally_expr *r;
+		tally_expr *r = NULL;
 		if (parse_mul(p, &r))
 			return -1;
 		l = mk2(p, N_BINOP, op, pos, l, r);
@@ -814,7 +821,7 @@ static bool is_cmp_op(parser *p, int *op)
 
 static int parse_other(parser *p, tally_expr **out)
 {
-	tally_expr *l;
+	tally_expr *l = NULL;
 	if (parse_add(p, &l))
 		return -1;
 	int dummy;
@@ -826,7 +833,7 @@ static int parse_other(parser *p, tally_expr **out)
 			return sql_err_pos(p->err, pos);
 		}
 		adv(p);
-		tally_expr *r;
+		tally_expr *r = NULL;
 		if (parse_add(p, &r))
 			return -1;
 		l = mk2(p, N_BINOP, OP_CONCAT, pos, l, r);
@@ -840,7 +847,7 @@ static int parse_other(parser *p, tally_expr **out)
 /* IN, BETWEEN, LIKE */
 static int parse_pred(parser *p, tally_expr **out)
 {
-	tally_expr *l;
+	tally_expr *l = NULL;
 	if (parse_other(p, &l))
 		return -1;
 	for (;;) {
@@ -865,7 +872,7 @@ static int parse_pred(parser *p, tally_expr **out)
 			exprlist lst = {0};
 			el_push(p, &lst, l);
 			for (;;) {
-				tally_expr *e;
+				tally_expr *e = NULL;
 				if (parse_expr(p, &e))
 					return -1;
 				el_push(p, &lst, e);
@@ -889,7 +896,7 @@ static int parse_pred(parser *p, tally_expr **out)
 			accept_kw(p, "asymmetric");
 			if (is_kw(p, "symmetric"))
 				return not_supported(p, cur(p)->cpos, "BETWEEN SYMMETRIC", NULL);
-			tally_expr *lo, *hi;
+			tally_expr *lo = NULL, *hi = NULL;
 			if (parse_bexpr(p, &lo) || expect_kw(p, "and") || parse_bexpr(p, &hi))
 				return -1;
 			tally_expr *e = sql_expr_new(p->a, N_BETWEEN, pos);
@@ -909,7 +916,7 @@ static int parse_pred(parser *p, tally_expr **out)
 			if (!neg)
 				pos = cur(p)->cpos;
 			adv(p);
-			tally_expr *r;
+			tally_expr *r = NULL;
 			if (parse_bexpr(p, &r))
 				return -1;
 			if (is_kw(p, "escape"))
@@ -932,14 +939,14 @@ static int parse_pred(parser *p, tally_expr **out)
 
 static int parse_cmp(parser *p, tally_expr **out)
 {
-	tally_expr *l;
+	tally_expr *l = NULL;
 	if (parse_pred(p, &l))
 		return -1;
 	int op;
 	if (is_cmp_op(p, &op)) {
 		int pos = cur(p)->cpos;
 		adv(p);
-		tally_expr *r;
+		tally_expr *r = NULL;
 		if (parse_pred(p, &r))
 			return -1;
 		int op2;
@@ -955,7 +962,7 @@ static int parse_cmp(parser *p, tally_expr **out)
 
 static int parse_is(parser *p, tally_expr **out)
 {
-	tally_expr *l;
+	tally_expr *l = NULL;
 	if (parse_cmp(p, &l))
 		return -1;
 	for (;;) {
@@ -976,7 +983,7 @@ static int parse_is(parser *p, tally_expr **out)
 			break;
 		adv(p);
 		bool neg = accept_kw(p, "not");
-		tally_expr *e;
+		tally_expr *e = NULL;
 		if (accept_kw(p, "null")) {
 			e = sql_expr_new(p->a, N_NULLTEST, pos);
 			e->flag = neg;
@@ -1008,7 +1015,7 @@ static int parse_not(parser *p, tally_expr **out)
 		adv(p);
 		if (++p->depth > SQL_MAX_DEPTH)
 			return depth_error(p->err);
-		tally_expr *arg;
+		tally_expr *arg = NULL;
 		if (parse_not(p, &arg))
 			return -1;
 		p->depth--;
@@ -1027,7 +1034,7 @@ static int parse_not(parser *p, tally_expr **out)
 /* n-ary AND / OR (flattened so that long conjunctions do not make deep trees) */
 static int parse_and(parser *p, tally_expr **out)
 {
-	tally_expr *l;
+	tally_expr *l = NULL;
 	if (parse_not(p, &l))
 		return -1;
 	if (!is_kw(p, "and")) {
@@ -1038,7 +1045,7 @@ static int parse_and(parser *p, tally_expr **out)
 	exprlist lst = {0};
 	el_push(p, &lst, l);
 	while (accept_kw(p, "and")) {
-		tally_expr *r;
+		tally_expr *r = NULL;
 		if (parse_not(p, &r))
 			return -1;
 		el_push(p, &lst, r);
@@ -1053,7 +1060,7 @@ static int parse_and(parser *p, tally_expr **out)
 
 static int parse_or(parser *p, tally_expr **out)
 {
-	tally_expr *l;
+	tally_expr *l = NULL;
 	if (parse_and(p, &l))
 		return -1;
 	if (!is_kw(p, "or")) {
@@ -1064,7 +1071,7 @@ static int parse_or(parser *p, tally_expr **out)
 	exprlist lst = {0};
 	el_push(p, &lst, l);
 	while (accept_kw(p, "or")) {
-		tally_expr *r;
+		tally_expr *r = NULL;
 		if (parse_and(p, &r))
 			return -1;
 		el_push(p, &lst, r);
@@ -1210,7 +1217,7 @@ static int parse_select_body(parser *p, tally_select_ast **out)
 			return not_supported(p, cur(p)->cpos, "grouping sets", NULL);
 		exprlist l = {0};
 		for (;;) {
-			tally_expr *e;
+			tally_expr *e = NULL;
 			if (parse_expr(p, &e))
 				return -1;
 			el_push(p, &l, e);
@@ -1322,7 +1329,7 @@ static int parse_coldefs(parser *p, tally_stmt *st)
 	tally_column *cols = tally_arena_alloc(p->a, sizeof *cols * TALLY_MAX_COLUMNS);
 	int n = 0;
 	if (cur(p)->kind == TK_RPAREN)
-		return not_supported(p, cur(p)->cpos, "a stream without columns", NULL);
+		return not_supported(p, cur(p)->cpos, "streams without columns", NULL);
 	for (;;) {
 		if (is_kw(p, "primary") || is_kw(p, "constraint") || is_kw(p, "unique") ||
 		    is_kw(p, "check") || is_kw(p, "foreign") || is_kw(p, "exclude") ||
@@ -1634,7 +1641,7 @@ static int parse_drop(parser *p, tally_stmt *st)
 	if (parse_objname(p, st->u.drop.name, TALLY_NAME_MAX, NULL))
 		return -1;
 	if (cur(p)->kind == TK_COMMA)
-		return not_supported(p, cur(p)->cpos, "dropping several objects in one statement",
+		return not_supported(p, cur(p)->cpos, "DROP of several objects",
 				     NULL);
 	if (accept_kw(p, "cascade"))
 		st->u.drop.cascade = true;
@@ -1720,7 +1727,7 @@ static int parse_insert(parser *p, tally_stmt *st)
 			return -1;
 		int k = 0;
 		for (;;) {
-			tally_expr *e;
+			tally_expr *e = NULL;
 			if (is_kw(p, "default")) {
 				e = sql_expr_new(p->a, N_DEFAULT, cur(p)->cpos);
 				adv(p);
@@ -1810,7 +1817,7 @@ static int copy_bool(parser *p, int *out)
 		}
 		if (!strcasecmp(s, "match"))
 			return not_supported(p, t->cpos, "HEADER MATCH", NULL);
-		tally_err_set(p->err, TALLY_SQLSTATE_SYNTAX, "header requires a Boolean value");
+		tally_err_set(p->err, TALLY_SQLSTATE_SYNTAX, "header requires a Boolean value or \"match\"");
 		return sql_err_pos(p->err, t->cpos);
 	}
 	if (t->kind == TK_INT && (strcmp(t->str, "0") == 0 || strcmp(t->str, "1") == 0)) {
@@ -2004,9 +2011,11 @@ static int parse_copy(parser *p, tally_stmt *st)
 	else if (csv && o.escape && strlen(o.escape) != 1)
 		emsg = "COPY escape must be a single one-byte character";
 	else if (csv && o.delim && o.quote && o.delim[0] == o.quote[0])
-		emsg = "COPY delimiter and quote must be different";
+		emsg = "COPY delimiter and quote must be different",
+		fsqlstate = TALLY_SQLSTATE_INVALID_PARAMETER;
 	else if (csv && o.delim && !o.quote && o.delim[0] == '"')
-		emsg = "COPY delimiter and quote must be different";
+		emsg = "COPY delimiter and quote must be different",
+		fsqlstate = TALLY_SQLSTATE_INVALID_PARAMETER;
 	else if (o.null && o.delim && strchr(o.null, o.delim[0]))
 		emsg = "COPY delimiter must not appear in the NULL specification",
 		fsqlstate = TALLY_SQLSTATE_INVALID_PARAMETER;
@@ -2358,4 +2367,31 @@ int tally_sql_parse(const char *sql, tally_arena *a, tally_stmt **stmts, int *ns
 	*stmts = v;
 	*nstmts = n;
 	return 0;
+}
+
+const char *tally_sql_quote_ident(const char *name, char *buf, size_t bufsz)
+{
+	if (!buf || bufsz == 0)
+		return name;
+	bool safe = name[0] && ((name[0] >= 'a' && name[0] <= 'z') || name[0] == '_');
+	for (const char *q = name; *q && safe; q++)
+		safe = (*q >= 'a' && *q <= 'z') || (*q >= '0' && *q <= '9') || *q == '_' || *q == '$';
+	if (safe && !is_reserved(name)) {
+		tally_strlcpy(buf, name, bufsz);
+		return buf;
+	}
+	size_t o = 0;
+	if (bufsz < 3) {
+		buf[0] = 0;
+		return buf;
+	}
+	buf[o++] = '"';
+	for (const char *q = name; *q && o + 3 < bufsz; q++) {
+		if (*q == '"')
+			buf[o++] = '"';
+		buf[o++] = *q;
+	}
+	buf[o++] = '"';
+	buf[o] = 0;
+	return buf;
 }

@@ -233,6 +233,9 @@ typedef struct sql_an {
 int sql_analyze_expr(sql_an *an, const tally_expr *raw, tally_expr **out);
 /* Coerce an analyzed expression to type t (unknown literals parsed, explicit cast rules). */
 int sql_coerce(sql_an *an, tally_expr *e, tally_type t, tally_expr **out);
+/* Cast one value: tally_value_cast plus PostgreSQL's integer <-> boolean casts. */
+int sql_cast_value(const tally_value *v, tally_type t, tally_value *out, tally_arena *a,
+		   tally_err *err);
 /* Error with position helpers. */
 int sql_err_pos(tally_err *err, int pos);
 

@@ -615,6 +615,32 @@ static int format_float_shortest(double d, bool single, char *out)
 {
 	char tmp[64];
 	int prec, maxp = single ? 9 : 17;
+	/* Fast path: if the value round-trips at 15 digits (7 for real), that rounding is the
+	 * shortest candidate padded with zeros (a shorter round-tripping decimal lies within
+	 * half an ulp, closer than any other 15-digit decimal), so stripping the zeros gives
+	 * the answer without trying every precision. Values that need 16-17 digits, subnormals
+	 * and the rare halfway candidates take the full search. */
+	prec = single ? 7 : 15;
+	snprintf(tmp, sizeof tmp, "%.*e", prec - 1, d);
+	if ((single ? isnormal((float)d) : isnormal(d)) && /* subnormals carry fewer digits */
+	    (single ? strtof(tmp, NULL) == (float)d : strtod(tmp, NULL) == d)) {
+		bool halfway = false;
+		if (single) {
+			double c = strtod(tmp, NULL);
+			if (c != d) {
+				float nb = nextafterf((float)d, c > d ? INFINITY : -INFINITY);
+				halfway = c == ((double)(float)d + (double)nb) / 2;
+			}
+		} else {
+			long double c = strtold(tmp, NULL);
+			if (c != (long double)d) {
+				double nb = nextafter(d, c > d ? INFINITY : -INFINITY);
+				halfway = c == ((long double)d + (long double)nb) / 2;
+			}
+		}
+		if (!halfway)
+			goto have_digits;
+	}
 	for (prec = 1; prec <= maxp; prec++) {
 		snprintf(tmp, sizeof tmp, "%.*e", prec - 1, d);
 		if (single) {
@@ -642,6 +668,7 @@ static int format_float_shortest(double d, bool single, char *out)
 	}
 	if (prec > maxp)
 		prec = maxp;
+have_digits:
 	/* tmp: [-]D[.DDD]e[+-]XX */
 	char digits[32];
 	int nd = 0, exp10;

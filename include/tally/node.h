@@ -155,8 +155,8 @@ typedef struct tally_node_role {
 	/* Execute one DDL statement for the cluster (coordinator: directly; worker: forwarded to
 	 * the coordinator). On success fill tag (e.g. "CREATE STREAM") and, if set, a notice for
 	 * the client; this node's map already includes the change when it returns. */
-	int (*ddl)(tally_node *n, const char *sql, char *tag, size_t tagsz, tally_err *notice,
-		   tally_err *err);
+	int (*ddl)(tally_node *n, const char *sql, const tally_settings *s, char *tag, size_t tagsz,
+		   tally_err *notice, tally_err *err);
 	/* Handle a node-to-node request of a role-specific type (else the node answers ERROR). */
 	void (*handle)(tally_node *n, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply);
 	void *ctx;

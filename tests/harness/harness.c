@@ -728,6 +728,20 @@ static bool cluster_stop(th_cluster *c, char *why, size_t whysz)
 				 "%s left its ready file behind; ", n->name);
 		}
 	}
+	/* A sanitizer report in a node's log fails the run even when the node exited 0. */
+	static const char *const sanitizer[] = {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+						"runtime error:", "WARNING: ThreadSanitizer"};
+	for (int i = 0; i < c->nnodes; i++) {
+		char *log = th_read_file(c->nodes[i].log);
+		for (size_t k = 0; log && k < sizeof sanitizer / sizeof sanitizer[0]; k++)
+			if (strstr(log, sanitizer[k])) {
+				ok = false;
+				snprintf(why + strlen(why), whysz - strlen(why),
+					 "%s's log has a sanitizer report (%s); ", c->nodes[i].name,
+					 sanitizer[k]);
+			}
+		free(log);
+	}
 	live_del(c);
 	if (ok) {
 		th_rmtree(c->dir);

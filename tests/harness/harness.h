@@ -18,6 +18,8 @@
 #ifndef TALLY_TEST_HARNESS_H
 #define TALLY_TEST_HARNESS_H
 
+#include "tally/core.h"
+
 #include <libpq-fe.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -165,7 +167,8 @@ void th_oracle_stop(th_oracle *o);
 
 /*
  * Run query_cluster on cluster_conn and query_oracle on oracle_conn, sort both results by
- * the key columns (0-based indexes; nkeys 0 = all columns), and compare: same column count,
+ * the key columns (0-based indexes; nkeys 0 = all columns; nkeys -1 = keep the order both
+ * servers gave, for ORDER BY queries), and compare: same column count,
  * same column types, same row count, each value equal - integers, numeric, text, timestamps
  * and booleans exactly as text, real/double precision within relative 1e-9 (absolute 1e-9
  * near 0). Prints the first 10 differing rows and fails the test on any mismatch.

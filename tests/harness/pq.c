@@ -223,6 +223,8 @@ static int *sorted_rows(const PGresult *r, const int *keys, int nkeys)
 	int *idx = tally_xmalloc(sizeof(int) * (size_t)(n ? n : 1));
 	for (int i = 0; i < n; i++)
 		idx[i] = i;
+	if (nkeys < 0)
+		return idx; /* keep the order the server gave */
 	struct sort_ctx s = {r, keys, nkeys};
 	qsort_r(idx, (size_t)n, sizeof(int), row_sort_cmp, &s);
 	return idx;
@@ -264,7 +266,8 @@ int th_compare_results(const PGresult *a, const PGresult *b, const int *key_cols
 		return 1;
 	}
 	int all[256];
-	if (nkeys <= 0) {
+	bool ordered = nkeys < 0;
+	if (nkeys == 0) {
 		nkeys = ncols < 256 ? ncols : 256;
 		for (int i = 0; i < nkeys; i++)
 			all[i] = i;
@@ -282,7 +285,8 @@ int th_compare_results(const PGresult *a, const PGresult *b, const int *key_cols
 			PQntuples(b));
 		bad++;
 	}
-	int *ia = sorted_rows(a, key_cols, nkeys), *ib = sorted_rows(b, key_cols, nkeys);
+	int *ia = sorted_rows(a, key_cols, ordered ? -1 : nkeys);
+	int *ib = sorted_rows(b, key_cols, ordered ? -1 : nkeys);
 	int i = 0, j = 0, shown = 0, na = PQntuples(a), nb = PQntuples(b);
 	while (i < na || j < nb) {
 		int c;
@@ -290,6 +294,8 @@ int th_compare_results(const PGresult *a, const PGresult *b, const int *key_cols
 			c = 1;
 		else if (j >= nb)
 			c = -1;
+		else if (ordered)
+			c = 0; /* row i against row i */
 		else
 			c = key_cmp(a, ia[i], b, ib[j], key_cols, nkeys);
 		if (c < 0) {

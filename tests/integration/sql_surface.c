@@ -131,7 +131,7 @@ Test(sql_surface, ddl_lifecycle_and_errors, .fini = th_fini, .timeout = 120)
 			    d, d);
 		expect_tagf(a, "CREATE CONTINUOUS VIEW",
 			    "CREATE CONTINUOUS VIEW sf%d WITH (shard_factor = 50) AS SELECT k, "
-			    "max(v) FROM f%d GROUP BY k",
+			    "max(x) FROM f%d GROUP BY k",
 			    d, d);
 		expect_tagf(a, "CREATE CONTINUOUS VIEW",
 			    "CREATE CONTINUOUS VIEW df%d AS SELECT k, min(x) FROM f%d GROUP BY k", d,
@@ -160,6 +160,10 @@ Test(sql_surface, ddl_lifecycle_and_errors, .fini = th_fini, .timeout = 120)
 			    "FROM s%d GROUP BY k",
 			    d, d);
 
+		expect_errf(a, "42701",
+			    "CREATE CONTINUOUS VIEW x%d AS SELECT k, count(*), count(v) FROM s%d "
+			    "GROUP BY k",
+			    d, d);
 		/* The catalog and the DDL are visible at every node at once. */
 		for (int b = 0; b < c->nnodes; b++) {
 			PGconn *q = conns[b];
@@ -335,9 +339,11 @@ Test(sql_surface, result_types_and_null_rules, .fini = th_fini, .timeout = 120)
 			"d double precision, x text, ts timestamptz)",
 			d);
 		th_runf(a,
-			"CREATE CONTINUOUS VIEW tv%d AS SELECT bo, count(*), sum(i), sum(b), sum(sm), "
-			"sum(r), sum(d), avg(i), avg(b), avg(d), avg(r), min(i), max(b), min(sm), "
-			"max(r), min(d), max(x), min(ts), count(i) FROM t%d GROUP BY bo",
+			"CREATE CONTINUOUS VIEW tv%d AS SELECT bo, count(*), sum(i), sum(b) AS sb, "
+			"sum(sm) AS ssm, sum(r) AS sr, sum(d) AS sd, avg(i), avg(b) AS ab, "
+			"avg(d) AS ad, avg(r) AS ar, min(i), max(b), min(sm) AS minsm, max(r) AS maxr, "
+			"min(d) AS mind, max(x) AS maxx, min(ts) AS mints, count(i) AS ci FROM t%d "
+			"GROUP BY bo",
 			d, d);
 		th_runf(a,
 			"INSERT INTO t%d VALUES (true, 1, 10, 2, 1.5, 2.5, 'a', "
@@ -606,7 +612,8 @@ Test(sql_surface, system_views, .fini = th_fini, .timeout = 120)
 			PQclear(r);
 		}
 		expect_query(q, "SELECT name, columns FROM pipeline_cluster.streams",
-			     "ss,k integer, v double precision, name text, ts timestamptz");
+			     "ss,k integer, v double precision, name text, "
+			     "ts timestamp with time zone");
 	}
 	finish_all(c, conns);
 	th_cluster_stop(c);
