@@ -187,7 +187,7 @@ int tally_ingest_commit(tally_ingest *g, tally_err *err)
 			tally_msg_apply a = {
 				.origin = n->node_id,
 				.home_shard = s,
-				.seq = __atomic_add_fetch(&n->next_seq, 1, __ATOMIC_RELAXED),
+				.seq = 0, /* taken below, only for batches that are sent */
 				.view_id = v->id,
 				.target_shard = s,
 				.ngroups = 0, /* patched below */
@@ -216,7 +216,8 @@ int tally_ingest_commit(tally_ingest *g, tally_err *err)
 						   TALLY_MSG_MAX);
 				break;
 			}
-			/* ngroups is the last field of the APPLY body header (offset 28). */
+			/* seq (offset 8) and ngroups (offset 28) of the APPLY body header */
+			tally_put_be64(reqs[idx].data + TALLY_MSG_HDR + 8, tally_node_next_seq(n, v->id, s));
 			tally_put_be32(reqs[idx].data + TALLY_MSG_HDR + 28, ngroups[idx]);
 			tally_msg_end(&reqs[idx]);
 			const tally_node_info *pn = tally_catalog_node(cat, v->primary[s]);

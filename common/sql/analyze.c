@@ -89,7 +89,10 @@ static void set_depth(tally_expr *e)
 	e->depth = d + 1;
 }
 
-static bool is_const(const tally_expr *e) { return e->kind == X_CONST; }
+static bool is_const(const tally_expr *e)
+{
+	return e->kind == X_CONST;
+}
 
 /* Which explicit casts exist (those tally_value_cast implements). */
 static bool cast_exists(tally_type from, tally_type to)
@@ -222,7 +225,8 @@ static int cmp_operands(sql_an *an, int pos, const char *opname, tally_expr **l,
 	return op_missing(an, pos, opname, lt, rt);
 }
 
-/* ---- aggregates --------------------------------------------------------------------------------- */
+/* ---- aggregates ---------------------------------------------------------------------------------
+ */
 
 static const char *clause_name(sql_clause c)
 {
@@ -304,7 +308,8 @@ static int analyze_agg(sql_an *an, const tally_expr *raw, tally_agg_kind kind, t
 		if (raw->nargs != 1)
 			return func_missing(an, raw, args, raw->nargs);
 		arg = args[0];
-		if (arg->type == TALLY_T_UNKNOWN && make_cast(an, arg, TALLY_T_TEXT, arg->pos, &arg))
+		if (arg->type == TALLY_T_UNKNOWN &&
+		    make_cast(an, arg, TALLY_T_TEXT, arg->pos, &arg))
 			return -1;
 		spec.kind = kind;
 		spec.arg_type = arg->type;
@@ -347,7 +352,8 @@ static int analyze_agg(sql_an *an, const tally_expr *raw, tally_agg_kind kind, t
 	return 0;
 }
 
-/* ---- scalar functions ---------------------------------------------------------------------------- */
+/* ---- scalar functions
+ * ---------------------------------------------------------------------------- */
 
 static int analyze_func(sql_an *an, const tally_expr *raw, tally_expr **out)
 {
@@ -428,7 +434,9 @@ static int analyze_func(sql_an *an, const tally_expr *raw, tally_expr **out)
 			return func_missing(an, raw, args, n);
 		if (make_cast(an, args[0], TALLY_T_TEXT, args[0]->pos, &args[0]))
 			return -1;
-		e->fn = nm[0] == 'l' && nm[1] == 'o' ? FN_LOWER : nm[0] == 'u' ? FN_UPPER : FN_LENGTH;
+		e->fn = nm[0] == 'l' && nm[1] == 'o' ? FN_LOWER
+			: nm[0] == 'u'		     ? FN_UPPER
+						     : FN_LENGTH;
 		e->type = e->fn == FN_LENGTH ? TALLY_T_INT4 : TALLY_T_TEXT;
 	} else if ((strcmp(nm, "coalesce") == 0 || strcmp(nm, "greatest") == 0 ||
 		    strcmp(nm, "least") == 0 || (strcmp(nm, "nullif") == 0 && n == 2)) &&
@@ -436,9 +444,10 @@ static int analyze_func(sql_an *an, const tally_expr *raw, tally_expr **out)
 		tally_type t;
 		int bad = 0;
 		if (common_type(args, n, &t, &bad)) {
-			const char *up = nm[0] == 'c' ? "COALESCE" : nm[0] == 'g' ? "GREATEST"
-								 : nm[0] == 'l'   ? "LEAST"
-										  : "NULLIF";
+			const char *up = nm[0] == 'c'	? "COALESCE"
+					 : nm[0] == 'g' ? "GREATEST"
+					 : nm[0] == 'l' ? "LEAST"
+							: "NULLIF";
 			tally_err_set(an->err, TALLY_SQLSTATE_DATATYPE_MISMATCH,
 				      "%s types %s and %s cannot be matched", up, tname(t),
 				      tname(args[bad]->type));
@@ -457,9 +466,10 @@ static int analyze_func(sql_an *an, const tally_expr *raw, tally_expr **out)
 				if (make_cast(an, args[i], t, args[i]->pos, &args[i]))
 					return -1;
 		}
-		e->fn = nm[0] == 'c' ? FN_COALESCE : nm[0] == 'g' ? FN_GREATEST
-						     : nm[0] == 'l'   ? FN_LEAST
-								      : FN_NULLIF;
+		e->fn = nm[0] == 'c'   ? FN_COALESCE
+			: nm[0] == 'g' ? FN_GREATEST
+			: nm[0] == 'l' ? FN_LEAST
+				       : FN_NULLIF;
 		e->type = t;
 	} else {
 		return func_missing(an, raw, args, n);
@@ -471,7 +481,8 @@ static int analyze_func(sql_an *an, const tally_expr *raw, tally_expr **out)
 	return 0;
 }
 
-/* ---- expressions ----------------------------------------------------------------------------------- */
+/* ---- expressions
+ * ----------------------------------------------------------------------------------- */
 
 static int analyze_binop(sql_an *an, const tally_expr *raw, tally_expr **out)
 {
@@ -499,8 +510,8 @@ static int analyze_binop(sql_an *an, const tally_expr *raw, tally_expr **out)
 	} else {
 		tally_type lt = l->type, rt = r->type;
 		if (lt == TALLY_T_UNKNOWN && rt == TALLY_T_UNKNOWN) {
-			tally_err_set(an->err, "42725", "operator is not unique: unknown %s unknown",
-				      os);
+			tally_err_set(an->err, "42725",
+				      "operator is not unique: unknown %s unknown", os);
 			tally_err_hint(an->err, "Could not choose a best candidate operator. You "
 						"might need to add explicit type casts.");
 			return sql_err_pos(an->err, raw->pos);
@@ -565,18 +576,18 @@ static int resolve_name(sql_an *an, const tally_expr *raw, tally_expr **out)
 		}
 	}
 	if (raw->qual)
-		tally_err_set(an->err, TALLY_SQLSTATE_UNDEFINED_COLUMN, "column %s.%s does not exist",
-			      raw->qual, raw->name);
+		tally_err_set(an->err, TALLY_SQLSTATE_UNDEFINED_COLUMN,
+			      "column %s.%s does not exist", raw->qual, raw->name);
 	else
-		tally_err_set(an->err, TALLY_SQLSTATE_UNDEFINED_COLUMN, "column \"%s\" does not exist",
-			      raw->name);
+		tally_err_set(an->err, TALLY_SQLSTATE_UNDEFINED_COLUMN,
+			      "column \"%s\" does not exist", raw->name);
 	return sql_err_pos(an->err, raw->pos);
 }
 
 static const char *booltest_name(int f)
 {
-	static const char *const n[] = {"IS TRUE",  "IS NOT TRUE",    "IS FALSE",
-					"IS NOT FALSE", "IS UNKNOWN", "IS NOT UNKNOWN"};
+	static const char *const n[] = {"IS TRUE",	"IS NOT TRUE", "IS FALSE",
+					"IS NOT FALSE", "IS UNKNOWN",  "IS NOT UNKNOWN"};
 	return f < 6 ? n[f] : "IS TRUE";
 }
 
@@ -684,9 +695,8 @@ int sql_analyze_expr(sql_an *an, const tally_expr *raw, tally_expr **out)
 		tally_type t;
 		int bad = 0;
 		if (common_type(v, raw->nargs, &t, &bad))
-			return op_missing(an, raw->pos, "=", v[0]->type == TALLY_T_UNKNOWN
-								  ? t
-								  : v[0]->type,
+			return op_missing(an, raw->pos, "=",
+					  v[0]->type == TALLY_T_UNKNOWN ? t : v[0]->type,
 					  v[bad]->type);
 		for (int i = 0; i < raw->nargs; i++) {
 			/* numeric kinds compare across types; others take the common type */
@@ -724,7 +734,8 @@ int sql_analyze_expr(sql_an *an, const tally_expr *raw, tally_expr **out)
 	}
 	case N_LIKE: {
 		tally_expr *l, *r;
-		if (sql_analyze_expr(an, raw->args[0], &l) || sql_analyze_expr(an, raw->args[1], &r))
+		if (sql_analyze_expr(an, raw->args[0], &l) ||
+		    sql_analyze_expr(an, raw->args[1], &r))
 			return -1;
 		const char *os = (raw->flag & 2) ? ((raw->flag & 1) ? "!~~*" : "~~*")
 						 : ((raw->flag & 1) ? "!~~" : "~~");
@@ -867,7 +878,8 @@ bool sql_expr_equal(const tally_expr *x, const tally_expr *y)
 	return true;
 }
 
-/* ---- output names ------------------------------------------------------------------------------------ */
+/* ---- output names
+ * ------------------------------------------------------------------------------------ */
 
 /* PostgreSQL's FigureColname: 2 = strong (column/function), 1 = type name of a cast, 0 none. */
 static int figure_colname(const tally_expr *raw, const char **name)
@@ -903,7 +915,8 @@ static int figure_colname(const tally_expr *raw, const char **name)
 	return 0;
 }
 
-/* ---- targets, grouping ---------------------------------------------------------------------------------- */
+/* ---- targets, grouping
+ * ---------------------------------------------------------------------------------- */
 
 typedef struct sel_target {
 	tally_expr *e; /* analyzed, over input rows (aggregates as X_AGGREF) */
@@ -1064,7 +1077,8 @@ static int analyze_group(sql_an *an, const tally_select_ast *q, sel_target *tg, 
 			an->clause = CL_GROUP;
 			if (sql_analyze_expr(an, raw, &e))
 				return -1;
-			if (e->type == TALLY_T_UNKNOWN && make_cast(an, e, TALLY_T_TEXT, e->pos, &e))
+			if (e->type == TALLY_T_UNKNOWN &&
+			    make_cast(an, e, TALLY_T_TEXT, e->pos, &e))
 				return -1;
 		}
 		add_group(an, groups, ngroups, cap, e);
@@ -1091,10 +1105,11 @@ static int rewrite_grouped(sql_an *an, tally_expr *e, tally_expr **groups, int n
 		return 0;
 	}
 	if (e->kind == X_COL) {
-		tally_err_set(an->err, TALLY_SQLSTATE_GROUPING,
-			      "column \"%s.%s\" must appear in the GROUP BY clause or be used in an "
-			      "aggregate function",
-			      e->qual ? e->qual : "?", e->name ? e->name : "?");
+		tally_err_set(
+		    an->err, TALLY_SQLSTATE_GROUPING,
+		    "column \"%s.%s\" must appear in the GROUP BY clause or be used in an "
+		    "aggregate function",
+		    e->qual ? e->qual : "?", e->name ? e->name : "?");
 		return sql_err_pos(an->err, e->pos);
 	}
 	if (e->nargs == 0) {
@@ -1160,7 +1175,8 @@ static int analyze_where(sql_an *an, const tally_expr *raw, tally_expr **out)
 	return 0;
 }
 
-/* ---- continuous views ------------------------------------------------------------------------------- */
+/* ---- continuous views
+ * ------------------------------------------------------------------------------- */
 
 static int view_reject(tally_err *err, int pos, const char *what, const char *hint)
 {
@@ -1182,7 +1198,8 @@ int tally_view_analyze(const tally_select_ast *q, const tally_relation *stream, 
 		return view_reject(err, q->having_pos, "HAVING",
 				   "Filter the view's rows when reading it.");
 	if (q->nsort)
-		return view_reject(err, q->sort_pos, "ORDER BY", "Order rows when reading the view.");
+		return view_reject(err, q->sort_pos, "ORDER BY",
+				   "Order rows when reading the view.");
 	if (q->limit || q->offset)
 		return view_reject(err, q->limit_pos, "LIMIT/OFFSET", NULL);
 	sql_an an;
@@ -1202,7 +1219,8 @@ int tally_view_analyze(const tally_select_ast *q, const tally_relation *stream, 
 	if (an.naggs == 0 && q->ngroup == 0) {
 		tally_err_set(err, TALLY_SQLSTATE_FEATURE_NOT_SUPPORTED,
 			      "continuous views must aggregate or have a GROUP BY clause");
-		tally_err_hint(err, "Raw events are not stored: add an aggregate such as count(*).");
+		tally_err_hint(err,
+			       "Raw events are not stored: add an aggregate such as count(*).");
 		return sql_err_pos(err, q->pos);
 	}
 	tally_view_out *outs = tally_arena_alloc(a, sizeof *outs * (size_t)(ntg ? ntg : 1));
@@ -1212,8 +1230,8 @@ int tally_view_analyze(const tally_select_ast *q, const tally_relation *stream, 
 			return -1;
 		memset(&outs[i], 0, sizeof outs[i]);
 		if (strlen(tg[i].name) >= TALLY_NAME_MAX) {
-			tally_err_set(err, TALLY_SQLSTATE_INVALID_NAME, "column name \"%s\" is too long",
-				      tg[i].name);
+			tally_err_set(err, TALLY_SQLSTATE_INVALID_NAME,
+				      "column name \"%s\" is too long", tg[i].name);
 			return sql_err_pos(err, tg[i].pos);
 		}
 		tally_strlcpy(outs[i].name, tg[i].name, TALLY_NAME_MAX);
@@ -1228,8 +1246,9 @@ int tally_view_analyze(const tally_select_ast *q, const tally_relation *stream, 
 			tally_err_set(err, TALLY_SQLSTATE_FEATURE_NOT_SUPPORTED,
 				      "expressions over aggregates are not supported in continuous "
 				      "views");
-			tally_err_hint(err, "Select the aggregates themselves and combine them when "
-					    "reading the view.");
+			tally_err_hint(err,
+				       "Select the aggregates themselves and combine them when "
+				       "reading the view.");
 			return sql_err_pos(err, tg[i].pos);
 		} else {
 			/* a function of the group columns (or a constant): keep it as a group
@@ -1240,14 +1259,16 @@ int tally_view_analyze(const tally_select_ast *q, const tally_relation *stream, 
 		for (int j = 0; j < i; j++) {
 			if (strcmp(outs[j].name, outs[i].name) == 0) {
 				tally_err_set(err, TALLY_SQLSTATE_DUPLICATE_COLUMN,
-					      "column \"%s\" specified more than once", outs[i].name);
+					      "column \"%s\" specified more than once",
+					      outs[i].name);
 				return sql_err_pos(err, tg[i].pos);
 			}
 		}
 	}
 	vp->ngroups = ngroups;
 	vp->group_exprs = groups;
-	vp->group_types = tally_arena_alloc(a, sizeof(tally_type) * (size_t)(ngroups ? ngroups : 1));
+	vp->group_types =
+	    tally_arena_alloc(a, sizeof(tally_type) * (size_t)(ngroups ? ngroups : 1));
 	for (int i = 0; i < ngroups; i++)
 		vp->group_types[i] = groups[i]->type;
 	vp->naggs = an.naggs;
@@ -1263,7 +1284,8 @@ int tally_view_analyze(const tally_select_ast *q, const tally_relation *stream, 
 	return 0;
 }
 
-/* ---- read queries ------------------------------------------------------------------------------------ */
+/* ---- read queries
+ * ------------------------------------------------------------------------------------ */
 
 static int const_int(sql_an *an, const tally_expr *raw, sql_clause cl, int64_t *out, bool *isnull)
 {
@@ -1362,7 +1384,8 @@ int tally_select_analyze(const tally_select_ast *q, const tally_relation *rel, t
 			continue;
 		}
 		if (raw->kind == N_CONST) {
-			tally_err_set(err, TALLY_SQLSTATE_SYNTAX, "non-integer constant in ORDER BY");
+			tally_err_set(err, TALLY_SQLSTATE_SYNTAX,
+				      "non-integer constant in ORDER BY");
 			return sql_err_pos(err, raw->pos);
 		}
 		if (raw->kind == N_NAME && !raw->qual) {
@@ -1396,8 +1419,9 @@ int tally_select_analyze(const tally_select_ast *q, const tally_relation *rel, t
 			for (int t = 0; t < ntg && !inlist; t++)
 				inlist = sql_expr_equal(tg[t].e, keys[i].e);
 			if (!inlist) {
-				tally_err_set(err, "42P10", "for SELECT DISTINCT, ORDER BY "
-							    "expressions must appear in select list");
+				tally_err_set(err, "42P10",
+					      "for SELECT DISTINCT, ORDER BY "
+					      "expressions must appear in select list");
 				return sql_err_pos(err, raw->pos);
 			}
 		}
@@ -1436,7 +1460,7 @@ int tally_select_analyze(const tally_select_ast *q, const tally_relation *rel, t
 		p->groups = groups;
 		p->naggs = an.naggs;
 		p->aggs = tally_arena_alloc(a, sizeof(tally_agg_spec) *
-						       (size_t)(an.naggs ? an.naggs : 1));
+						   (size_t)(an.naggs ? an.naggs : 1));
 		p->agg_args = xargs(&an, an.naggs);
 		for (int i = 0; i < an.naggs; i++) {
 			p->aggs[i] = an.aggs[i].spec;
@@ -1481,8 +1505,14 @@ int tally_select_analyze(const tally_select_ast *q, const tally_relation *rel, t
 	return 0;
 }
 
-int tally_select_ncols(const tally_select_plan *p) { return p->nout; }
-const tally_column *tally_select_cols(const tally_select_plan *p) { return p->cols; }
+int tally_select_ncols(const tally_select_plan *p)
+{
+	return p->nout;
+}
+const tally_column *tally_select_cols(const tally_select_plan *p)
+{
+	return p->cols;
+}
 
 void tally_select_set_settings(tally_select_plan *p, tally_setting_fn fn, void *ctx)
 {
@@ -1490,7 +1520,8 @@ void tally_select_set_settings(tally_select_plan *p, tally_setting_fn fn, void *
 	p->ctx->setting_ctx = ctx;
 }
 
-/* ---- INSERT ------------------------------------------------------------------------------------------ */
+/* ---- INSERT
+ * ------------------------------------------------------------------------------------------ */
 
 int tally_sql_column_map(const tally_relation *stream, int nlisted,
 			 const char (*listed)[TALLY_NAME_MAX], int *colmap, int *ncols,
@@ -1540,7 +1571,8 @@ int tally_insert_row(const tally_stmt *st, int r, const tally_relation *stream, 
 	int ntargets = st->u.insert.ncols;
 	if (ntargets == 0) {
 		ntargets = stream->ncols;
-		if (ntargets > 0 && strcmp(stream->cols[ntargets - 1].name, "arrival_timestamp") == 0)
+		if (ntargets > 0 &&
+		    strcmp(stream->cols[ntargets - 1].name, "arrival_timestamp") == 0)
 			ntargets--;
 	}
 	tally_expr **vals = st->u.insert.values + (size_t)r * (size_t)nv;
@@ -1579,7 +1611,8 @@ int tally_insert_row(const tally_stmt *st, int r, const tally_relation *stream, 
 		}
 		tally_value v;
 		if (tally_expr_eval(e, NULL, &v, a, err))
-			return sql_err_pos(err, err && err->position ? err->position : vals[i]->pos);
+			return sql_err_pos(err,
+					   err && err->position ? err->position : vals[i]->pos);
 		if (v.isnull) {
 			out[col] = tally_null(t);
 			continue;

@@ -11,7 +11,8 @@
 #include <math.h>
 #include <stdio.h>
 
-#define TALLY_VERSION_STRING "PostgreSQL 15.0 (tally) on x86_64-pc-linux-gnu, compiled by gcc, 64-bit"
+#define TALLY_VERSION_STRING                                                                       \
+	"PostgreSQL 15.0 (tally) on x86_64-pc-linux-gnu, compiled by gcc, 64-bit"
 
 int sql_cast_value(const tally_value *v, tally_type t, tally_value *out, tally_arena *a,
 		   tally_err *err)
@@ -27,9 +28,15 @@ int sql_cast_value(const tally_value *v, tally_type t, tally_value *out, tally_a
 	return tally_value_cast(v, t, out, a, err);
 }
 
-tally_type tally_expr_type(const tally_expr *e) { return e ? e->type : TALLY_T_UNKNOWN; }
+tally_type tally_expr_type(const tally_expr *e)
+{
+	return e ? e->type : TALLY_T_UNKNOWN;
+}
 
-int tally_expr_colref(const tally_expr *e) { return e && e->kind == X_COL ? e->col : -1; }
+int tally_expr_colref(const tally_expr *e)
+{
+	return e && e->kind == X_COL ? e->col : -1;
+}
 
 static int int_range(tally_type t, int64_t v, tally_err *err)
 {
@@ -176,7 +183,10 @@ static int eval_arith(const tally_expr *e, const tally_value *l, const tally_val
 }
 
 /* LIKE with % and _ (one UTF-8 character) and backslash escapes; ci = ILIKE (ASCII folding). */
-static int lower_c(int c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
+static int lower_c(int c)
+{
+	return (c >= 'A' && c <= 'Z') ? c + 32 : c;
+}
 
 static size_t utf8_len(const unsigned char *p, size_t left)
 {
@@ -186,7 +196,8 @@ static size_t utf8_len(const unsigned char *p, size_t left)
 	return n;
 }
 
-static bool like_match(const unsigned char *s, size_t sl, const unsigned char *p, size_t pl, bool ci)
+static bool like_match(const unsigned char *s, size_t sl, const unsigned char *p, size_t pl,
+		       bool ci)
 {
 	size_t si = 0, pi = 0;
 	size_t star_p = (size_t)-1, star_s = 0;

@@ -12,7 +12,8 @@
 #include <stdlib.h>
 #include <xxhash.h>
 
-/* ---- growable value arrays in an arena ----------------------------------------------------------- */
+/* ---- growable value arrays in an arena
+ * ----------------------------------------------------------- */
 
 typedef struct valvec {
 	tally_value *v;
@@ -37,7 +38,8 @@ static int vv_reserve(valvec *vv, size_t extra, tally_arena *a, tally_err *err)
 	return 0;
 }
 
-/* ---- output collection --------------------------------------------------------------------------- */
+/* ---- output collection
+ * --------------------------------------------------------------------------- */
 
 typedef struct collector {
 	const tally_select_plan *p;
@@ -76,7 +78,8 @@ static int collect_row(collector *c, const tally_value *row)
 	return 0;
 }
 
-/* ---- sorting --------------------------------------------------------------------------------------- */
+/* ---- sorting
+ * --------------------------------------------------------------------------------------- */
 
 typedef struct sortctx {
 	const tally_value *keys;
@@ -110,7 +113,8 @@ static int sort_cmp(const void *x, const void *y, void *arg)
 	return ia < ib ? -1 : ia > ib ? 1 : 0;
 }
 
-/* ---- grouping -------------------------------------------------------------------------------------- */
+/* ---- grouping
+ * -------------------------------------------------------------------------------------- */
 
 typedef struct group {
 	uint64_t hash;
@@ -119,11 +123,11 @@ typedef struct group {
 } group;
 
 typedef struct groupset {
-	group *g;      /* ngroups entries */
+	group *g; /* ngroups entries */
 	size_t n, cap;
-	uint32_t *tab; /* open addressing: index+1, 0 = empty */
-	size_t tabsz;  /* power of two */
-	valvec vals;   /* n * p->ngroups */
+	uint32_t *tab;	/* open addressing: index+1, 0 = empty */
+	size_t tabsz;	/* power of two */
+	valvec vals;	/* n * p->ngroups */
 	uint8_t *slots; /* n * naggs * TALLY_AGG_SLOT */
 	size_t slotcap; /* in groups */
 } groupset;
@@ -133,7 +137,8 @@ static int gs_grow_table(groupset *gs, tally_arena *a, tally_err *err)
 	size_t nsz = gs->tabsz ? gs->tabsz * 2 : 1024;
 	uint32_t *nt = tally_arena_alloc(a, sizeof *nt * nsz);
 	if (!nt)
-		return tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY, "out of memory grouping rows");
+		return tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
+				     "out of memory grouping rows");
 	memset(nt, 0, sizeof *nt * nsz);
 	for (size_t i = 0; i < gs->n; i++) {
 		size_t h = (size_t)gs->g[i].hash & (nsz - 1);
@@ -151,7 +156,8 @@ static void gs_release(const tally_select_plan *p, groupset *gs)
 	for (size_t i = 0; i < gs->n; i++)
 		for (int k = 0; k < p->naggs; k++)
 			tally_agg_release(&p->aggs[k],
-					  gs->slots + (i * (size_t)p->naggs + (size_t)k) * TALLY_AGG_SLOT);
+					  gs->slots +
+					      (i * (size_t)p->naggs + (size_t)k) * TALLY_AGG_SLOT);
 	gs->n = 0;
 }
 
@@ -202,7 +208,8 @@ static int gs_lookup(const tally_select_plan *p, groupset *gs, const tally_value
 	g->key = keylen ? tally_arena_memdup(a, key, keylen) : (const uint8_t *)"";
 	g->keylen = keylen;
 	if (!g->key)
-		return tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY, "out of memory grouping rows");
+		return tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
+				     "out of memory grouping rows");
 	if (p->ngroups)
 		memcpy(gs->vals.v + gs->vals.n, vals, sizeof *vals * (size_t)p->ngroups);
 	gs->vals.n += (size_t)p->ngroups;
@@ -215,8 +222,8 @@ static int gs_lookup(const tally_select_plan *p, groupset *gs, const tally_value
 	return 0;
 }
 
-static int exec_agg(const tally_select_plan *p, const tally_value *rows, size_t nrows,
-		    size_t ncol, collector *c)
+static int exec_agg(const tally_select_plan *p, const tally_value *rows, size_t nrows, size_t ncol,
+		    collector *c)
 {
 	tally_arena *a = c->a;
 	tally_err *err = c->err;
@@ -226,7 +233,7 @@ static int exec_agg(const tally_select_plan *p, const tally_value *rows, size_t 
 	int rc = -1;
 	tally_value *gv = tally_arena_alloc(a, sizeof *gv * (size_t)(p->ngroups + 1));
 	tally_value *aggrow =
-		tally_arena_alloc(a, sizeof *aggrow * (size_t)(p->ngroups + p->naggs + 1));
+	    tally_arena_alloc(a, sizeof *aggrow * (size_t)(p->ngroups + p->naggs + 1));
 	if (!gv || !aggrow) {
 		tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY, "out of memory");
 		goto out;
@@ -247,10 +254,12 @@ static int exec_agg(const tally_select_plan *p, const tally_value *rows, size_t 
 			tally_key_encode(&gv[g], &key);
 		}
 		size_t gi;
-		if (gs_lookup(p, &gs, gv, key.data ? key.data : (const uint8_t *)"", key.len, a, err, &gi))
+		if (gs_lookup(p, &gs, gv, key.data ? key.data : (const uint8_t *)"", key.len, a,
+			      err, &gi))
 			goto out;
 		for (int k = 0; k < p->naggs; k++) {
-			void *slot = gs.slots + (gi * (size_t)p->naggs + (size_t)k) * TALLY_AGG_SLOT;
+			void *slot =
+			    gs.slots + (gi * (size_t)p->naggs + (size_t)k) * TALLY_AGG_SLOT;
 			if (!p->agg_args[k]) {
 				tally_agg_update(&p->aggs[k], slot, NULL);
 				continue;
@@ -275,7 +284,7 @@ static int exec_agg(const tally_select_plan *p, const tally_value *rows, size_t 
 		for (int k = 0; k < p->naggs; k++) {
 			tally_value *v = &aggrow[p->ngroups + k];
 			const void *slot =
-				gs.slots + (gi * (size_t)p->naggs + (size_t)k) * TALLY_AGG_SLOT;
+			    gs.slots + (gi * (size_t)p->naggs + (size_t)k) * TALLY_AGG_SLOT;
 			if (tally_agg_finalize(&p->aggs[k], slot, v, err))
 				goto out;
 			if (!v->isnull && (v->type == TALLY_T_TEXT || v->type == TALLY_T_UNKNOWN)) {
@@ -350,14 +359,16 @@ int tally_select_exec(const tally_select_plan *p, const tally_value *rows, size_
 		return tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY, "out of memory");
 	for (size_t i = 0; i < cnt; i++)
 		if (p->nout)
-			memcpy(res + i * (size_t)p->nout, c.outs.v + idx[start + i] * (size_t)p->nout,
+			memcpy(res + i * (size_t)p->nout,
+			       c.outs.v + idx[start + i] * (size_t)p->nout,
 			       sizeof *res * (size_t)p->nout);
 	*out_rows = res;
 	*out_nrows = cnt;
 	return 0;
 }
 
-/* ---- equality pushdown ----------------------------------------------------------------------------- */
+/* ---- equality pushdown
+ * ----------------------------------------------------------------------------- */
 
 /* Convert a constant to the column's type without an arena, only when exactly representable. */
 static bool exact_convert(const tally_value *c, tally_type t, tally_value *out)
@@ -385,8 +396,8 @@ static bool exact_convert(const tally_value *c, tally_type t, tally_value *out)
 		*out = tally_int(t, i);
 		return true;
 	}
-	if (tally_type_is_float(t) && (tally_type_is_int((tally_type)c->type) ||
-				       tally_type_is_float((tally_type)c->type))) {
+	if (tally_type_is_float(t) &&
+	    (tally_type_is_int((tally_type)c->type) || tally_type_is_float((tally_type)c->type))) {
 		double d = tally_type_is_int((tally_type)c->type) ? (double)c->u.i : c->u.f;
 		if (t == TALLY_T_FLOAT4)
 			d = (float)d;

@@ -31,8 +31,14 @@ static bool is_ident_cont(int c)
 {
 	return is_ident_start(c) || (c >= '0' && c <= '9') || c == '$';
 }
-static bool is_digit(int c) { return c >= '0' && c <= '9'; }
-static bool is_op_char(int c) { return c && strchr("~!@#^&|`?+-*/%<>=", c) != NULL; }
+static bool is_digit(int c)
+{
+	return c >= '0' && c <= '9';
+}
+static bool is_op_char(int c)
+{
+	return c && strchr("~!@#^&|`?+-*/%<>=", c) != NULL;
+}
 
 /* Error "<msg> at or near "<text from off to the end of input>"", as PostgreSQL's scanner
  * reports lexical errors (the rest of the input is shown, truncated for sanity). */
@@ -184,8 +190,10 @@ static int lex_string(const char *s, int start, int i, bool ext, tally_arena *a,
 						if (h < 0) {
 							tally_err_set(err, TALLY_SQLSTATE_SYNTAX,
 								      "invalid Unicode escape");
-							tally_err_hint(err, "Unicode escapes must be \\uXXXX or "
-									    "\\UXXXXXXXX.");
+							tally_err_hint(
+							    err,
+							    "Unicode escapes must be \\uXXXX or "
+							    "\\UXXXXXXXX.");
 							if (err)
 								err->position = char_pos(s, i - 2);
 							return -1;
@@ -193,7 +201,8 @@ static int lex_string(const char *s, int start, int i, bool ext, tally_arena *a,
 						v = v * 16 + (uint32_t)h;
 					}
 					i += want;
-					if (v == 0 || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) {
+					if (v == 0 || v > 0x10FFFF ||
+					    (v >= 0xD800 && v <= 0xDFFF)) {
 						tally_err_set(err, TALLY_SQLSTATE_SYNTAX,
 							      "invalid Unicode escape value");
 						if (err)
@@ -287,7 +296,8 @@ int sql_lex(const char *s, tally_arena *a, sql_tok **toks, int *ntoks, tally_err
 		if (n + 1 >= cap) {
 			sql_tok *nt = tally_arena_alloc(a, sizeof *t * (size_t)cap * 2);
 			if (!nt)
-				return tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY, "out of memory");
+				return tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
+						     "out of memory");
 			memcpy(nt, t, sizeof *t * (size_t)n);
 			t = nt;
 			cap *= 2;
@@ -346,7 +356,8 @@ int sql_lex(const char *s, tally_arena *a, sql_tok **toks, int *ntoks, tally_err
 			i++;
 			for (;;) {
 				if (s[i] == 0)
-					return lex_err(err, s, start, "unterminated quoted identifier");
+					return lex_err(err, s, start,
+						       "unterminated quoted identifier");
 				if (s[i] == '"') {
 					if (s[i + 1] == '"') {
 						lb_put(&b, a, "\"", 1);
@@ -402,9 +413,9 @@ int sql_lex(const char *s, tally_arena *a, sql_tok **toks, int *ntoks, tally_err
 				while (is_ident_cont((unsigned char)s[e]))
 					e++;
 				char *junk = tally_arena_strndup(a, s + i, (size_t)(e - i));
-				tally_err_set(err, TALLY_SQLSTATE_SYNTAX,
-					      "trailing junk after numeric literal at or near \"%s\"",
-					      junk);
+				tally_err_set(
+				    err, TALLY_SQLSTATE_SYNTAX,
+				    "trailing junk after numeric literal at or near \"%s\"", junk);
 				if (err)
 					err->position = char_pos(s, i);
 				return -1;
@@ -419,9 +430,10 @@ int sql_lex(const char *s, tally_arena *a, sql_tok **toks, int *ntoks, tally_err
 				while (is_digit((unsigned char)s[j]))
 					j++;
 				if (is_ident_start((unsigned char)s[j])) {
-					tally_err_set(err, TALLY_SQLSTATE_SYNTAX,
-						      "trailing junk after parameter at or near \"%.*s\"",
-						      j + 1 - i, s + i);
+					tally_err_set(
+					    err, TALLY_SQLSTATE_SYNTAX,
+					    "trailing junk after parameter at or near \"%.*s\"",
+					    j + 1 - i, s + i);
 					if (err)
 						err->position = char_pos(s, i);
 					return -1;
@@ -450,7 +462,8 @@ int sql_lex(const char *s, tally_arena *a, sql_tok **toks, int *ntoks, tally_err
 					q++;
 				}
 				if (!close)
-					return lex_err(err, s, i, "unterminated dollar-quoted string");
+					return lex_err(err, s, i,
+						       "unterminated dollar-quoted string");
 				k->kind = TK_STRING;
 				k->str = tally_arena_strndup(a, body, (size_t)(close - body));
 				k->len = (size_t)(close - body);
@@ -462,7 +475,8 @@ int sql_lex(const char *s, tally_arena *a, sql_tok **toks, int *ntoks, tally_err
 				j++;
 			int nch = j - i;
 			for (int q = i; q + 1 < j; q++) {
-				if ((s[q] == '/' && s[q + 1] == '*') || (s[q] == '-' && s[q + 1] == '-')) {
+				if ((s[q] == '/' && s[q + 1] == '*') ||
+				    (s[q] == '-' && s[q + 1] == '-')) {
 					nch = q - i;
 					break;
 				}
@@ -524,7 +538,7 @@ int sql_lex(const char *s, tally_arena *a, sql_tok **toks, int *ntoks, tally_err
 		k->end = i;
 		n++;
 		continue;
-	syntax_char: {
+	syntax_char : {
 		/* A byte no token starts with: PostgreSQL reports the syntax error at it. */
 		int len = 1;
 		while (len < 4 && ((unsigned char)s[i + len] & 0xC0) == 0x80)

@@ -23,23 +23,36 @@ typedef struct parser {
 	tally_arena *a;
 	tally_err *err;
 	int depth;
+	uintptr_t stack_base; /* address of a local of tally_sql_parse */
 } parser;
+
+/* Stack the parser may use below tally_sql_parse's frame (PostgreSQL's max_stack_depth idea):
+ * nesting is refused with 54001 before the thread's stack could run out. */
+#define SQL_STACK_BUDGET (768u * 1024u)
+
+__attribute__((noinline)) static bool stack_too_deep(parser *p)
+{
+	char here;
+	uintptr_t at = (uintptr_t)&here;
+	uintptr_t used = at < p->stack_base ? p->stack_base - at : at - p->stack_base;
+	return used > SQL_STACK_BUDGET;
+}
 
 /* PostgreSQL's reserved and type/function-name keywords: never a bare column name or label. */
 static const char *const reserved_kw[] = {
-	"all", "analyse", "analyze", "and", "any", "array", "as", "asc", "asymmetric", "both",
-	"case", "cast", "check", "collate", "column", "constraint", "create", "current_catalog",
-	"current_date", "current_role", "current_time", "current_timestamp", "current_user",
-	"default", "deferrable", "desc", "distinct", "do", "else", "end", "except", "false", "fetch",
-	"for", "foreign", "from", "grant", "group", "having", "in", "initially", "intersect", "into",
-	"lateral", "leading", "limit", "localtime", "localtimestamp", "not", "null", "offset", "on",
-	"only", "or", "order", "placing", "primary", "references", "returning", "select",
-	"session_user", "some", "symmetric", "table", "then", "to", "trailing", "true", "union",
-	"unique", "user", "using", "variadic", "when", "where", "window", "with",
-	/* type_func_name keywords */
-	"authorization", "between", "binary", "collation", "concurrently", "cross", "current_schema",
-	"freeze", "full", "ilike", "inner", "is", "isnull", "join", "left", "like", "natural",
-	"notnull", "outer", "overlaps", "right", "similar", "tablesample", "verbose", NULL};
+    "all", "analyse", "analyze", "and", "any", "array", "as", "asc", "asymmetric", "both", "case",
+    "cast", "check", "collate", "column", "constraint", "create", "current_catalog", "current_date",
+    "current_role", "current_time", "current_timestamp", "current_user", "default", "deferrable",
+    "desc", "distinct", "do", "else", "end", "except", "false", "fetch", "for", "foreign", "from",
+    "grant", "group", "having", "in", "initially", "intersect", "into", "lateral", "leading",
+    "limit", "localtime", "localtimestamp", "not", "null", "offset", "on", "only", "or", "order",
+    "placing", "primary", "references", "returning", "select", "session_user", "some", "symmetric",
+    "table", "then", "to", "trailing", "true", "union", "unique", "user", "using", "variadic",
+    "when", "where", "window", "with",
+    /* type_func_name keywords */
+    "authorization", "between", "binary", "collation", "concurrently", "cross", "current_schema",
+    "freeze", "full", "ilike", "inner", "is", "isnull", "join", "left", "like", "natural",
+    "notnull", "outer", "overlaps", "right", "similar", "tablesample", "verbose", NULL};
 
 static bool is_reserved(const char *s)
 {
@@ -49,9 +62,13 @@ static bool is_reserved(const char *s)
 	return false;
 }
 
-/* ---- token helpers ---------------------------------------------------------------------------- */
+/* ---- token helpers ----------------------------------------------------------------------------
+ */
 
-static sql_tok *cur(parser *p) { return &p->t[p->i]; }
+static sql_tok *cur(parser *p)
+{
+	return &p->t[p->i];
+}
 static sql_tok *peek_at(parser *p, int k)
 {
 	int j = p->i + k;
@@ -66,7 +83,10 @@ static bool tok_kw(const sql_tok *t, const char *kw)
 {
 	return t->kind == TK_IDENT && !t->quoted && strcmp(t->str, kw) == 0;
 }
-static bool is_kw(parser *p, const char *kw) { return tok_kw(cur(p), kw); }
+static bool is_kw(parser *p, const char *kw)
+{
+	return tok_kw(cur(p), kw);
+}
 static bool accept_kw(parser *p, const char *kw)
 {
 	if (is_kw(p, kw)) {
@@ -96,12 +116,15 @@ static int syntax_error_at(parser *p, const sql_tok *t)
 		int len = t->end - t->off;
 		if (len > 400)
 			len = 400;
-		tally_err_set(p->err, TALLY_SQLSTATE_SYNTAX, "syntax error at or near \"%.*s\"", len,
-			      p->sql + t->off);
+		tally_err_set(p->err, TALLY_SQLSTATE_SYNTAX, "syntax error at or near \"%.*s\"",
+			      len, p->sql + t->off);
 	}
 	return sql_err_pos(p->err, t->cpos);
 }
-static int syntax_error(parser *p) { return syntax_error_at(p, cur(p)); }
+static int syntax_error(parser *p)
+{
+	return syntax_error_at(p, cur(p));
+}
 
 static int expect_kw(parser *p, const char *kw)
 {
@@ -136,8 +159,8 @@ static int not_supported(parser *p, int pos, const char *what, const char *hint)
 static int depth_error(tally_err *err)
 {
 	tally_err_set(err, "54001", "stack depth limit exceeded");
-	return tally_err_hint(err, "Simplify the statement: expressions may nest at most %d levels.",
-			      SQL_MAX_DEPTH);
+	return tally_err_hint(
+	    err, "Simplify the statement: expressions may nest at most %d levels.", SQL_MAX_DEPTH);
 }
 
 static char *upper_dup(parser *p, const char *s)
@@ -187,8 +210,9 @@ static int parse_objname(parser *p, char *buf, size_t bufsz, int *pos)
 		if (strcmp(a1, "public") != 0) {
 			tally_err_set(p->err, TALLY_SQLSTATE_FEATURE_NOT_SUPPORTED,
 				      "schema-qualified names are not supported by tally");
-			tally_err_hint(p->err, "Objects live in schema \"public\"; name them without "
-					       "a schema.");
+			tally_err_hint(p->err,
+				       "Objects live in schema \"public\"; name them without "
+				       "a schema.");
 			return sql_err_pos(p->err, at);
 		}
 		a1 = a2;
@@ -197,7 +221,8 @@ static int parse_objname(parser *p, char *buf, size_t bufsz, int *pos)
 	return 0;
 }
 
-/* ---- expressions --------------------------------------------------------------------------------- */
+/* ---- expressions
+ * --------------------------------------------------------------------------------- */
 
 tally_expr *sql_expr_new(tally_arena *a, int kind, int pos)
 {
@@ -264,9 +289,9 @@ static int parse_select_body(parser *p, tally_select_ast **out);
 /* Type names as written in casts and DDL. *typname gets PostgreSQL's internal name, which
  * names a cast's output column ("int4"). */
 static const char *const unsupported_types[] = {
-	"date", "time", "timetz", "interval", "json", "jsonb", "uuid", "bytea", "char",
-	"character", "bpchar", "money", "inet", "cidr", "macaddr", "bit", "varbit", "xml", "oid",
-	"point", "name", "decimal", "record", "regclass", "tsvector", NULL};
+    "date",	 "time",   "timetz", "interval", "json",   "jsonb",    "uuid",	   "bytea",  "char",
+    "character", "bpchar", "money",  "inet",	 "cidr",   "macaddr",  "bit",	   "varbit", "xml",
+    "oid",	 "point",  "name",   "decimal",	 "record", "regclass", "tsvector", NULL};
 
 static int parse_typename(parser *p, tally_type *out, const char **typname, int *pos)
 {
@@ -318,7 +343,8 @@ static int parse_typename(parser *p, tally_type *out, const char **typname, int 
 		if (!ts) {
 			snprintf(name, sizeof name, "time");
 		} else {
-			snprintf(name, sizeof name, "%s", tz ? "timestamp with time zone" : "timestamp");
+			snprintf(name, sizeof name, "%s",
+				 tz ? "timestamp with time zone" : "timestamp");
 			tn = tz ? "timestamptz" : "timestamp";
 		}
 		has_mod = false;
@@ -360,9 +386,10 @@ static int parse_typename(parser *p, tally_type *out, const char **typname, int 
 			if (strcmp(unsupported_types[i], name) == 0 || strcmp(name, "time") == 0) {
 				tally_err_set(p->err, TALLY_SQLSTATE_FEATURE_NOT_SUPPORTED,
 					      "type %s is not supported by tally", name);
-				tally_err_hint(p->err, "Supported types: smallint, integer, bigint, "
-						       "real, double precision, boolean, text, "
-						       "timestamptz.");
+				tally_err_hint(p->err,
+					       "Supported types: smallint, integer, bigint, "
+					       "real, double precision, boolean, text, "
+					       "timestamptz.");
 				return sql_err_pos(p->err, *pos);
 			}
 		}
@@ -420,7 +447,8 @@ static tally_value int_literal(const char *digits, bool neg)
 	unsigned long long u = strtoull(digits, NULL, 10);
 	if (errno == 0 && u <= (unsigned long long)INT64_MAX) {
 		int64_t v = neg ? -(int64_t)u : (int64_t)u;
-		return tally_int(u <= (unsigned long long)INT32_MAX ? TALLY_T_INT4 : TALLY_T_INT8, v);
+		return tally_int(u <= (unsigned long long)INT32_MAX ? TALLY_T_INT4 : TALLY_T_INT8,
+				 v);
 	}
 	double d = strtod(digits, NULL);
 	return tally_float(TALLY_T_FLOAT8, neg ? -d : d);
@@ -601,9 +629,9 @@ static int parse_primary(parser *p, tally_expr **out)
 		if (is_reserved(w))
 			return syntax_error(p);
 		/* typed literal: type 'string' */
-		if (peek_at(p, 1)->kind == TK_STRING || (strcmp(w, "double") == 0 &&
-							  tok_kw(peek_at(p, 1), "precision") &&
-							  peek_at(p, 2)->kind == TK_STRING)) {
+		if (peek_at(p, 1)->kind == TK_STRING ||
+		    (strcmp(w, "double") == 0 && tok_kw(peek_at(p, 1), "precision") &&
+		     peek_at(p, 2)->kind == TK_STRING)) {
 			tally_type ty;
 			const char *tn;
 			int tpos;
@@ -718,7 +746,7 @@ static int parse_unary(parser *p, tally_expr **out)
 		int pos = cur(p)->cpos;
 		bool neg = cur(p)->str[0] == '-';
 		adv(p);
-		if (++p->depth > SQL_MAX_DEPTH)
+		if (++p->depth > SQL_MAX_DEPTH || stack_too_deep(p))
 			return depth_error(p->err);
 		/* fold a minus into a following numeric literal, as PostgreSQL's grammar does */
 		if (neg && (cur(p)->kind == TK_INT || cur(p)->kind == TK_FLOAT) &&
@@ -729,7 +757,8 @@ static int parse_unary(parser *p, tally_expr **out)
 			if (t->kind == TK_INT)
 				*out = mk_const(p, pos, int_literal(t->str, true));
 			else
-				*out = mk_const(p, pos, tally_float(TALLY_T_FLOAT8, -strtod(t->str, NULL)));
+				*out = mk_const(p, pos,
+						tally_float(TALLY_T_FLOAT8, -strtod(t->str, NULL)));
 			return 0;
 		}
 		tally_expr *arg = NULL;
@@ -808,7 +837,7 @@ static bool is_cmp_op(parser *p, int *op)
 		const char *s;
 		int op;
 	} ops[] = {{"=", OP_EQ},  {"<>", OP_NE}, {"!=", OP_NE}, {"<", OP_LT},
-		   {"<=", OP_LE}, {">", OP_GT},  {">=", OP_GE}};
+		   {"<=", OP_LE}, {">", OP_GT},	 {">=", OP_GE}};
 	if (cur(p)->kind != TK_OP)
 		return false;
 	for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
@@ -989,7 +1018,9 @@ static int parse_is(parser *p, tally_expr **out)
 			e->flag = neg;
 		} else if (is_kw(p, "true") || is_kw(p, "false") || is_kw(p, "unknown")) {
 			e = sql_expr_new(p->a, N_BOOLTEST, pos);
-			int bt = is_kw(p, "true") ? BT_TRUE : is_kw(p, "false") ? BT_FALSE : BT_UNKNOWN;
+			int bt = is_kw(p, "true")    ? BT_TRUE
+				 : is_kw(p, "false") ? BT_FALSE
+						     : BT_UNKNOWN;
 			e->flag = (uint8_t)(bt + (neg ? 1 : 0));
 			adv(p);
 		} else if (is_kw(p, "distinct")) {
@@ -1013,7 +1044,7 @@ static int parse_not(parser *p, tally_expr **out)
 	if (is_kw(p, "not")) {
 		int pos = cur(p)->cpos;
 		adv(p);
-		if (++p->depth > SQL_MAX_DEPTH)
+		if (++p->depth > SQL_MAX_DEPTH || stack_too_deep(p))
 			return depth_error(p->err);
 		tally_expr *arg = NULL;
 		if (parse_not(p, &arg))
@@ -1086,7 +1117,7 @@ static int parse_or(parser *p, tally_expr **out)
 
 static int parse_expr(parser *p, tally_expr **out)
 {
-	if (++p->depth > SQL_MAX_DEPTH)
+	if (++p->depth > SQL_MAX_DEPTH || stack_too_deep(p))
 		return depth_error(p->err);
 	int rc = parse_or(p, out);
 	p->depth--;
@@ -1103,7 +1134,8 @@ static int parse_bexpr(parser *p, tally_expr **out)
 	return rc;
 }
 
-/* ---- SELECT ------------------------------------------------------------------------------------ */
+/* ---- SELECT ------------------------------------------------------------------------------------
+ */
 
 static bool ends_select(parser *p)
 {
@@ -1192,8 +1224,8 @@ static int parse_select_body(parser *p, tally_select_ast **out)
 			if (parse_ident(p, &q->from_alias))
 				return -1;
 		} else if (cur(p)->kind == TK_IDENT &&
-			   (cur(p)->quoted ||
-			    (!is_reserved(cur(p)->str) && strcmp(cur(p)->str, "tablesample") != 0))) {
+			   (cur(p)->quoted || (!is_reserved(cur(p)->str) &&
+					       strcmp(cur(p)->str, "tablesample") != 0))) {
 			q->from_alias = cur(p)->str;
 			adv(p);
 		}
@@ -1320,7 +1352,8 @@ dup_limit:
 	return sql_err_pos(p->err, cur(p)->cpos);
 }
 
-/* ---- DDL --------------------------------------------------------------------------------------- */
+/* ---- DDL ---------------------------------------------------------------------------------------
+ */
 
 static int parse_coldefs(parser *p, tally_stmt *st)
 {
@@ -1462,9 +1495,9 @@ static int parse_view_options(parser *p, tally_stmt *st, bool *materialize)
 			int *dst;
 			int lo, hi;
 		} ints[] = {
-			{"num_shards", &st->u.create_view.num_shards, 1, 1024},
-			{"shard_factor", &st->u.create_view.shard_factor, 1, 100},
-			{"num_replicas", &st->u.create_view.num_replicas, 0, 15},
+		    {"num_shards", &st->u.create_view.num_shards, 1, 1024},
+		    {"shard_factor", &st->u.create_view.shard_factor, 1, 100},
+		    {"num_replicas", &st->u.create_view.num_replicas, 0, 15},
 		};
 		bool known = false;
 		for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
@@ -1482,8 +1515,10 @@ static int parse_view_options(parser *p, tally_stmt *st, bool *materialize)
 			}
 			if (v < ints[i].lo || v > ints[i].hi) {
 				tally_err_set(p->err, TALLY_SQLSTATE_INVALID_PARAMETER,
-					      "value %s out of bounds for option \"%s\"", val, name);
-				tally_err_detail(p->err, "Valid values are between \"%d\" and \"%d\".",
+					      "value %s out of bounds for option \"%s\"", val,
+					      name);
+				tally_err_detail(p->err,
+						 "Valid values are between \"%d\" and \"%d\".",
 						 ints[i].lo, ints[i].hi);
 				return sql_err_pos(p->err, pos);
 			}
@@ -1496,9 +1531,10 @@ static int parse_view_options(parser *p, tally_stmt *st, bool *materialize)
 			} else if (val && strcasecmp(val, "write_optimized") == 0) {
 				st->u.create_view.sharding_policy = TALLY_POLICY_WRITE_OPTIMIZED;
 			} else {
-				tally_err_set(p->err, TALLY_SQLSTATE_INVALID_PARAMETER,
-					      "invalid value for enum option \"sharding_policy\": %s",
-					      val ? val : "true");
+				tally_err_set(
+				    p->err, TALLY_SQLSTATE_INVALID_PARAMETER,
+				    "invalid value for enum option \"sharding_policy\": %s",
+				    val ? val : "true");
 				tally_err_detail(p->err, "Valid values are \"read_optimized\" and "
 							 "\"write_optimized\".");
 				return sql_err_pos(p->err, pos);
@@ -1563,7 +1599,7 @@ static int parse_create_view(parser *p, tally_stmt *st, bool continuous, int cre
 		return -1;
 	int qend = p->t[p->i > 0 ? p->i - 1 : 0].end;
 	st->u.create_view.query_text =
-		tally_arena_strndup(p->a, p->sql + qstart, (size_t)(qend - qstart));
+	    tally_arena_strndup(p->a, p->sql + qstart, (size_t)(qend - qstart));
 	st->u.create_view.query = q;
 	if (!q->from) {
 		tally_err_set(p->err, TALLY_SQLSTATE_INVALID_DEFINITION,
@@ -1593,9 +1629,9 @@ static int parse_create(parser *p, tally_stmt *st)
 		return parse_create_view(p, st, false, pos);
 	if (is_kw(p, "or") && tok_kw(peek_at(p, 1), "replace"))
 		return not_supported(p, pos, "CREATE OR REPLACE", NULL);
-	if (is_kw(p, "table") || ((is_kw(p, "temp") || is_kw(p, "temporary") ||
-				   is_kw(p, "unlogged")) &&
-				  tok_kw(peek_at(p, 1), "table")))
+	if (is_kw(p, "table") ||
+	    ((is_kw(p, "temp") || is_kw(p, "temporary") || is_kw(p, "unlogged")) &&
+	     tok_kw(peek_at(p, 1), "table")))
 		return not_supported(p, pos, "CREATE TABLE",
 				     "Use CREATE STREAM for event schemas and CREATE CONTINUOUS "
 				     "VIEW for aggregates.");
@@ -1641,8 +1677,7 @@ static int parse_drop(parser *p, tally_stmt *st)
 	if (parse_objname(p, st->u.drop.name, TALLY_NAME_MAX, NULL))
 		return -1;
 	if (cur(p)->kind == TK_COMMA)
-		return not_supported(p, cur(p)->cpos, "DROP of several objects",
-				     NULL);
+		return not_supported(p, cur(p)->cpos, "DROP of several objects", NULL);
 	if (accept_kw(p, "cascade"))
 		st->u.drop.cascade = true;
 	else
@@ -1650,7 +1685,8 @@ static int parse_drop(parser *p, tally_stmt *st)
 	return 0;
 }
 
-/* ---- INSERT ------------------------------------------------------------------------------------ */
+/* ---- INSERT ------------------------------------------------------------------------------------
+ */
 
 static int parse_namelist(parser *p, int *n, char (**out)[TALLY_NAME_MAX], int **poss)
 {
@@ -1661,8 +1697,8 @@ static int parse_namelist(parser *p, int *n, char (**out)[TALLY_NAME_MAX], int *
 	int *pv = tally_arena_alloc(p->a, sizeof(int) * (size_t)cap);
 	for (;;) {
 		if (k == cap) {
-			char(*nv)[TALLY_NAME_MAX] = tally_arena_alloc(p->a, TALLY_NAME_MAX *
-										   (size_t)cap * 2);
+			char(*nv)[TALLY_NAME_MAX] =
+			    tally_arena_alloc(p->a, TALLY_NAME_MAX * (size_t)cap * 2);
 			int *np = tally_arena_alloc(p->a, sizeof(int) * (size_t)cap * 2);
 			memcpy(nv, v, TALLY_NAME_MAX * (size_t)k);
 			memcpy(np, pv, sizeof(int) * (size_t)k);
@@ -1677,7 +1713,8 @@ static int parse_namelist(parser *p, int *n, char (**out)[TALLY_NAME_MAX], int *
 		tally_strlcpy(v[k], name, TALLY_NAME_MAX);
 		k++;
 		if (cur(p)->kind == TK_DOT || cur(p)->kind == TK_LBRACKET)
-			return not_supported(p, cur(p)->cpos, "subfield or element assignment", NULL);
+			return not_supported(p, cur(p)->cpos, "subfield or element assignment",
+					     NULL);
 		if (!accept(p, TK_COMMA))
 			break;
 	}
@@ -1774,7 +1811,8 @@ static int parse_insert(parser *p, tally_stmt *st)
 	return 0;
 }
 
-/* ---- COPY -------------------------------------------------------------------------------------- */
+/* ---- COPY --------------------------------------------------------------------------------------
+ */
 
 typedef struct copyopts {
 	int format;
@@ -1817,7 +1855,8 @@ static int copy_bool(parser *p, int *out)
 		}
 		if (!strcasecmp(s, "match"))
 			return not_supported(p, t->cpos, "HEADER MATCH", NULL);
-		tally_err_set(p->err, TALLY_SQLSTATE_SYNTAX, "header requires a Boolean value or \"match\"");
+		tally_err_set(p->err, TALLY_SQLSTATE_SYNTAX,
+			      "header requires a Boolean value or \"match\"");
 		return sql_err_pos(p->err, t->cpos);
 	}
 	if (t->kind == TK_INT && (strcmp(t->str, "0") == 0 || strcmp(t->str, "1") == 0)) {
@@ -1916,15 +1955,15 @@ static int parse_copy(parser *p, tally_stmt *st)
 				const char *enc = cur(p)->str;
 				if (strcasecmp(enc, "utf8") && strcasecmp(enc, "utf-8") &&
 				    strcasecmp(enc, "sql_ascii"))
-					return not_supported(p, opos, "COPY ENCODING other than UTF8",
-							     NULL);
+					return not_supported(p, opos,
+							     "COPY ENCODING other than UTF8", NULL);
 				adv(p);
 			} else if (strcmp(name, "freeze") == 0) {
 				int dummy;
 				if (copy_bool(p, &dummy))
 					return -1;
-			} else if (!strcmp(name, "force_quote") || !strcmp(name, "force_not_null") ||
-				   !strcmp(name, "force_null")) {
+			} else if (!strcmp(name, "force_quote") ||
+				   !strcmp(name, "force_not_null") || !strcmp(name, "force_null")) {
 				return not_supported(p, opos, upper_dup(p, name), NULL);
 			} else {
 				tally_err_set(p->err, TALLY_SQLSTATE_SYNTAX,
@@ -2001,7 +2040,8 @@ static int parse_copy(parser *p, tally_stmt *st)
 		emsg = "COPY null representation cannot use newline or carriage return",
 		fsqlstate = TALLY_SQLSTATE_INVALID_PARAMETER;
 	else if (!csv && o.delim && strchr("\\.abcdefghijklmnopqrstuvwxyz0123456789", o.delim[0]))
-		emsg = "COPY delimiter cannot be \"\\\"", fsqlstate = TALLY_SQLSTATE_INVALID_PARAMETER;
+		emsg = "COPY delimiter cannot be \"\\\"",
+		fsqlstate = TALLY_SQLSTATE_INVALID_PARAMETER;
 	else if (!csv && o.quote)
 		emsg = "COPY quote available only in CSV mode";
 	else if (csv && o.quote && strlen(o.quote) != 1)
@@ -2021,7 +2061,8 @@ static int parse_copy(parser *p, tally_stmt *st)
 		fsqlstate = TALLY_SQLSTATE_INVALID_PARAMETER;
 	if (emsg) {
 		if (!strcmp(emsg, "COPY delimiter cannot be \"\\\"") && o.delim)
-			tally_err_set(p->err, fsqlstate, "COPY delimiter cannot be \"%s\"", o.delim);
+			tally_err_set(p->err, fsqlstate, "COPY delimiter cannot be \"%s\"",
+				      o.delim);
 		else
 			tally_err_set(p->err, fsqlstate, "%s", emsg);
 		return -1;
@@ -2034,7 +2075,8 @@ static int parse_copy(parser *p, tally_stmt *st)
 	return 0;
 }
 
-/* ---- SET / SHOW / RESET ------------------------------------------------------------------------ */
+/* ---- SET / SHOW / RESET ------------------------------------------------------------------------
+ */
 
 static int parse_setting_name(parser *p, tally_stmt *st)
 {
@@ -2077,7 +2119,8 @@ static int parse_set(parser *p, tally_stmt *st)
 			adv(p);
 			return 0;
 		}
-		if (is_op(p, "-") && (peek_at(p, 1)->kind == TK_INT || peek_at(p, 1)->kind == TK_FLOAT)) {
+		if (is_op(p, "-") &&
+		    (peek_at(p, 1)->kind == TK_INT || peek_at(p, 1)->kind == TK_FLOAT)) {
 			adv(p);
 			size_t n = strlen(cur(p)->str) + 2;
 			char *s = tally_arena_alloc(p->a, n);
@@ -2175,7 +2218,8 @@ static int parse_show_reset(parser *p, tally_stmt *st, bool show)
 	return parse_setting_name(p, st);
 }
 
-/* ---- transactions ------------------------------------------------------------------------------ */
+/* ---- transactions ------------------------------------------------------------------------------
+ */
 
 static int parse_txn_modes(parser *p)
 {
@@ -2208,14 +2252,16 @@ static int parse_txn_modes(parser *p)
 	}
 }
 
-/* ---- statements -------------------------------------------------------------------------------- */
+/* ---- statements --------------------------------------------------------------------------------
+ */
 
 static const char *const unsupported_stmts[] = {
-	"update", "delete", "alter", "truncate", "grant", "revoke", "vacuum", "analyze", "analyse",
-	"explain", "prepare", "execute", "deallocate", "listen", "notify", "unlisten", "lock",
-	"discard", "do", "call", "cluster", "reindex", "comment", "security", "refresh", "import",
-	"merge", "values", "table", "fetch", "declare", "close", "move", "checkpoint", "load",
-	"savepoint", "release", "reassign", "with", "copy", NULL};
+    "update",	 "delete",   "alter",	 "truncate", "grant",	"revoke",     "vacuum",
+    "analyze",	 "analyse",  "explain",	 "prepare",  "execute", "deallocate", "listen",
+    "notify",	 "unlisten", "lock",	 "discard",  "do",	"call",	      "cluster",
+    "reindex",	 "comment",  "security", "refresh",  "import",	"merge",      "values",
+    "table",	 "fetch",    "declare",	 "close",    "move",	"checkpoint", "load",
+    "savepoint", "release",  "reassign", "with",     "copy",	NULL};
 
 static int parse_stmt(parser *p, tally_stmt *st)
 {
@@ -2324,6 +2370,8 @@ int tally_sql_parse(const char *sql, tally_arena *a, tally_stmt **stmts, int *ns
 {
 	parser p;
 	memset(&p, 0, sizeof p);
+	char base;
+	p.stack_base = (uintptr_t)&base;
 	p.sql = sql;
 	p.a = a;
 	p.err = err;
@@ -2375,7 +2423,8 @@ const char *tally_sql_quote_ident(const char *name, char *buf, size_t bufsz)
 		return name;
 	bool safe = name[0] && ((name[0] >= 'a' && name[0] <= 'z') || name[0] == '_');
 	for (const char *q = name; *q && safe; q++)
-		safe = (*q >= 'a' && *q <= 'z') || (*q >= '0' && *q <= '9') || *q == '_' || *q == '$';
+		safe =
+		    (*q >= 'a' && *q <= 'z') || (*q >= '0' && *q <= '9') || *q == '_' || *q == '$';
 	if (safe && !is_reserved(name)) {
 		tally_strlcpy(buf, name, bufsz);
 		return buf;

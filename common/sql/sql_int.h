@@ -16,10 +16,10 @@
 typedef enum sql_tok_kind {
 	TK_EOF = 0,
 	TK_IDENT,  /* keyword or identifier; str lower-cased unless quoted */
-	TK_INT,    /* integer literal; str = digits */
+	TK_INT,	   /* integer literal; str = digits */
 	TK_FLOAT,  /* numeric literal with '.' or exponent */
 	TK_STRING, /* 'x' or E'x'; str decoded */
-	TK_OP,     /* operator: + - * / % < > = <= >= <> != || ... */
+	TK_OP,	   /* operator: + - * / % < > = <= >= <> != || ... */
 	TK_PARAM,  /* $n */
 	TK_LPAREN,
 	TK_RPAREN,
@@ -34,7 +34,7 @@ typedef enum sql_tok_kind {
 
 typedef struct sql_tok {
 	sql_tok_kind kind;
-	bool quoted; /* "identifier" */
+	bool quoted;	 /* "identifier" */
 	const char *str; /* NUL-terminated, arena */
 	size_t len;
 	int off;  /* byte offset of the token's first byte in the query string */
@@ -50,25 +50,25 @@ int sql_lex(const char *sql, tally_arena *a, sql_tok **toks, int *ntoks, tally_e
 typedef enum sql_node_kind {
 	/* raw (parser output) */
 	N_CONST = 1, /* val: int4/int8/float8/unknown string/bool/null */
-	N_NAME,      /* column reference: qual (may be NULL) . name */
-	N_STAR,      /* * or qual.* (select list, count(*)) */
-	N_FUNC,      /* name(args), star, distinct */
+	N_NAME,	     /* column reference: qual (may be NULL) . name */
+	N_STAR,	     /* * or qual.* (select list, count(*)) */
+	N_FUNC,	     /* name(args), star, distinct */
 	N_BINOP,     /* op (sql_op) */
 	N_UNARY,     /* op OP_NEG / OP_PLUS */
-	N_AND,       /* n-ary */
-	N_OR,        /* n-ary */
+	N_AND,	     /* n-ary */
+	N_OR,	     /* n-ary */
 	N_NOT,
 	N_NULLTEST, /* flag: 0 IS NULL, 1 IS NOT NULL */
 	N_BOOLTEST, /* flag: sql_booltest */
-	N_IN,       /* args[0] IN (args[1..]); flag 1 = NOT IN */
+	N_IN,	    /* args[0] IN (args[1..]); flag 1 = NOT IN */
 	N_BETWEEN,  /* args: x, lo, hi; flag 1 = NOT */
-	N_LIKE,     /* args: x, pattern; flag bit0 NOT, bit1 ILIKE */
-	N_CAST,     /* args[0]; cast_to, typname */
-	N_CASE,     /* args: [arg?] (when, then)* [else]; flag bit0 has arg, bit1 has else */
+	N_LIKE,	    /* args: x, pattern; flag bit0 NOT, bit1 ILIKE */
+	N_CAST,	    /* args[0]; cast_to, typname */
+	N_CASE,	    /* args: [arg?] (when, then)* [else]; flag bit0 has arg, bit1 has else */
 	N_DEFAULT,  /* DEFAULT in VALUES */
 	/* analyzed */
 	X_CONST = 64,
-	X_COL,    /* col (index into the row); name for messages */
+	X_COL,	  /* col (index into the row); name for messages */
 	X_AGGREF, /* col = aggregate index (before the agg-row rewrite) */
 	X_GROUPREF,
 	X_ARITH, /* op */
@@ -138,17 +138,17 @@ typedef struct sql_ctx {
 } sql_ctx;
 
 struct tally_expr {
-	uint8_t kind;  /* sql_node_kind */
-	uint8_t op;    /* sql_op */
-	uint8_t flag;  /* per kind */
-	uint8_t fn;    /* sql_fn */
-	bool star;     /* N_FUNC f(*) */
-	bool distinct; /* N_FUNC f(DISTINCT ...) */
+	uint8_t kind;	    /* sql_node_kind */
+	uint8_t op;	    /* sql_op */
+	uint8_t flag;	    /* per kind */
+	uint8_t fn;	    /* sql_fn */
+	bool star;	    /* N_FUNC f(*) */
+	bool distinct;	    /* N_FUNC f(DISTINCT ...) */
 	tally_type type;    /* result type (analyzed) */
 	tally_type cast_to; /* N_CAST / X_CAST target */
-	int pos;            /* 1-based character position, 0 = unknown */
-	int depth;          /* tree height */
-	int col;            /* X_COL index, X_AGGREF index */
+	int pos;	    /* 1-based character position, 0 = unknown */
+	int depth;	    /* tree height */
+	int col;	    /* X_COL index, X_AGGREF index */
 	int nargs;
 	tally_expr **args;
 	tally_value val;     /* constants */
@@ -162,7 +162,8 @@ tally_expr *sql_expr_new(tally_arena *a, int kind, int pos);
 /* Structural equality of analyzed expressions. */
 bool sql_expr_equal(const tally_expr *x, const tally_expr *y);
 
-/* ---- raw SELECT -------------------------------------------------------------------------------- */
+/* ---- raw SELECT --------------------------------------------------------------------------------
+ */
 
 typedef struct sql_target {
 	tally_expr *e; /* N_STAR for * / qual.* */
@@ -181,7 +182,7 @@ struct tally_select_ast {
 	bool distinct;
 	int ntargets;
 	sql_target *targets;
-	const char *from;       /* NULL without FROM; "schema.name" when qualified */
+	const char *from;	/* NULL without FROM; "schema.name" when qualified */
 	const char *from_alias; /* AS alias, else NULL */
 	int from_pos;
 	tally_expr *where;
@@ -196,7 +197,8 @@ struct tally_select_ast {
 	int having_pos, sort_pos, limit_pos, distinct_pos;
 };
 
-/* ---- analysis ---------------------------------------------------------------------------------- */
+/* ---- analysis ----------------------------------------------------------------------------------
+ */
 
 typedef enum sql_clause {
 	CL_SELECT = 0,
@@ -211,7 +213,7 @@ typedef enum sql_clause {
 
 typedef struct sql_agginfo {
 	tally_agg_spec spec;
-	tally_expr *arg; /* NULL for count(*) */
+	tally_expr *arg;  /* NULL for count(*) */
 	tally_expr *call; /* the analyzed call, for de-duplication */
 } sql_agginfo;
 
@@ -220,7 +222,7 @@ typedef struct sql_an {
 	tally_arena *a;
 	tally_err *err;
 	const tally_relation *rel; /* may be NULL */
-	const char *rel_alias;     /* qualifier that names rel (alias or relation's last name) */
+	const char *rel_alias;	   /* qualifier that names rel (alias or relation's last name) */
 	sql_ctx *ctx;
 	bool allow_aggs;
 	bool in_agg;
@@ -239,7 +241,8 @@ int sql_cast_value(const tally_value *v, tally_type t, tally_value *out, tally_a
 /* Error with position helpers. */
 int sql_err_pos(tally_err *err, int pos);
 
-/* ---- read plan --------------------------------------------------------------------------------- */
+/* ---- read plan ---------------------------------------------------------------------------------
+ */
 
 typedef struct sql_sortkey {
 	tally_expr *e; /* over the post row */
@@ -251,7 +254,7 @@ struct tally_select_plan {
 	sql_ctx *ctx;
 	int in_ncols;
 	tally_expr *where; /* over input rows */
-	bool agg;          /* aggregation mode: outputs over [group values, agg results] */
+	bool agg;	   /* aggregation mode: outputs over [group values, agg results] */
 	int ngroups;
 	tally_expr **groups;
 	int naggs;
@@ -263,7 +266,7 @@ struct tally_select_plan {
 	tally_column *cols;
 	int nsort;
 	sql_sortkey *sort;
-	int64_t limit;  /* -1 = none */
+	int64_t limit;	/* -1 = none */
 	int64_t offset; /* 0 = none */
 };
 

@@ -184,7 +184,9 @@ struct tally_node {
 	tally_rpc *rpc;
 	pthread_mutex_t map_mu;
 	tally_map *map; /* current snapshot, replaced whole; guarded by map_mu */
-	uint64_t next_seq;     /* atomic: per-origin batch sequence */
+	pthread_mutex_t seq_mu; /* guards seqs */
+	struct tally_seq_entry *seqs; /* batch seq per (view, home shard): open addressing */
+	size_t nseqs, seqcap;
 	uint64_t next_req;     /* atomic: request ids */
 	int64_t started_us;
 };
@@ -198,6 +200,10 @@ tally_map *tally_node_map(tally_node *n);
 bool tally_node_install_map(tally_node *n, tally_catalog *cat);
 uint64_t tally_node_epoch(tally_node *n);
 uint64_t tally_node_next_req(tally_node *n);
+/* Next batch seq for (view, home shard) from this origin: 1, 2, 3, ... per pair (DESIGN §3),
+ * so the home primary can later keep "highest contiguous seq" per origin. Taken once per
+ * batch. */
+uint64_t tally_node_next_seq(tally_node *n, uint64_t view_id, uint32_t shard);
 /* Write DIR/ready (pid, name, sql_port, data_addr) atomically; remove it at close. */
 int tally_node_write_ready(tally_node *n);
 

@@ -384,8 +384,8 @@ int th_psql(const th_node *n, const char *const extra_args[], const char *in, ch
 {
 	char port[16];
 	snprintf(port, sizeof port, "%d", n->sql_port);
-	const char *argv[64] = {"/usr/bin/psql", "-X", "-h", "127.0.0.1", "-p", port,
-				"-U", "tally", "-d", "tally"};
+	const char *argv[64] = {"/usr/bin/psql", "-X", "-h",   "127.0.0.1", "-p", port, "-U",
+				"tally",	 "-d", "tally"};
 	int argc = 10;
 	for (int i = 0; extra_args && extra_args[i] && argc < 62; i++)
 		argv[argc++] = extra_args[i];

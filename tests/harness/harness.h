@@ -42,33 +42,33 @@
 #define TH_OID_NUMERIC 1700
 
 typedef struct th_node {
-	pid_t pid;       /* 0 when not running */
-	char name[64];   /* "coordinator", "w1", ... */
+	pid_t pid;     /* 0 when not running */
+	char name[64]; /* "coordinator", "w1", ... */
 	bool is_coordinator;
-	bool stopped;    /* SIGSTOPped by th_kill_node */
+	bool stopped; /* SIGSTOPped by th_kill_node */
 	int sql_port;
 	int data_port;
 	char data_addr[128]; /* tcp://127.0.0.1:PORT */
-	char dir[512];       /* the node's --dir */
-	char log[512];       /* its stderr */
+	char dir[512];	     /* the node's --dir */
+	char log[512];	     /* its stderr */
 	int exit_status;     /* raw waitpid status of the last exit, -1 if unknown */
 } th_node;
 
 typedef struct th_opts {
 	const char *sets[TH_MAX_SETS]; /* extra "--set name=value" for every node, NULL-ended */
-	const char *log_level;         /* --log-level (default: warning) */
-	int ready_timeout_ms;          /* for each node's ready file (default 20000) */
-	const char *bin_dir;           /* default $TALLY_TEST_BIN_DIR or TALLY_BIN_DIR */
-	bool no_wait_up;               /* don't wait for pipeline_cluster.nodes (fake nodes) */
+	const char *log_level;	       /* --log-level (default: warning) */
+	int ready_timeout_ms;	       /* for each node's ready file (default 20000) */
+	const char *bin_dir;	       /* default $TALLY_TEST_BIN_DIR or TALLY_BIN_DIR */
+	bool no_wait_up;	       /* don't wait for pipeline_cluster.nodes (fake nodes) */
 } th_opts;
 
 typedef struct th_cluster {
 	char dir[256]; /* mkdtemp'd root; node i lives in dir/<name> */
 	char bin_dir[256];
 	th_opts opts;
-	int nnodes;                  /* 1 + workers; nodes[0] is the coordinator */
+	int nnodes; /* 1 + workers; nodes[0] is the coordinator */
 	th_node nodes[TH_MAX_NODES];
-	bool failed;                 /* something went wrong: keep the dir at stop */
+	bool failed; /* something went wrong: keep the dir at stop */
 } th_cluster;
 
 /* Start a coordinator and nworkers workers (named w1..wN), wait for each DIR/ready and then
@@ -84,8 +84,14 @@ bool th_cluster_stop_quiet(th_cluster *c);
  * fixture, so an aborted test still shuts its processes down and reports them). */
 void th_fini(void);
 
-static inline th_node *th_coord(th_cluster *c) { return &c->nodes[0]; }
-static inline th_node *th_worker(th_cluster *c, int i) { return &c->nodes[i]; } /* 1-based */
+static inline th_node *th_coord(th_cluster *c)
+{
+	return &c->nodes[0];
+}
+static inline th_node *th_worker(th_cluster *c, int i)
+{
+	return &c->nodes[i];
+} /* 1-based */
 
 /* Send sig to a node. SIGKILL/SIGTERM wait (deadline) for the process and reap it; SIGSTOP
  * marks it stopped (th_cluster_stop continues it first). */

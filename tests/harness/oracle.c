@@ -72,9 +72,8 @@ th_oracle *th_oracle_start(void)
 	snprintf(log, sizeof log, "%s/postgres.log", o->dir);
 	snprintf(bin, sizeof bin, "%s/initdb", bindir);
 	{
-		const char *argv[] = {bin,	  "-D",	      data,	     "--locale=C", "-E",
-				      "UTF8",	  "-U",	      "postgres",    "--auth=trust",
-				      "--no-sync", NULL};
+		const char *argv[] = {bin,  "-D",	data,		"--locale=C", "-E", "UTF8",
+				      "-U", "postgres", "--auth=trust", "--no-sync",  NULL};
 		pid_t pid = th_spawn(bin, (char *const *)argv, log, as_pg);
 		cr_assert(pid > 0, "cannot start initdb");
 		int st = 0;

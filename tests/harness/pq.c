@@ -137,8 +137,7 @@ int64_t th_query_intf(PGconn *conn, const char *fmt, ...)
 	return v;
 }
 
-PGresult *th_copy_in(PGconn *conn, const char *copy_sql, const char *data, size_t len,
-		     size_t chunk)
+PGresult *th_copy_in(PGconn *conn, const char *copy_sql, const char *data, size_t len, size_t chunk)
 {
 	PGresult *r = PQexec(conn, copy_sql);
 	if (PQresultStatus(r) != PGRES_COPY_IN)
@@ -191,8 +190,7 @@ static int cell_cmp(const PGresult *a, int ra, const PGresult *b, int rb, int co
 	return strcmp(PQgetvalue(a, ra, col), PQgetvalue(b, rb, col));
 }
 
-static int key_cmp(const PGresult *a, int ra, const PGresult *b, int rb, const int *keys,
-		   int nkeys)
+static int key_cmp(const PGresult *a, int ra, const PGresult *b, int rb, const int *keys, int nkeys)
 {
 	for (int i = 0; i < nkeys; i++) {
 		int c = cell_cmp(a, ra, b, rb, keys[i]);
@@ -230,7 +228,10 @@ static int *sorted_rows(const PGresult *r, const int *keys, int nkeys)
 	return idx;
 }
 
-static bool is_float_type(Oid t) { return t == TH_OID_FLOAT4 || t == TH_OID_FLOAT8; }
+static bool is_float_type(Oid t)
+{
+	return t == TH_OID_FLOAT4 || t == TH_OID_FLOAT8;
+}
 
 static bool float_eq(const char *a, const char *b)
 {

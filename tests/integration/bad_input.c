@@ -37,7 +37,7 @@ static void finish_all(th_cluster *c, PGconn **conns)
 }
 
 static PGresult *errf(PGconn *conn, const char *state, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static PGresult *errf(PGconn *conn, const char *state, const char *fmt, ...)
 {
 	va_list ap;
@@ -91,8 +91,8 @@ static void expect_totals(th_cluster *c, PGconn **conns, const char *view, long 
 {
 	for (int b = 0; b < c->nnodes; b++) {
 		long got = view_total(conns[b], view);
-		cr_assert_eq(got, want, "%s total at %s: %ld, want %ld", view, c->nodes[b].name, got,
-			     want);
+		cr_assert_eq(got, want, "%s total at %s: %ld, want %ld", view, c->nodes[b].name,
+			     got, want);
 	}
 }
 
@@ -103,24 +103,25 @@ Test(bad_input, errors_carry_sqlstate_and_position, .fini = th_fini, .timeout = 
 	connect_all(c, conns);
 	for (int d = 0; d < 2; d++) {
 		PGconn *a = conns[d == 0 ? 0 : 1];
-		th_runf(a, "CREATE STREAM b%d (k integer, v integer, s smallint, t text, "
-			   "ts timestamptz)", d);
-		th_runf(a, "CREATE CONTINUOUS VIEW bv%d AS SELECT k, count(*) FROM b%d GROUP BY k", d,
+		th_runf(a,
+			"CREATE STREAM b%d (k integer, v integer, s smallint, t text, "
+			"ts timestamptz)",
 			d);
+		th_runf(a, "CREATE CONTINUOUS VIEW bv%d AS SELECT k, count(*) FROM b%d GROUP BY k",
+			d, d);
 		/* statements outside the surface */
 		const char *unsupported[] = {"VACUUM", "CREATE TABLE t (a integer)",
-					     "CREATE INDEX i ON b0 (k)", "LISTEN x",
-					     "TRUNCATE b0"};
+					     "CREATE INDEX i ON b0 (k)", "LISTEN x", "TRUNCATE b0"};
 		for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++)
 			PQclear(th_exec_err(a, unsupported[i], "0A000"));
 		/* syntax errors point at the offending token */
 		const struct {
 			const char *sql, *at;
 		} syn[] = {
-			{"SELECT k, FROM bv0", "FROM"},
-			{"CREATE STREAM zz (k integer,, v text)", ", v"},
-			{"INSERT INTO b0 (k) VALUES (1", NULL},
-			{"SELEC * FROM bv0", "SELEC"},
+		    {"SELECT k, FROM bv0", "FROM"},
+		    {"CREATE STREAM zz (k integer,, v text)", ", v"},
+		    {"INSERT INTO b0 (k) VALUES (1", NULL},
+		    {"SELEC * FROM bv0", "SELEC"},
 		};
 		for (size_t i = 0; i < sizeof syn / sizeof syn[0]; i++) {
 			PGresult *r = th_exec_err(a, syn[i].sql, "42601");
@@ -141,8 +142,10 @@ Test(bad_input, errors_carry_sqlstate_and_position, .fini = th_fini, .timeout = 
 		PQclear(errf(a, "42703", "INSERT INTO b%d (k, nope) VALUES (1, 2)", d));
 		PQclear(errf(a, "42703", "COPY b%d (nope) FROM STDIN", d));
 		/* wrong types: the row and the column are named */
-		PGresult *r = errf(a, "22P02", "INSERT INTO b%d (k, v) VALUES (1, 1), (2, 2), "
-					       "(3, 'x'), (4, 4)", d);
+		PGresult *r = errf(a, "22P02",
+				   "INSERT INTO b%d (k, v) VALUES (1, 1), (2, 2), "
+				   "(3, 'x'), (4, 4)",
+				   d);
 		char txt[2048];
 		error_text(r, txt, sizeof txt);
 		cr_assert(strstr(txt, "\"x\"") != NULL, "error should quote the value: %s", txt);
@@ -150,8 +153,10 @@ Test(bad_input, errors_carry_sqlstate_and_position, .fini = th_fini, .timeout = 
 		 * for VALUES), or by naming row 3 and column v */
 		const char *pos = PQresultErrorField(r, PG_DIAG_STATEMENT_POSITION);
 		char *stmt = NULL;
-		cr_assert(asprintf(&stmt, "INSERT INTO b%d (k, v) VALUES (1, 1), (2, 2), (3, 'x'), "
-					  "(4, 4)", d) > 0);
+		cr_assert(asprintf(&stmt,
+				   "INSERT INTO b%d (k, v) VALUES (1, 1), (2, 2), (3, 'x'), "
+				   "(4, 4)",
+				   d) > 0);
 		bool located = (pos && atoi(pos) >= 1 && (size_t)atoi(pos) <= strlen(stmt) &&
 				strncmp(stmt + atoi(pos) - 1, "'x'", 3) == 0) ||
 			       (has_word(txt, "3") && has_word(txt, "v"));
@@ -168,7 +173,8 @@ Test(bad_input, errors_carry_sqlstate_and_position, .fini = th_fini, .timeout = 
 		PQclear(errf(a, "22003", "INSERT INTO b%d (s) VALUES (32768)", d));
 		PQclear(errf(a, "22003", "INSERT INTO b%d (k) VALUES ('99999999999')", d));
 		/* in range at the edges */
-		th_runf(a, "INSERT INTO b%d (k, s) VALUES (2147483647, 32767), (-2147483648, -32768)",
+		th_runf(a,
+			"INSERT INTO b%d (k, s) VALUES (2147483647, 32767), (-2147483648, -32768)",
 			d);
 		/* nothing of the failed statements was applied */
 		expect_totals(c, conns, d == 0 ? "bv0" : "bv1", 2);
@@ -188,8 +194,8 @@ Test(bad_input, failed_statement_applies_nothing, .fini = th_fini, .timeout = 12
 		snprintf(all, sizeof all, "fa%d", d);
 		snprintf(div, sizeof div, "fd%d", d);
 		th_runf(a, "CREATE STREAM f%d (k integer, v integer)", d);
-		th_runf(a, "CREATE CONTINUOUS VIEW %s AS SELECT k, count(*) FROM f%d GROUP BY k", all,
-			d);
+		th_runf(a, "CREATE CONTINUOUS VIEW %s AS SELECT k, count(*) FROM f%d GROUP BY k",
+			all, d);
 		th_runf(a,
 			"CREATE CONTINUOUS VIEW %s AS SELECT k, count(*) FROM f%d WHERE 10 / v > 1 "
 			"GROUP BY k",
@@ -276,7 +282,8 @@ static int raw_read_msg(int fd, int deadline_ms)
 		if (got == want) {
 			if (phase == 0) {
 				need = ((uint32_t)hdr[1] << 24 | (uint32_t)hdr[2] << 16 |
-					(uint32_t)hdr[3] << 8 | hdr[4]) - 4;
+					(uint32_t)hdr[3] << 8 | hdr[4]) -
+				       4;
 				if (need > sizeof body)
 					return -1;
 			}
@@ -380,8 +387,8 @@ Test(bad_input, vanished_clients_apply_nothing, .fini = th_fini, .timeout = 120)
 		char view[16];
 		snprintf(view, sizeof view, "gv%d", d);
 		th_runf(a, "CREATE STREAM g%d (k integer, v integer)", d);
-		th_runf(a, "CREATE CONTINUOUS VIEW gv%d AS SELECT k, count(*) FROM g%d GROUP BY k", d,
-			d);
+		th_runf(a, "CREATE CONTINUOUS VIEW gv%d AS SELECT k, count(*) FROM g%d GROUP BY k",
+			d, d);
 		/* 1: a raw client sends half a COPY and hangs up (write side closed) */
 		int fd = raw_startup(n->sql_port);
 		char q[64];
@@ -402,7 +409,10 @@ Test(bad_input, vanished_clients_apply_nothing, .fini = th_fini, .timeout = 120)
 		raw_send(fd, 'Q', q, (size_t)ql + 1);
 		cr_assert(raw_read_until(fd, 'G', 10000));
 		raw_send(fd, 'd', "1\t1\n", 4);
-		th_write_all(fd, "d\0\0\0\x20" "2\t", 7); /* a CopyData cut short */
+		th_write_all(fd,
+			     "d\0\0\0\x20"
+			     "2\t",
+			     7); /* a CopyData cut short */
 		close(fd);
 		/* 3: a psql child killed in the middle of a COPY */
 		char copy_cmd[64];
@@ -502,9 +512,9 @@ static void sql_port_garbage(th_node *n)
 	close(fd);
 	/* after startup: a query claiming 2 GB, one with a length below 4, an unknown type */
 	const uint8_t bad_msgs[][5] = {
-		{'Q', 0x7f, 0xff, 0xff, 0xf0},
-		{'Q', 0, 0, 0, 2},
-		{'\x01', 0, 0, 0, 4},
+	    {'Q', 0x7f, 0xff, 0xff, 0xf0},
+	    {'Q', 0, 0, 0, 2},
+	    {'\x01', 0, 0, 0, 4},
 	};
 	for (size_t i = 0; i < sizeof bad_msgs / sizeof bad_msgs[0]; i++) {
 		fd = raw_startup(n->sql_port);
@@ -540,13 +550,14 @@ static void data_port_garbage(th_node *n)
 		th_write_all(fd, junk, sizeof junk);
 		close(fd);
 	}
-	const uint16_t protos[] = {0x10, 0x11, 0x20, 0x21, 0x30, 0x31, 0x50, 0x51, 0x62, 0x63, 0x70};
+	const uint16_t protos[] = {0x10, 0x11, 0x20, 0x21, 0x30, 0x31,
+				   0x50, 0x51, 0x62, 0x63, 0x70};
 	for (size_t i = 0; i < sizeof protos / sizeof protos[0]; i++) {
 		for (int variant = 0; variant < 3; variant++) {
 			int fd = th_tcp_connect(n->data_port);
 			cr_assert(fd >= 0);
-			uint8_t hs[8] = {0, 'S', 'P', 0, (uint8_t)(protos[i] >> 8),
-					 (uint8_t)protos[i], 0, 0};
+			uint8_t hs[8] = {
+			    0, 'S', 'P', 0, (uint8_t)(protos[i] >> 8), (uint8_t)protos[i], 0, 0};
 			th_write_all(fd, hs, 8);
 			uint8_t msg[8 + 256];
 			if (variant == 0) {

@@ -49,13 +49,23 @@ static uint64_t rng(void)
 	return rng_state;
 }
 
-static uint64_t rnd(uint64_t n) { return rng() % n; }
+static uint64_t rnd(uint64_t n)
+{
+	return rng() % n;
+}
 
 static void gen_events(event *ev, int n)
 {
-	static const char *special[] = {"g,comma", "g\"quote", "g'apos", "g\\back", "g\ttab",
-					"\xc3\xbc-umlaut", "\xe6\x97\xa5\xe6\x9c\xac", "G-upper",
-					" g space", "g|pipe"};
+	static const char *special[] = {"g,comma",
+					"g\"quote",
+					"g'apos",
+					"g\\back",
+					"g\ttab",
+					"\xc3\xbc-umlaut",
+					"\xe6\x97\xa5\xe6\x9c\xac",
+					"G-upper",
+					" g space",
+					"g|pipe"};
 	const int64_t base = 1709251200LL; /* 2024-03-01 00:00:00 UTC */
 	for (int i = 0; i < n; i++) {
 		event *e = &ev[i];
@@ -66,19 +76,22 @@ static void gen_events(event *ev, int n)
 		else if (p < 95)
 			e->k = (int32_t)rnd(1000) - 500;
 		else if (p < 98)
-			e->k = rnd(2) ? 2147483647 - (int32_t)rnd(10) : -2147483647 + (int32_t)rnd(10);
+			e->k =
+			    rnd(2) ? 2147483647 - (int32_t)rnd(10) : -2147483647 + (int32_t)rnd(10);
 		else
 			e->knull = true;
 		p = rnd(100);
 		if (p < 2)
 			e->gnull = true;
 		else if (p < 3)
-			snprintf(e->g, sizeof e->g, "%s", special[rnd(sizeof special / sizeof *special)]);
+			snprintf(e->g, sizeof e->g, "%s",
+				 special[rnd(sizeof special / sizeof *special)]);
 		else
 			snprintf(e->g, sizeof e->g, "g%u", (unsigned)rnd(1500));
 		p = rnd(100);
 		if (p < 90)
-			e->v = ((double)(int64_t)(rng() >> 11) / (double)(1ull << 53)) * 2000.0 - 1000.0;
+			e->v = ((double)(int64_t)(rng() >> 11) / (double)(1ull << 53)) * 2000.0 -
+			       1000.0;
 		else if (p < 95)
 			e->v = ((double)(int64_t)(rng() >> 11) / (double)(1ull << 53) - 0.5) * 2e-3;
 		else if (p < 97)
@@ -91,7 +104,8 @@ static void gen_events(event *ev, int n)
 		else if (p < 80)
 			e->n = (int64_t)(rng() >> 24) - (int64_t)(1ull << 39);
 		else if (p < 95)
-			e->n = rnd(2) ? INT64_MAX - (int64_t)rnd(1000) : -INT64_MAX + (int64_t)rnd(1000);
+			e->n = rnd(2) ? INT64_MAX - (int64_t)rnd(1000)
+				      : -INT64_MAX + (int64_t)rnd(1000);
 		else
 			e->nnull = true;
 		p = rnd(100);
@@ -308,7 +322,8 @@ static void finish_chunk(PGconn *conn, int rows)
 			     PQresultErrorMessage(r));
 		const char *tag = PQcmdStatus(r);
 		const char *num = strrchr(tag, ' ');
-		cr_assert(num && (strncmp(tag, "COPY ", 5) == 0 || strncmp(tag, "INSERT 0 ", 9) == 0),
+		cr_assert(num &&
+			      (strncmp(tag, "COPY ", 5) == 0 || strncmp(tag, "INSERT 0 ", 9) == 0),
 			  "tag %s", tag);
 		total += atol(num + 1);
 		PQclear(r);
@@ -321,28 +336,43 @@ static const struct {
 	const char *name, *with, *select, *oracle;
 	int keys[2], nkeys;
 } views[] = {
-	{"o1", "num_shards = 4, sharding_policy = 'read_optimized'",
-	 "SELECT k, count(*), count(v) AS cv, sum(k) AS sk, sum(n) AS sn, sum(v) AS sv, "
-	 "avg(k) AS ak, avg(n) AS an, avg(v) AS av, min(v) AS minv, max(v) AS maxv, "
-	 "min(n) AS minn, max(n) AS maxn, min(g) AS ming, max(g) AS maxg, min(ts) AS mints, "
-	 "max(ts) AS maxts FROM ev GROUP BY k",
-	 NULL, {0}, 1},
-	{"o2", "num_shards = 3, sharding_policy = 'write_optimized'",
-	 "SELECT g, count(*), sum(v), min(k), max(k), avg(n), count(ts) AS cts FROM ev WHERE v > 0 "
-	 "GROUP BY g",
-	 NULL, {0}, 1},
-	{"o3", "num_shards = 2, num_replicas = 1",
-	 "SELECT date_trunc('hour', ts) AS h, count(*), count(n) AS cn, sum(n), min(ts), max(ts), "
-	 "max(g) AS maxg FROM ev WHERE k >= 10 GROUP BY h",
-	 NULL, {0}, 1},
-	{"o4", "num_shards = 5, sharding_policy = 'write_optimized'",
-	 "SELECT k, date_trunc('day', ts) AS d, count(*), sum(k), min(g), max(g), avg(v) FROM ev "
-	 "WHERE n < 0 GROUP BY k, d",
-	 NULL, {0, 1}, 2},
-	{"o5", "num_shards = 3",
-	 "SELECT b, k, count(*), sum(s), sum(r) AS sr, min(r), max(r), avg(s), avg(r) AS ar, "
-	 "min(s) AS mins, max(s) AS maxs FROM ev2 GROUP BY b, k",
-	 NULL, {0, 1}, 2},
+    {"o1",
+     "num_shards = 4, sharding_policy = 'read_optimized'",
+     "SELECT k, count(*), count(v) AS cv, sum(k) AS sk, sum(n) AS sn, sum(v) AS sv, "
+     "avg(k) AS ak, avg(n) AS an, avg(v) AS av, min(v) AS minv, max(v) AS maxv, "
+     "min(n) AS minn, max(n) AS maxn, min(g) AS ming, max(g) AS maxg, min(ts) AS mints, "
+     "max(ts) AS maxts FROM ev GROUP BY k",
+     NULL,
+     {0},
+     1},
+    {"o2",
+     "num_shards = 3, sharding_policy = 'write_optimized'",
+     "SELECT g, count(*), sum(v), min(k), max(k), avg(n), count(ts) AS cts FROM ev WHERE v > 0 "
+     "GROUP BY g",
+     NULL,
+     {0},
+     1},
+    {"o3",
+     "num_shards = 2, num_replicas = 1",
+     "SELECT date_trunc('hour', ts) AS h, count(*), count(n) AS cn, sum(n), min(ts), max(ts), "
+     "max(g) AS maxg FROM ev WHERE k >= 10 GROUP BY h",
+     NULL,
+     {0},
+     1},
+    {"o4",
+     "num_shards = 5, sharding_policy = 'write_optimized'",
+     "SELECT k, date_trunc('day', ts) AS d, count(*), sum(k), min(g), max(g), avg(v) FROM ev "
+     "WHERE n < 0 GROUP BY k, d",
+     NULL,
+     {0, 1},
+     2},
+    {"o5",
+     "num_shards = 3",
+     "SELECT b, k, count(*), sum(s), sum(r) AS sr, min(r), max(r), avg(s), avg(r) AS ar, "
+     "min(s) AS mins, max(s) AS maxs FROM ev2 GROUP BY b, k",
+     NULL,
+     {0, 1},
+     2},
 };
 
 /* Reads over views and the oracle's equivalents; keys NULL/-1 = compare in order. */
@@ -350,25 +380,33 @@ static const struct {
 	const char *cluster, *oracle;
 	int keys[2], nkeys;
 } reads[] = {
-	{"SELECT k, count FROM o1 WHERE count > 100 ORDER BY count DESC, k LIMIT 10",
-	 "SELECT k, count(*) FROM ev GROUP BY k HAVING count(*) > 100 ORDER BY 2 DESC, 1 LIMIT 10",
-	 {0}, -1},
-	{"SELECT g, sum, count FROM o2 WHERE g = 'g17'",
-	 "SELECT g, sum(v), count(*) FROM ev WHERE v > 0 AND g = 'g17' GROUP BY g", {0}, 1},
-	{"SELECT * FROM o3 ORDER BY h DESC LIMIT 5 OFFSET 2",
-	 "SELECT date_trunc('hour', ts) AS h, count(*), count(n), sum(n), min(ts), max(ts), max(g) "
-	 "FROM ev WHERE k >= 10 GROUP BY h ORDER BY h DESC LIMIT 5 OFFSET 2",
-	 {0}, -1},
-	{"SELECT k, d, count FROM o4 WHERE k = 3 ORDER BY d",
-	 "SELECT k, date_trunc('day', ts) AS d, count(*) FROM ev WHERE n < 0 AND k = 3 "
-	 "GROUP BY k, d ORDER BY d",
-	 {0}, -1},
-	{"SELECT sum(count), count(*), max(maxv), min(minv) FROM o1",
-	 "SELECT sum(c), count(*), max(mx), min(mn) FROM (SELECT count(*) AS c, max(v) AS mx, "
-	 "min(v) AS mn FROM ev GROUP BY k) x",
-	 {0}, 0},
-	{"SELECT k, minv, maxv FROM o1 WHERE k < 0 AND count >= 1 ORDER BY k LIMIT 20",
-	 "SELECT k, min(v), max(v) FROM ev WHERE k < 0 GROUP BY k ORDER BY k LIMIT 20", {0}, -1},
+    {"SELECT k, count FROM o1 WHERE count > 100 ORDER BY count DESC, k LIMIT 10",
+     "SELECT k, count(*) FROM ev GROUP BY k HAVING count(*) > 100 ORDER BY 2 DESC, 1 LIMIT 10",
+     {0},
+     -1},
+    {"SELECT g, sum, count FROM o2 WHERE g = 'g17'",
+     "SELECT g, sum(v), count(*) FROM ev WHERE v > 0 AND g = 'g17' GROUP BY g",
+     {0},
+     1},
+    {"SELECT * FROM o3 ORDER BY h DESC LIMIT 5 OFFSET 2",
+     "SELECT date_trunc('hour', ts) AS h, count(*), count(n), sum(n), min(ts), max(ts), max(g) "
+     "FROM ev WHERE k >= 10 GROUP BY h ORDER BY h DESC LIMIT 5 OFFSET 2",
+     {0},
+     -1},
+    {"SELECT k, d, count FROM o4 WHERE k = 3 ORDER BY d",
+     "SELECT k, date_trunc('day', ts) AS d, count(*) FROM ev WHERE n < 0 AND k = 3 "
+     "GROUP BY k, d ORDER BY d",
+     {0},
+     -1},
+    {"SELECT sum(count), count(*), max(maxv), min(minv) FROM o1",
+     "SELECT sum(c), count(*), max(mx), min(mn) FROM (SELECT count(*) AS c, max(v) AS mx, "
+     "min(v) AS mn FROM ev GROUP BY k) x",
+     {0},
+     0},
+    {"SELECT k, minv, maxv FROM o1 WHERE k < 0 AND count >= 1 ORDER BY k LIMIT 20",
+     "SELECT k, min(v), max(v) FROM ev WHERE k < 0 GROUP BY k ORDER BY k LIMIT 20",
+     {0},
+     -1},
 };
 
 /* "SELECT <list> FROM ... [WHERE ...] GROUP BY ..." is also the oracle's query over the table
@@ -461,8 +499,8 @@ Test(oracle, views_equal_postgresql, .fini = th_fini, .timeout = 600)
 		for (size_t i = 0; i < sizeof views / sizeof views[0]; i++) {
 			char sql[128];
 			snprintf(sql, sizeof sql, "SELECT * FROM %s", views[i].name);
-			int rows = th_oracle_compare(q, oc, sql, oracle_query((int)i), views[i].keys,
-						     views[i].nkeys);
+			int rows = th_oracle_compare(q, oc, sql, oracle_query((int)i),
+						     views[i].keys, views[i].nkeys);
 			cr_assert_gt(rows, 0, "%s has rows", views[i].name);
 		}
 		for (size_t i = 0; i < sizeof reads / sizeof reads[0]; i++) {

@@ -48,10 +48,12 @@ Test(psql_script, script_output_matches_expected, .fini = th_fini, .timeout = 12
 				fclose(f);
 			}
 			char *diff = NULL;
-			char *const dargs[] = {"/usr/bin/diff", "-u", expected_path, actual_path, NULL};
+			char *const dargs[] = {"/usr/bin/diff", "-u", expected_path, actual_path,
+					       NULL};
 			th_run_process(dargs, NULL, &diff, NULL, 10000);
-			fprintf(stderr, "psql_script at %s: stdout differs from script.expected:\n%s\n"
-					"stderr:\n%s\n",
+			fprintf(stderr,
+				"psql_script at %s: stdout differs from script.expected:\n%s\n"
+				"stderr:\n%s\n",
 				targets[t]->name, diff ? diff : "(no diff)", err);
 			free(diff);
 			c->failed = true; /* keep the dir with the actual output */

@@ -64,7 +64,7 @@ static void expect_query(PGconn *conn, const char *sql, const char *expected)
 }
 
 static void expect_queryf(PGconn *conn, const char *expected, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static void expect_queryf(PGconn *conn, const char *expected, const char *fmt, ...)
 {
 	va_list ap;
@@ -77,7 +77,7 @@ static void expect_queryf(PGconn *conn, const char *expected, const char *fmt, .
 }
 
 static void expect_errf(PGconn *conn, const char *state, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static void expect_errf(PGconn *conn, const char *state, const char *fmt, ...)
 {
 	va_list ap;
@@ -90,7 +90,7 @@ static void expect_errf(PGconn *conn, const char *state, const char *fmt, ...)
 }
 
 static void expect_tagf(PGconn *conn, const char *tag, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static void expect_tagf(PGconn *conn, const char *tag, const char *fmt, ...)
 {
 	va_list ap;
@@ -117,48 +117,53 @@ Test(sql_surface, ddl_lifecycle_and_errors, .fini = th_fini, .timeout = 120)
 		expect_tagf(a, "CREATE STREAM", "CREATE STREAM IF NOT EXISTS s%d (k integer)", d);
 		expect_tagf(a, "CREATE FOREIGN TABLE",
 			    "CREATE FOREIGN TABLE f%d (k integer, x text) SERVER pipelinedb", d);
-		expect_errf(a, "42P07", "CREATE FOREIGN TABLE f%d (k integer) SERVER pipelinedb", d);
+		expect_errf(a, "42P07", "CREATE FOREIGN TABLE f%d (k integer) SERVER pipelinedb",
+			    d);
 
 		expect_tagf(a, "CREATE CONTINUOUS VIEW",
 			    "CREATE CONTINUOUS VIEW cv%d WITH (num_shards = 3, num_replicas = 1, "
 			    "sharding_policy = 'read_optimized') AS SELECT k, count(*) FROM s%d "
 			    "GROUP BY k",
 			    d, d);
-		expect_tagf(a, "CREATE VIEW",
-			    "CREATE VIEW mv%d WITH (action = materialize, num_shards = 2, "
-			    "num_replicas = 1, sharding_policy = 'write_optimized') AS SELECT name, "
-			    "sum(v) FROM s%d GROUP BY name",
-			    d, d);
+		expect_tagf(
+		    a, "CREATE VIEW",
+		    "CREATE VIEW mv%d WITH (action = materialize, num_shards = 2, "
+		    "num_replicas = 1, sharding_policy = 'write_optimized') AS SELECT name, "
+		    "sum(v) FROM s%d GROUP BY name",
+		    d, d);
 		expect_tagf(a, "CREATE CONTINUOUS VIEW",
 			    "CREATE CONTINUOUS VIEW sf%d WITH (shard_factor = 50) AS SELECT k, "
 			    "max(x) FROM f%d GROUP BY k",
 			    d, d);
 		expect_tagf(a, "CREATE CONTINUOUS VIEW",
-			    "CREATE CONTINUOUS VIEW df%d AS SELECT k, min(x) FROM f%d GROUP BY k", d,
-			    d);
+			    "CREATE CONTINUOUS VIEW df%d AS SELECT k, min(x) FROM f%d GROUP BY k",
+			    d, d);
 		/* errors */
 		expect_errf(a, "42P07",
 			    "CREATE CONTINUOUS VIEW cv%d AS SELECT k, count(*) FROM s%d GROUP BY k",
 			    d, d);
-		expect_errf(a, "42P01",
-			    "CREATE CONTINUOUS VIEW x%d AS SELECT k, count(*) FROM nosuch GROUP BY k",
-			    d);
+		expect_errf(
+		    a, "42P01",
+		    "CREATE CONTINUOUS VIEW x%d AS SELECT k, count(*) FROM nosuch GROUP BY k", d);
 		expect_errf(a, "42703",
 			    "CREATE CONTINUOUS VIEW x%d AS SELECT nope, count(*) FROM s%d GROUP BY "
 			    "nope",
 			    d, d);
-		expect_errf(a, "22023",
-			    "CREATE CONTINUOUS VIEW x%d WITH (bogus = 1) AS SELECT k, count(*) FROM "
-			    "s%d GROUP BY k",
-			    d, d);
-		expect_errf(a, "22023",
-			    "CREATE CONTINUOUS VIEW x%d WITH (sharding_policy = 'nope') AS SELECT k, "
-			    "count(*) FROM s%d GROUP BY k",
-			    d, d);
-		expect_errf(a, "22023",
-			    "CREATE CONTINUOUS VIEW x%d WITH (num_shards = 0) AS SELECT k, count(*) "
-			    "FROM s%d GROUP BY k",
-			    d, d);
+		expect_errf(
+		    a, "22023",
+		    "CREATE CONTINUOUS VIEW x%d WITH (bogus = 1) AS SELECT k, count(*) FROM "
+		    "s%d GROUP BY k",
+		    d, d);
+		expect_errf(
+		    a, "22023",
+		    "CREATE CONTINUOUS VIEW x%d WITH (sharding_policy = 'nope') AS SELECT k, "
+		    "count(*) FROM s%d GROUP BY k",
+		    d, d);
+		expect_errf(
+		    a, "22023",
+		    "CREATE CONTINUOUS VIEW x%d WITH (num_shards = 0) AS SELECT k, count(*) "
+		    "FROM s%d GROUP BY k",
+		    d, d);
 
 		expect_errf(a, "42701",
 			    "CREATE CONTINUOUS VIEW x%d AS SELECT k, count(*), count(v) FROM s%d "
@@ -176,24 +181,26 @@ Test(sql_surface, ddl_lifecycle_and_errors, .fini = th_fini, .timeout = 120)
 				      "pipeline_cluster.views WHERE name = 'mv%d'",
 				      d);
 			/* shard_factor 50 of 2 workers; the default is one shard per worker */
-			expect_queryf(q, "1", "SELECT num_shards FROM pipeline_cluster.views WHERE "
-					      "name = 'sf%d'",
+			expect_queryf(q, "1",
+				      "SELECT num_shards FROM pipeline_cluster.views WHERE "
+				      "name = 'sf%d'",
 				      d);
 			char want[64];
 			snprintf(want, sizeof want, "2,1,read_optimized,f%d", d);
-			expect_queryf(q, want,
-				      "SELECT num_shards, num_replicas, sharding_policy, stream FROM "
-				      "pipeline_cluster.views WHERE name = 'df%d'",
-				      d);
+			expect_queryf(
+			    q, want,
+			    "SELECT num_shards, num_replicas, sharding_policy, stream FROM "
+			    "pipeline_cluster.views WHERE name = 'df%d'",
+			    d);
 		}
 		for (int b = 0; b < c->nnodes; b++)
-			th_runf(conns[b], "INSERT INTO s%d (k, v, name) VALUES (%d, 1, 'n%d')", d, b,
-				b);
+			th_runf(conns[b], "INSERT INTO s%d (k, v, name) VALUES (%d, 1, 'n%d')", d,
+				b, b);
 		for (int b = 0; b < c->nnodes; b++) {
-			expect_queryf(conns[b], "0,1;1,1;2,1", "SELECT k, count FROM cv%d ORDER BY k",
-				      d);
-			expect_queryf(conns[b], "n0,1;n1,1;n2,1", "SELECT * FROM mv%d ORDER BY name",
-				      d);
+			expect_queryf(conns[b], "0,1;1,1;2,1",
+				      "SELECT k, count FROM cv%d ORDER BY k", d);
+			expect_queryf(conns[b], "n0,1;n1,1;n2,1",
+				      "SELECT * FROM mv%d ORDER BY name", d);
 			expect_queryf(conns[b], "", "SELECT k FROM sf%d", d); /* over f, not s */
 		}
 
@@ -217,17 +224,19 @@ Test(sql_surface, ddl_lifecycle_and_errors, .fini = th_fini, .timeout = 120)
 			expect_errf(conns[b], "42P01", "INSERT INTO s%d (k) VALUES (1)", d);
 			expect_errf(conns[b], "42P01", "SELECT * FROM sf%d", d);
 			expect_errf(conns[b], "42P01", "SELECT * FROM df%d", d);
-			expect_queryf(conns[b], "",
-				      "SELECT name FROM pipeline_cluster.views WHERE stream = 's%d'", d);
-			expect_queryf(conns[b], "",
-				      "SELECT name FROM pipeline_cluster.views WHERE stream = 'f%d'", d);
+			expect_queryf(
+			    conns[b], "",
+			    "SELECT name FROM pipeline_cluster.views WHERE stream = 's%d'", d);
+			expect_queryf(
+			    conns[b], "",
+			    "SELECT name FROM pipeline_cluster.views WHERE stream = 'f%d'", d);
 		}
 		/* The name is free again, with a new definition. */
 		expect_tagf(a, "CREATE STREAM", "CREATE STREAM s%d (z text)", d);
 		for (int b = 0; b < c->nnodes; b++)
-			expect_queryf(conns[b], "z text",
-				      "SELECT columns FROM pipeline_cluster.streams WHERE name = 's%d'",
-				      d);
+			expect_queryf(
+			    conns[b], "z text",
+			    "SELECT columns FROM pipeline_cluster.streams WHERE name = 's%d'", d);
 	}
 	finish_all(c, conns);
 	th_cluster_stop(c);
@@ -247,13 +256,16 @@ Test(sql_surface, insert_copy_and_select, .fini = th_fini, .timeout = 120)
 	for (int d = 0; d < 2; d++) {
 		PGconn *a = conns[d == 0 ? 0 : 1];
 		th_node *an = &c->nodes[d == 0 ? 0 : 1];
-		th_runf(a, "CREATE STREAM s%d (k integer, v double precision, name text, ts timestamptz)",
-			d);
+		th_runf(
+		    a,
+		    "CREATE STREAM s%d (k integer, v double precision, name text, ts timestamptz)",
+		    d);
 		th_runf(a,
 			"CREATE CONTINUOUS VIEW v%d AS SELECT k, count(*) AS c, count(v) AS cv, "
 			"sum(v) AS sv, max(name) AS mx FROM s%d GROUP BY k",
 			d, d);
-		expect_tagf(a, "INSERT 0 1", "INSERT INTO s%d (k, v, name) VALUES (1, 1.5, 'a')", d);
+		expect_tagf(a, "INSERT 0 1", "INSERT INTO s%d (k, v, name) VALUES (1, 1.5, 'a')",
+			    d);
 		expect_tagf(a, "INSERT 0 3",
 			    "INSERT INTO s%d (k, v, name) VALUES (1, 2.5, 'b'), (2, NULL, 'c'), "
 			    "(NULL, 4, NULL)",
@@ -267,14 +279,16 @@ Test(sql_surface, insert_copy_and_select, .fini = th_fini, .timeout = 120)
 			expect_queryf(q, want, "SELECT * FROM v%d ORDER BY k", d);
 			expect_queryf(q, "~,1,1,4,~;3,1,0,~,e;2,2,1,3,d;1,2,2,4,b",
 				      "SELECT * FROM v%d ORDER BY k DESC", d);
-			expect_queryf(q, "2,2;1,2", "SELECT k, c FROM v%d WHERE c = 2 ORDER BY k DESC",
-				      d);
-			expect_queryf(q, "2,3;3,~", "SELECT k, sv FROM v%d ORDER BY k LIMIT 2 OFFSET 1",
-				      d);
+			expect_queryf(q, "2,2;1,2",
+				      "SELECT k, c FROM v%d WHERE c = 2 ORDER BY k DESC", d);
+			expect_queryf(q, "2,3;3,~",
+				      "SELECT k, sv FROM v%d ORDER BY k LIMIT 2 OFFSET 1", d);
 			expect_queryf(q, "b,1", "SELECT mx, k FROM v%d WHERE mx = 'b'", d);
-			expect_queryf(q, "1", "SELECT k FROM v%d WHERE sv > 3.5 AND k IS NOT NULL", d);
+			expect_queryf(q, "1", "SELECT k FROM v%d WHERE sv > 3.5 AND k IS NOT NULL",
+				      d);
 			expect_queryf(q, "6,e,4", "SELECT sum(c), max(mx), count(*) FROM v%d", d);
-			PGresult *r = th_exec_okf(q, "SELECT sum(c), count(*), max(mx) FROM v%d", d);
+			PGresult *r =
+			    th_exec_okf(q, "SELECT sum(c), count(*), max(mx) FROM v%d", d);
 			cr_assert_eq(PQftype(r, 0), TH_OID_NUMERIC, "sum(bigint) over a view");
 			cr_assert_eq(PQftype(r, 1), TH_OID_INT8);
 			cr_assert_eq(PQftype(r, 2), TH_OID_TEXT);
@@ -292,13 +306,14 @@ Test(sql_surface, insert_copy_and_select, .fini = th_fini, .timeout = 120)
 		snprintf(sql, sizeof sql, "COPY s%d (k, v, name) FROM STDIN", d);
 		th_copy_ok(a, sql, tsv, strlen(tsv), 3);
 		const char *csv = "k,v,name\n6,2.5,\"a,b\"\n6,,\n7,1e3,\"q\"\"q\"\n";
-		snprintf(sql, sizeof sql, "COPY s%d (k, v, name) FROM STDIN WITH (FORMAT csv, HEADER)",
-			 d);
+		snprintf(sql, sizeof sql,
+			 "COPY s%d (k, v, name) FROM STDIN WITH (FORMAT csv, HEADER)", d);
 		th_copy_ok(a, sql, csv, strlen(csv), 3);
 		const char *csv2 = "7|NA|z\n7|0.5|NA\n";
-		snprintf(sql, sizeof sql,
-			 "COPY s%d (k, v, name) FROM STDIN WITH (FORMAT csv, DELIMITER '|', NULL 'NA')",
-			 d);
+		snprintf(
+		    sql, sizeof sql,
+		    "COPY s%d (k, v, name) FROM STDIN WITH (FORMAT csv, DELIMITER '|', NULL 'NA')",
+		    d);
 		th_copy_ok(a, sql, csv2, strlen(csv2), 2);
 		/* a COPY sent in many small pieces */
 		const char *tsv2 = "10\t1\tp\n10\t2\tp\n10\t3\tp\n10\t4\tp\n";
@@ -320,8 +335,8 @@ Test(sql_surface, insert_copy_and_select, .fini = th_fini, .timeout = 120)
 		const char *want2 = "5,2,1,1.5,y;6,3,2,0.5,a,b;7,3,2,1000.5,z;8,2,1,1,x y;"
 				    "9,1,1,0.25,q;10,4,4,10,p";
 		for (int b = 0; b < c->nnodes; b++)
-			expect_queryf(conns[b], want2,
-				      "SELECT * FROM v%d WHERE k >= 5 ORDER BY k", d);
+			expect_queryf(conns[b], want2, "SELECT * FROM v%d WHERE k >= 5 ORDER BY k",
+				      d);
 	}
 	finish_all(c, conns);
 	th_cluster_stop(c);
@@ -338,34 +353,37 @@ Test(sql_surface, result_types_and_null_rules, .fini = th_fini, .timeout = 120)
 			"CREATE STREAM t%d (bo boolean, i integer, b bigint, sm smallint, r real, "
 			"d double precision, x text, ts timestamptz)",
 			d);
-		th_runf(a,
-			"CREATE CONTINUOUS VIEW tv%d AS SELECT bo, count(*), sum(i), sum(b) AS sb, "
-			"sum(sm) AS ssm, sum(r) AS sr, sum(d) AS sd, avg(i), avg(b) AS ab, "
-			"avg(d) AS ad, avg(r) AS ar, min(i), max(b), min(sm) AS minsm, max(r) AS maxr, "
-			"min(d) AS mind, max(x) AS maxx, min(ts) AS mints, count(i) AS ci FROM t%d "
-			"GROUP BY bo",
-			d, d);
-		th_runf(a,
-			"INSERT INTO t%d VALUES (true, 1, 10, 2, 1.5, 2.5, 'a', "
-			"'2024-01-01 10:00:00+00'), (true, 2, 20, 3, 0.5, 0.5, 'b', "
-			"'2024-01-02 10:00:00+00'), (false, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
-			d);
+		th_runf(
+		    a,
+		    "CREATE CONTINUOUS VIEW tv%d AS SELECT bo, count(*), sum(i), sum(b) AS sb, "
+		    "sum(sm) AS ssm, sum(r) AS sr, sum(d) AS sd, avg(i), avg(b) AS ab, "
+		    "avg(d) AS ad, avg(r) AS ar, min(i), max(b), min(sm) AS minsm, max(r) AS maxr, "
+		    "min(d) AS mind, max(x) AS maxx, min(ts) AS mints, count(i) AS ci FROM t%d "
+		    "GROUP BY bo",
+		    d, d);
+		th_runf(
+		    a,
+		    "INSERT INTO t%d VALUES (true, 1, 10, 2, 1.5, 2.5, 'a', "
+		    "'2024-01-01 10:00:00+00'), (true, 2, 20, 3, 0.5, 0.5, 'b', "
+		    "'2024-01-02 10:00:00+00'), (false, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+		    d);
 		/* what PostgreSQL 15 answers for the same rows and query */
 		const char *want =
-			"f,1,~,~,~,~,~,~,~,~,~,~,~,~,~,~,~,~,0;"
-			"t,2,3,30,5,2,3,1.5000000000000000,15.0000000000000000,1.5,1,1,20,2,1.5,0.5,"
-			"b,2024-01-01 10:00:00+00,2";
-		const Oid types[] = {TH_OID_BOOL,    TH_OID_INT8,    TH_OID_INT8,    TH_OID_NUMERIC,
-				     TH_OID_INT8,    TH_OID_FLOAT4,  TH_OID_FLOAT8,  TH_OID_NUMERIC,
-				     TH_OID_NUMERIC, TH_OID_FLOAT8,  TH_OID_FLOAT8,  TH_OID_INT4,
-				     TH_OID_INT8,    TH_OID_INT2,    TH_OID_FLOAT4,  TH_OID_FLOAT8,
-				     TH_OID_TEXT,    TH_OID_TIMESTAMPTZ, TH_OID_INT8};
+		    "f,1,~,~,~,~,~,~,~,~,~,~,~,~,~,~,~,~,0;"
+		    "t,2,3,30,5,2,3,1.5000000000000000,15.0000000000000000,1.5,1,1,20,2,1.5,0.5,"
+		    "b,2024-01-01 10:00:00+00,2";
+		const Oid types[] = {
+		    TH_OID_BOOL,   TH_OID_INT8,	  TH_OID_INT8,	      TH_OID_NUMERIC, TH_OID_INT8,
+		    TH_OID_FLOAT4, TH_OID_FLOAT8, TH_OID_NUMERIC,     TH_OID_NUMERIC, TH_OID_FLOAT8,
+		    TH_OID_FLOAT8, TH_OID_INT4,	  TH_OID_INT8,	      TH_OID_INT2,    TH_OID_FLOAT4,
+		    TH_OID_FLOAT8, TH_OID_TEXT,	  TH_OID_TIMESTAMPTZ, TH_OID_INT8};
 		for (int b = 0; b < c->nnodes; b++) {
 			PGresult *r = th_exec_okf(conns[b], "SELECT * FROM tv%d ORDER BY bo", d);
 			cr_assert_eq(PQnfields(r), 19);
 			for (int i = 0; i < 19; i++)
-				cr_assert_eq(PQftype(r, i), types[i], "column %d (%s): type %u, want %u",
-					     i + 1, PQfname(r, i), PQftype(r, i), types[i]);
+				cr_assert_eq(PQftype(r, i), types[i],
+					     "column %d (%s): type %u, want %u", i + 1,
+					     PQfname(r, i), PQftype(r, i), types[i]);
 			expect_rows(r, want, "tv values");
 			cr_assert_str_eq(PQfname(r, 1), "count");
 			cr_assert_str_eq(PQfname(r, 2), "sum");
@@ -412,7 +430,8 @@ Test(sql_surface, date_trunc_group_keys, .fini = th_fini, .timeout = 120)
 				      "2,2024-01-02 00:00:00+00,2024-01-02 00:00:00+00,1;2,~,~,1",
 				      "SELECT * FROM ehd%d ORDER BY k, h", d);
 			expect_queryf(conns[b], "2",
-				      "SELECT count FROM em%d WHERE m = '2024-01-01 10:05:00+00'", d);
+				      "SELECT count FROM em%d WHERE m = '2024-01-01 10:05:00+00'",
+				      d);
 		}
 	}
 	finish_all(c, conns);
@@ -444,8 +463,8 @@ Test(sql_surface, several_views_and_write_optimized, .fini = th_fini, .timeout =
 		for (int round = 0; round < 4; round++)
 			for (int b = 0; b < c->nnodes; b++)
 				th_runf(conns[b],
-					"INSERT INTO w%d VALUES (1, %d), (2, %d), (3, 1), (1, 10)", d,
-					round + b, round * b);
+					"INSERT INTO w%d VALUES (1, %d), (2, %d), (3, 1), (1, 10)",
+					d, round + b, round * b);
 		/* per node per round: k1 gets (round+b) and 10; k2 gets round*b; k3 gets 1 */
 		long c1 = 0, s1 = 0, s2 = 0, f1 = 0, f2 = 0;
 		long mn1 = 1000, mx2 = -1;
@@ -475,12 +494,13 @@ Test(sql_surface, several_views_and_write_optimized, .fini = th_fini, .timeout =
 			expect_queryf(conns[b], wantf, "SELECT * FROM wf%d ORDER BY k", d);
 			expect_queryf(conns[b], "3", "SELECT count(*) FROM ww%d", d);
 			/* 3 shards x (1 + 1 replica), all write_optimized and balanced */
-			expect_queryf(conns[b],
-				      "write_optimized,t;write_optimized,t;write_optimized,t;"
-				      "write_optimized,t;write_optimized,t;write_optimized,t",
-				      "SELECT sharding_policy, balanced FROM pipeline_cluster.shards "
-				      "WHERE continuous_view = 'ww%d'",
-				      d);
+			expect_queryf(
+			    conns[b],
+			    "write_optimized,t;write_optimized,t;write_optimized,t;"
+			    "write_optimized,t;write_optimized,t;write_optimized,t",
+			    "SELECT sharding_policy, balanced FROM pipeline_cluster.shards "
+			    "WHERE continuous_view = 'ww%d'",
+			    d);
 		}
 	}
 	finish_all(c, conns);
@@ -500,7 +520,8 @@ Test(sql_surface, system_views, .fini = th_fini, .timeout = 120)
 	th_cluster *c = th_cluster_start(3, NULL);
 	PGconn *conns[TH_MAX_NODES];
 	connect_all(c, conns);
-	th_run(conns[0], "CREATE STREAM ss (k integer, v double precision, name text, ts timestamptz)");
+	th_run(conns[0],
+	       "CREATE STREAM ss (k integer, v double precision, name text, ts timestamptz)");
 	th_run(conns[1], "CREATE CONTINUOUS VIEW va WITH (num_shards = 4, num_replicas = 1) AS "
 			 "SELECT k, count(*) FROM ss GROUP BY k");
 	th_run(conns[0], "CREATE CONTINUOUS VIEW vb WITH (num_shards = 3, num_replicas = 2, "
@@ -514,9 +535,9 @@ Test(sql_surface, system_views, .fini = th_fini, .timeout = 120)
 	} views[] = {{"va", 4, 1, "read_optimized"},
 		     {"vb", 3, 2, "write_optimized"},
 		     {"vc", 3, 1, "read_optimized"}};
-	const char *cols[] = {"shard",		 "owner",    "continuous_view",
-			      "shard_id",	 "shard_type", "sharding_policy",
-			      "is_local",	 "balanced", "reachable"};
+	const char *cols[] = {"shard",	  "owner",	"continuous_view",
+			      "shard_id", "shard_type", "sharding_policy",
+			      "is_local", "balanced",	"reachable"};
 	const Oid coltypes[] = {TH_OID_TEXT, TH_OID_TEXT, TH_OID_TEXT, TH_OID_INT2, TH_OID_TEXT,
 				TH_OID_TEXT, TH_OID_BOOL, TH_OID_BOOL, TH_OID_BOOL};
 	for (int b = 0; b < c->nnodes; b++) {
@@ -525,7 +546,8 @@ Test(sql_surface, system_views, .fini = th_fini, .timeout = 120)
 		PGresult *r = th_exec_ok(q, "SELECT * FROM pipeline_cluster.shards");
 		cr_assert_geq(PQnfields(r), 9);
 		for (int i = 0; i < 9; i++) {
-			cr_assert_str_eq(PQfname(r, i), cols[i], "shards column %d at %s", i + 1, me);
+			cr_assert_str_eq(PQfname(r, i), cols[i], "shards column %d at %s", i + 1,
+					 me);
 			cr_assert_eq(PQftype(r, i), coltypes[i], "shards column %s type", cols[i]);
 		}
 		int total = 0;
@@ -545,8 +567,10 @@ Test(sql_surface, system_views, .fini = th_fini, .timeout = 120)
 					cr_assert_str_eq(PQgetvalue(r, row, 0), shard);
 					const char *owner = PQgetvalue(r, row, 1);
 					int w = worker_index(c, owner);
-					cr_assert(w > 0, "shard %s owned by '%s', not a worker", shard, owner);
-					cr_assert_eq(owners[w]++, 0, "two copies of %s on %s", shard, owner);
+					cr_assert(w > 0, "shard %s owned by '%s', not a worker",
+						  shard, owner);
+					cr_assert_eq(owners[w]++, 0, "two copies of %s on %s",
+						     shard, owner);
 					const char *type = PQgetvalue(r, row, 4);
 					if (strcmp(type, "primary") == 0) {
 						nprim++;
@@ -563,8 +587,10 @@ Test(sql_surface, system_views, .fini = th_fini, .timeout = 120)
 					cr_assert_str_eq(PQgetvalue(r, row, 7), "t", "balanced");
 					cr_assert_str_eq(PQgetvalue(r, row, 8), "t", "reachable");
 				}
-				cr_assert_eq(nprim, 1, "%s_%d has %d primaries", views[v].name, s, nprim);
-				cr_assert_eq(nrep, views[v].replicas, "%s_%d replicas", views[v].name, s);
+				cr_assert_eq(nprim, 1, "%s_%d has %d primaries", views[v].name, s,
+					     nprim);
+				cr_assert_eq(nrep, views[v].replicas, "%s_%d replicas",
+					     views[v].name, s);
 			}
 			cr_assert_eq(rows, want_rows, "view %s: %d shard rows, want %d at %s",
 				     views[v].name, rows, want_rows, me);
@@ -589,10 +615,11 @@ Test(sql_surface, system_views, .fini = th_fini, .timeout = 120)
 			cr_assert(w > 0, "unknown node %s", name);
 			seen++;
 			cr_assert_str_eq(PQgetvalue(r, row, 1), "worker");
-			cr_assert_str_eq(PQgetvalue(r, row, 5), c->nodes[w].data_addr, "%s data_addr",
-					 name);
+			cr_assert_str_eq(PQgetvalue(r, row, 5), c->nodes[w].data_addr,
+					 "%s data_addr", name);
 			cr_assert(strstr(PQgetvalue(r, row, 4), "127.0.0.1") != NULL, "sql_addr");
-			cr_assert_eq(atoi(PQgetvalue(r, row, 6)), primaries[w], "%s primaries", name);
+			cr_assert_eq(atoi(PQgetvalue(r, row, 6)), primaries[w], "%s primaries",
+				     name);
 			cr_assert_eq(atoi(PQgetvalue(r, row, 7)), replicas[w], "%s replicas", name);
 		}
 		cr_assert_eq(seen, c->nnodes - 1);
@@ -660,14 +687,14 @@ Test(sql_surface, settings_set_show_reset, .fini = th_fini, .timeout = 120)
 	const struct {
 		const char *name, *def, *other;
 	} settings[] = {
-		{"pipeline_cluster.primary_only", "off", "on"},
-		{"pipeline_cluster.skip_unavailable", "off", "on"},
-		{"pipeline_cluster.insert_level", "sync_receive", "sync_commit"},
-		{"pipeline_cluster.num_replicas", "1", "0"},
-		{"pipeline_cluster.failure_timeout", "2s", "5s"},
-		{"pipeline_cluster.heartbeat_interval", "250ms", "100ms"},
-		{"pipeline_cluster.fsync", "on", "off"},
-		{"pipeline_cluster.statement_memory", "1GB", "64MB"},
+	    {"pipeline_cluster.primary_only", "off", "on"},
+	    {"pipeline_cluster.skip_unavailable", "off", "on"},
+	    {"pipeline_cluster.insert_level", "sync_receive", "sync_commit"},
+	    {"pipeline_cluster.num_replicas", "1", "0"},
+	    {"pipeline_cluster.failure_timeout", "2s", "5s"},
+	    {"pipeline_cluster.heartbeat_interval", "250ms", "100ms"},
+	    {"pipeline_cluster.fsync", "on", "off"},
+	    {"pipeline_cluster.statement_memory", "1GB", "64MB"},
 	};
 	for (int d = 0; d < 2; d++) {
 		PGconn *a = th_connect(d == 0 ? th_coord(c) : th_worker(c, 1));
@@ -678,8 +705,8 @@ Test(sql_surface, settings_set_show_reset, .fini = th_fini, .timeout = 120)
 			char *v = th_query_str(a, sql);
 			cr_assert_str_eq(v, settings[i].def, "%s", sql);
 			free(v);
-			PGresult *r = th_exec_okf(a, "SET %s = '%s'", settings[i].name,
-						  settings[i].other);
+			PGresult *r =
+			    th_exec_okf(a, "SET %s = '%s'", settings[i].name, settings[i].other);
 			cr_assert_str_eq(PQcmdStatus(r), "SET");
 			PQclear(r);
 			v = th_query_str(a, sql);
@@ -697,9 +724,9 @@ Test(sql_surface, settings_set_show_reset, .fini = th_fini, .timeout = 120)
 			free(v);
 		}
 		th_run(a, "SET pipeline_cluster.primary_only TO on");
-		cr_assert_str_eq(th_query_str(a, "SHOW pipeline_cluster.primary_only"), "on");
+		expect_query(a, "SHOW pipeline_cluster.primary_only", "on");
 		th_run(a, "SET pipeline_cluster.primary_only TO DEFAULT");
-		cr_assert_str_eq(th_query_str(a, "SHOW pipeline_cluster.primary_only"), "off");
+		expect_query(a, "SHOW pipeline_cluster.primary_only", "off");
 		PQclear(th_exec_err(a, "SET pipeline_cluster.nonsense = 1", "42704"));
 		PQclear(th_exec_err(a, "SHOW pipeline_cluster.nonsense", "42704"));
 		PGresult *r = th_exec_err(a, "SHOW nonsense_param", "42704");
@@ -711,14 +738,14 @@ Test(sql_surface, settings_set_show_reset, .fini = th_fini, .timeout = 120)
 		PQclear(th_exec_err(a, "SET pipeline_cluster.primary_only = 'maybe'", "22023"));
 		/* the chatter drivers send */
 		const char *chatter[] = {
-			"SET client_encoding = 'UTF8'", "SET datestyle = 'ISO, MDY'",
-			"SET timezone = 'UTC'",		"SET application_name = 'x'",
-			"SET extra_float_digits = 3",	"SET search_path = public",
-			"SET statement_timeout = 0",	"SET TIME ZONE 'UTC'",
+		    "SET client_encoding = 'UTF8'", "SET datestyle = 'ISO, MDY'",
+		    "SET timezone = 'UTC'",	    "SET application_name = 'x'",
+		    "SET extra_float_digits = 3",   "SET search_path = public",
+		    "SET statement_timeout = 0",    "SET TIME ZONE 'UTC'",
 		};
 		for (size_t i = 0; i < sizeof chatter / sizeof chatter[0]; i++)
 			th_run(a, chatter[i]);
-		cr_assert_str_eq(th_query_str(a, "SHOW server_version"), "15.0");
+		expect_query(a, "SHOW server_version", "15.0");
 		char *ver = th_query_str(a, "SELECT version()");
 		cr_assert(ver && strstr(ver, "PostgreSQL") != NULL, "version(): %s", ver);
 		free(ver);
@@ -736,13 +763,10 @@ Test(sql_surface, node_default_settings_and_transactions, .fini = th_fini, .time
 	PGconn *conns[TH_MAX_NODES];
 	connect_all(c, conns);
 	for (int b = 0; b < c->nnodes; b++) {
-		cr_assert_str_eq(th_query_str(conns[b], "SHOW pipeline_cluster.skip_unavailable"),
-				 "on");
-		cr_assert_str_eq(th_query_str(conns[b], "SHOW pipeline_cluster.insert_level"),
-				 "sync_commit");
+		expect_query(conns[b], "SHOW pipeline_cluster.skip_unavailable", "on");
+		expect_query(conns[b], "SHOW pipeline_cluster.insert_level", "sync_commit");
 		th_run(conns[b], "RESET pipeline_cluster.skip_unavailable");
-		cr_assert_str_eq(th_query_str(conns[b], "SHOW pipeline_cluster.skip_unavailable"),
-				 "on", "RESET goes back to the node default");
+		expect_query(conns[b], "SHOW pipeline_cluster.skip_unavailable", "on");
 	}
 	for (int d = 0; d < 2; d++) {
 		PGconn *a = conns[d == 0 ? 0 : 1];
@@ -761,8 +785,8 @@ Test(sql_surface, node_default_settings_and_transactions, .fini = th_fini, .time
 		for (int b = 0; b < c->nnodes; b++)
 			expect_queryf(conns[b], "1,2;2,1", "SELECT * FROM xv%d ORDER BY k", d);
 		/* several statements in one query string */
-		PGresult *r = th_exec_okf(a, "INSERT INTO x%d VALUES (3); INSERT INTO x%d VALUES (3)",
-					  d, d);
+		PGresult *r =
+		    th_exec_okf(a, "INSERT INTO x%d VALUES (3); INSERT INTO x%d VALUES (3)", d, d);
 		PQclear(r);
 		for (int b = 0; b < c->nnodes; b++)
 			expect_queryf(conns[b], "2", "SELECT count FROM xv%d WHERE k = 3", d);

@@ -15,15 +15,16 @@
 /* A fake node: parses --dir/--name, writes DIR/ready atomically, removes it and exits 0 on
  * SIGTERM (exit 3 if --set fail=1 was given, to check that stop reports it). */
 static const char fake_node[] =
-	"#!/bin/sh\n"
-	"dir=; name=coordinator; code=0\n"
-	"while [ $# -gt 0 ]; do case \"$1\" in --dir) dir=$2; shift;; --name) name=$2; shift;;\n"
-	"  --set) [ \"$2\" = fail=1 ] && code=3; shift;; esac; shift; done\n"
-	"trap 'rm -f \"$dir/ready\"; exit $code' TERM\n"
-	"mkdir -p \"$dir\"\n"
-	"printf 'pid=%s\\nname=%s\\nsql_port=%s\\ndata_addr=tcp://127.0.0.1:%s\\n' $$ \"$name\" 5999 6999 "
-	"> \"$dir/ready.tmp\" && mv \"$dir/ready.tmp\" \"$dir/ready\"\n"
-	"while :; do sleep 1 & wait $!; done\n";
+    "#!/bin/sh\n"
+    "dir=; name=coordinator; code=0\n"
+    "while [ $# -gt 0 ]; do case \"$1\" in --dir) dir=$2; shift;; --name) name=$2; shift;;\n"
+    "  --set) [ \"$2\" = fail=1 ] && code=3; shift;; esac; shift; done\n"
+    "trap 'rm -f \"$dir/ready\"; exit $code' TERM\n"
+    "mkdir -p \"$dir\"\n"
+    "printf 'pid=%s\\nname=%s\\nsql_port=%s\\ndata_addr=tcp://127.0.0.1:%s\\n' $$ \"$name\" 5999 "
+    "6999 "
+    "> \"$dir/ready.tmp\" && mv \"$dir/ready.tmp\" \"$dir/ready\"\n"
+    "while :; do sleep 1 & wait $!; done\n";
 
 static char fake_dir[64];
 
@@ -114,13 +115,16 @@ Test(harness, oracle_runs_and_compare_detects_differences, .fini = th_fini, .tim
 	th_oracle *o = th_oracle_start();
 	PGconn *a = th_oracle_connect(o);
 	PGconn *b = th_oracle_connect(o);
-	cr_assert_str_eq(th_query_str(a, "SHOW TimeZone"), "UTC");
+	char *tz = th_query_str(a, "SHOW TimeZone");
+	cr_assert_str_eq(tz, "UTC");
+	free(tz);
 	th_run(a, "CREATE TABLE t (k int, g text, v float8)");
 	const char *rows = "1\ta\t0.1\n2\tb\t0.2\n2\t\\N\t-1e300\n";
 	th_copy_ok(a, "COPY t FROM STDIN", rows, strlen(rows), 3);
 	int keys[] = {0, 1};
-	int n = th_oracle_compare(a, b, "SELECT k, g, sum(v) FROM t GROUP BY k, g",
-				  "SELECT k, g, sum(v) FROM t GROUP BY g, k ORDER BY 1 DESC", keys, 2);
+	int n =
+	    th_oracle_compare(a, b, "SELECT k, g, sum(v) FROM t GROUP BY k, g",
+			      "SELECT k, g, sum(v) FROM t GROUP BY g, k ORDER BY 1 DESC", keys, 2);
 	cr_assert_eq(n, 3);
 	/* floats within 1e-9 relative are equal; a different row is not */
 	PGresult *r1 = th_exec_ok(a, "SELECT 1::int AS k, 0.3::float8 AS v");
@@ -137,7 +141,7 @@ Test(harness, oracle_runs_and_compare_detects_differences, .fini = th_fini, .tim
 	PQclear(r3);
 	PQclear(r4);
 	PQclear(r5);
-	th_exec_err(a, "SELECT * FROM nope", "42P01");
+	PQclear(th_exec_err(a, "SELECT * FROM nope", "42P01"));
 	PQfinish(a);
 	PQfinish(b);
 	th_oracle_stop(o);

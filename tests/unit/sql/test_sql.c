@@ -11,12 +11,19 @@
 
 #include "tally/sql.h"
 
-/* ---- helpers ------------------------------------------------------------------------------------ */
+/* ---- helpers ------------------------------------------------------------------------------------
+ */
 
 static tally_arena arena;
 
-static void setup(void) { memset(&arena, 0, sizeof arena); }
-static void teardown(void) { tally_arena_free(&arena); }
+static void setup(void)
+{
+	memset(&arena, 0, sizeof arena);
+}
+static void teardown(void)
+{
+	tally_arena_free(&arena);
+}
 
 TestSuite(sql, .init = setup, .fini = teardown, .timeout = 30);
 
@@ -43,14 +50,18 @@ static void parse_err(const char *sql, const char *state, const char *msg, int p
 			 err.message);
 	cr_expect_str_eq(err.message, msg, "<%.200s>: message", sql);
 	if (pos >= 0)
-		cr_expect_eq(err.position, pos, "<%.200s>: position %d, expected %d", sql, err.position,
-			     pos);
+		cr_expect_eq(err.position, pos, "<%.200s>: position %d, expected %d", sql,
+			     err.position, pos);
 }
 
 static const tally_column stream_cols[] = {
-	{"k", TALLY_T_INT4},	     {"v", TALLY_T_FLOAT8},	    {"name", TALLY_T_TEXT},
-	{"ts", TALLY_T_TIMESTAMPTZ}, {"s", TALLY_T_INT2},	    {"b", TALLY_T_INT8},
-	{"arrival_timestamp", TALLY_T_TIMESTAMPTZ},
+    {"k", TALLY_T_INT4},
+    {"v", TALLY_T_FLOAT8},
+    {"name", TALLY_T_TEXT},
+    {"ts", TALLY_T_TIMESTAMPTZ},
+    {"s", TALLY_T_INT2},
+    {"b", TALLY_T_INT8},
+    {"arrival_timestamp", TALLY_T_TIMESTAMPTZ},
 };
 static const tally_relation stream_rel = {"s", 7, stream_cols};
 
@@ -87,8 +98,8 @@ static int run_query(const char *sql, const tally_relation *rel, const tally_val
 		return -1;
 	cr_assert_eq(st[0].kind, TALLY_STMT_SELECT);
 	tally_select_plan *p;
-	if (tally_select_analyze(st[0].u.select.query, st[0].u.select.from ? rel : NULL, &arena,
-				 &p, err))
+	if (tally_select_analyze(st[0].u.select.query, st[0].u.select.from ? rel : NULL, &arena, &p,
+				 err))
 		return -1;
 	tally_select_set_settings(p, test_setting, NULL);
 	tally_value *res;
@@ -130,17 +141,19 @@ static void expect_query_err(const char *sql, const char *state, const char *msg
 			 err.message);
 	cr_expect_str_eq(err.message, msg, "<%.200s>", sql);
 	if (pos >= 0)
-		cr_expect_eq(err.position, pos, "<%.200s>: position %d, expected %d", sql, err.position,
-			     pos);
+		cr_expect_eq(err.position, pos, "<%.200s>: position %d, expected %d", sql,
+			     err.position, pos);
 }
 
-/* ---- lexer and statements ------------------------------------------------------------------------ */
+/* ---- lexer and statements
+ * ------------------------------------------------------------------------ */
 
 Test(sql, create_stream_parses_types_and_names)
 {
-	tally_stmt *st = parse1("CREATE STREAM IF NOT EXISTS Events (K integer, v double precision, "
-				"\"Name\" varchar(20), ts timestamp with time zone, t2 timestamp, "
-				"s smallint, b int8, r real, f bool)");
+	tally_stmt *st =
+	    parse1("CREATE STREAM IF NOT EXISTS Events (K integer, v double precision, "
+		   "\"Name\" varchar(20), ts timestamp with time zone, t2 timestamp, "
+		   "s smallint, b int8, r real, f bool)");
 	cr_assert_eq(st->kind, TALLY_STMT_CREATE_STREAM);
 	cr_expect_str_eq(st->u.create_stream.name, "events");
 	cr_expect(st->u.create_stream.if_not_exists);
@@ -181,9 +194,10 @@ Test(sql, create_stream_rejects_duplicates_and_unknown_types)
 
 Test(sql, identifiers_fold_and_truncate_like_postgres)
 {
-	tally_stmt *st = parse1("DROP STREAM IF EXISTS "
-				"AAAAAAAAAABBBBBBBBBBCCCCCCCCCCDDDDDDDDDDEEEEEEEEEEFFFFFFFFFFGGGGGGGGGG "
-				"CASCADE");
+	tally_stmt *st =
+	    parse1("DROP STREAM IF EXISTS "
+		   "AAAAAAAAAABBBBBBBBBBCCCCCCCCCCDDDDDDDDDDEEEEEEEEEEFFFFFFFFFFGGGGGGGGGG "
+		   "CASCADE");
 	cr_assert_eq(st->kind, TALLY_STMT_DROP_STREAM);
 	cr_expect_eq(strlen(st->u.drop.name), 63);
 	cr_expect_str_eq(st->u.drop.name,
@@ -209,8 +223,8 @@ Test(sql, syntax_errors_match_postgres)
 		  8);
 	parse_err("selec 1", "42601", "syntax error at or near \"selec\"", 1);
 	parse_err("select 1; selec 2", "42601", "syntax error at or near \"selec\"", 11);
-	parse_err("select 123abc", "42601", "trailing junk after numeric literal at or near \"123abc\"",
-		  8);
+	parse_err("select 123abc", "42601",
+		  "trailing junk after numeric literal at or near \"123abc\"", 8);
 	parse_err("select 1 from", "42601", "syntax error at end of input", 14);
 	parse_err("select (1", "42601", "syntax error at end of input", 10);
 	parse_err("select 1 < 2 < 3", "42601", "syntax error at or near \"<\"", 14);
@@ -222,8 +236,8 @@ Test(sql, unsupported_statements_are_0A000)
 {
 	parse_err("UPDATE s SET k = 1", "0A000", "UPDATE is not supported by tally", 1);
 	parse_err("delete from s", "0A000", "DELETE is not supported by tally", 1);
-	parse_err("  alter table s add column x int", "0A000", "ALTER TABLE is not supported by tally",
-		  3);
+	parse_err("  alter table s add column x int", "0A000",
+		  "ALTER TABLE is not supported by tally", 3);
 	parse_err("create index i on s (k)", "0A000", "CREATE INDEX is not supported by tally", 1);
 	parse_err("create view v as select 1", "0A000", "CREATE VIEW is not supported by tally", 1);
 	parse_err("insert into s select * from t", "0A000",
@@ -301,9 +315,9 @@ Test(sql, set_show_reset)
 Test(sql, create_continuous_view_with_options)
 {
 	tally_stmt *st = parse1(
-		"CREATE CONTINUOUS VIEW v WITH (num_shards = 3, num_replicas = 1, "
-		"sharding_policy = 'write_optimized', shard_factor=50) AS SELECT k, count(*) FROM "
-		"s GROUP BY k");
+	    "CREATE CONTINUOUS VIEW v WITH (num_shards = 3, num_replicas = 1, "
+	    "sharding_policy = 'write_optimized', shard_factor=50) AS SELECT k, count(*) FROM "
+	    "s GROUP BY k");
 	cr_assert_eq(st->kind, TALLY_STMT_CREATE_VIEW);
 	cr_expect_str_eq(st->u.create_view.name, "v");
 	cr_expect_eq(st->u.create_view.num_shards, 3);
@@ -376,7 +390,8 @@ Test(sql, copy_options_new_and_old_syntax)
 		  "conflicting or redundant options", 32);
 }
 
-/* ---- expressions ----------------------------------------------------------------------------------- */
+/* ---- expressions
+ * ----------------------------------------------------------------------------------- */
 
 Test(sql, literals_and_typing)
 {
@@ -385,8 +400,7 @@ Test(sql, literals_and_typing)
 		     "1,-2147483648,2147483648,9223372036854775807,1.5,1000,x,t,NULL");
 	expect_query("select 7 / 2, -7 / 2, 7 % 3, -7 % 3, 7.0 / 2, 1 + 2 * 3, (1 + 2) * 3",
 		     "3,-3,1,-1,3.5,7,9");
-	expect_query("select 1 + 1.5, 2::smallint + 1::smallint, 5 = '5', '2' > 1",
-		     "2.5,3,t,t");
+	expect_query("select 1 + 1.5, 2::smallint + 1::smallint, 5 = '5', '2' > 1", "2.5,3,t,t");
 	expect_query("select 'a' || 'b', 'n=' || 5, E'a\\tb', $$x'y$$, 'it''s'",
 		     "ab,n=5,a\tb,x'y,it's");
 	expect_query("select cast('12' as bigint), '1.5'::float8, 3::text, 2.7::int, (-2.7)::int",
@@ -403,8 +417,7 @@ Test(sql, three_valued_logic)
 	expect_query("select 1 in (1, 2), 3 in (1, 2), 3 in (1, null), 3 not in (1, 2), 1 not in "
 		     "(null, 2)",
 		     "t,f,NULL,t,NULL");
-	expect_query("select 2 between 1 and 3, 5 not between 1 and 3, null = 1",
-		     "t,t,NULL");
+	expect_query("select 2 between 1 and 3, 5 not between 1 and 3, null = 1", "t,t,NULL");
 	expect_query("select 'abc' like 'a%', 'abc' like '_b_', 'abc' not like '%d', 'ABC' ilike "
 		     "'a%'",
 		     "t,t,t,t");
@@ -474,15 +487,16 @@ Test(sql, output_column_names_follow_postgres)
 	/* k without GROUP BY fails; use a grouped version for names */
 	cr_assert_neq(rc, 0);
 	cr_expect_str_eq(err.sqlstate, "42803");
-	cr_expect_str_eq(err.message, "column \"s.k\" must appear in the GROUP BY clause or be used "
-				      "in an aggregate function");
+	cr_expect_str_eq(err.message,
+			 "column \"s.k\" must appear in the GROUP BY clause or be used "
+			 "in an aggregate function");
 	cr_expect_eq(err.position, 8);
 	st = parse1("select k, count(*), sum(v), date_trunc('hour', ts), k + 1, v as val, k::text, "
 		    "1::int, true, max(k) m, s.name from s group by k, 4, val, name");
 	rc = tally_select_analyze(st->u.select.query, &stream_rel, &arena, &p, &err);
 	cr_assert_eq(rc, 0, "%s", err.message);
-	const char *want[] = {"k",	  "count", "sum",  "date_trunc", "?column?", "val",
-			      "k",	  "int4",  "bool", "m",		 "name"};
+	const char *want[] = {"k", "count", "sum",  "date_trunc", "?column?", "val",
+			      "k", "int4",  "bool", "m",	  "name"};
 	cr_assert_eq(tally_select_ncols(p), 11);
 	const tally_column *c = tally_select_cols(p);
 	for (int i = 0; i < 11; i++)
@@ -541,7 +555,8 @@ Test(sql, huge_string_literal)
 	free(q);
 }
 
-/* ---- continuous views ------------------------------------------------------------------------------- */
+/* ---- continuous views
+ * ------------------------------------------------------------------------------- */
 
 static tally_view_plan *view_of(const char *sql, tally_err *err)
 {
@@ -561,9 +576,10 @@ Test(sql, view_analyze_groups_and_aggregates)
 {
 	tally_err err;
 	tally_view_plan *vp = view_of(
-		"CREATE CONTINUOUS VIEW v AS SELECT k, date_trunc('minute', ts) AS minute, count(*), "
-		"sum(v), avg(v), min(name), max(v), count(v) AS nv FROM s WHERE v >= 0 GROUP BY k, minute",
-		&err);
+	    "CREATE CONTINUOUS VIEW v AS SELECT k, date_trunc('minute', ts) AS minute, count(*), "
+	    "sum(v), avg(v), min(name), max(v), count(v) AS nv FROM s WHERE v >= 0 GROUP BY k, "
+	    "minute",
+	    &err);
 	cr_assert_not_null(vp, "%s", err.message);
 	cr_expect_not_null(vp->where);
 	cr_assert_eq(vp->ngroups, 2);
@@ -600,8 +616,8 @@ Test(sql, view_duplicate_names_and_grouping_errors)
 			       &err));
 	cr_expect_str_eq(err.sqlstate, "42701");
 	cr_expect_str_eq(err.message, "column \"count\" specified more than once");
-	cr_expect_null(view_of("create continuous view v as select k, v, count(*) from s group by k",
-			       &err));
+	cr_expect_null(
+	    view_of("create continuous view v as select k, v, count(*) from s group by k", &err));
 	cr_expect_str_eq(err.sqlstate, "42803");
 	cr_expect_eq(err.position, 39);
 	cr_expect_null(view_of("create continuous view v as select count(*) from s where "
@@ -611,21 +627,22 @@ Test(sql, view_duplicate_names_and_grouping_errors)
 	cr_expect_str_eq(err.message, "aggregate functions are not allowed in WHERE");
 	cr_expect_null(view_of("create continuous view v as select sum(count(*)) from s", &err));
 	cr_expect_str_eq(err.message, "aggregate function calls cannot be nested");
-	cr_expect_null(view_of("create continuous view v as select count(distinct k) from s", &err));
+	cr_expect_null(
+	    view_of("create continuous view v as select count(distinct k) from s", &err));
 	cr_expect_str_eq(err.sqlstate, "0A000");
 	cr_expect_null(view_of("create continuous view v as select k from s", &err));
 	cr_expect_str_eq(err.sqlstate, "0A000");
 	cr_expect_null(view_of("create continuous view v as select sum(name) from s", &err));
 	cr_expect_str_eq(err.sqlstate, "42883");
 	cr_expect_str_eq(err.message, "function sum(text) does not exist");
-	cr_expect_null(view_of("create continuous view v as select k, count(*) from s group by 3",
-			       &err));
+	cr_expect_null(
+	    view_of("create continuous view v as select k, count(*) from s group by 3", &err));
 	cr_expect_str_eq(err.message, "GROUP BY position 3 is not in select list");
-	cr_expect_null(view_of("create continuous view v as select k, count(*) from s group by 2",
-			       &err));
+	cr_expect_null(
+	    view_of("create continuous view v as select k, count(*) from s group by 2", &err));
 	cr_expect_str_eq(err.message, "aggregate functions are not allowed in GROUP BY");
-	cr_expect_null(view_of("create continuous view v as select count(*) from s order by 1",
-			       &err));
+	cr_expect_null(
+	    view_of("create continuous view v as select count(*) from s order by 1", &err));
 	cr_expect_str_eq(err.sqlstate, "0A000");
 }
 
@@ -643,12 +660,13 @@ Test(sql, view_group_by_ordinal_and_expression_outputs)
 	cr_expect_eq(vp->out[2].type, TALLY_T_TIMESTAMPTZ);
 }
 
-/* ---- read queries ------------------------------------------------------------------------------------ */
+/* ---- read queries
+ * ------------------------------------------------------------------------------------ */
 
 #define VROWS 6
 static tally_value vrows[VROWS * 3];
 static const tally_column vcols[] = {
-	{"k", TALLY_T_INT4}, {"name", TALLY_T_TEXT}, {"total", TALLY_T_FLOAT8}};
+    {"k", TALLY_T_INT4}, {"name", TALLY_T_TEXT}, {"total", TALLY_T_FLOAT8}};
 static const tally_relation vrel = {"v", 3, vcols};
 
 static void fill_rows(void)
@@ -713,22 +731,21 @@ Test(sql, select_errors)
 	fill_rows();
 	char out[256];
 	tally_err err;
-	cr_assert_neq(run_query("select nope from v", &vrel, vrows, VROWS, out, sizeof out, &err), 0);
+	cr_assert_neq(run_query("select nope from v", &vrel, vrows, VROWS, out, sizeof out, &err),
+		      0);
 	cr_expect_str_eq(err.message, "column \"nope\" does not exist");
 	cr_expect_eq(err.position, 8);
-	cr_assert_neq(run_query("select k from v order by 5", &vrel, vrows, VROWS, out, sizeof out,
-				&err),
-		      0);
+	cr_assert_neq(
+	    run_query("select k from v order by 5", &vrel, vrows, VROWS, out, sizeof out, &err), 0);
 	cr_expect_str_eq(err.message, "ORDER BY position 5 is not in select list");
-	cr_assert_neq(run_query("select x.k from v", &vrel, vrows, VROWS, out, sizeof out, &err), 0);
+	cr_assert_neq(run_query("select x.k from v", &vrel, vrows, VROWS, out, sizeof out, &err),
+		      0);
 	cr_expect_str_eq(err.message, "missing FROM-clause entry for table \"x\"");
-	cr_assert_neq(run_query("select k from v limit -1", &vrel, vrows, VROWS, out, sizeof out,
-				&err),
-		      0);
+	cr_assert_neq(
+	    run_query("select k from v limit -1", &vrel, vrows, VROWS, out, sizeof out, &err), 0);
 	cr_expect_str_eq(err.message, "LIMIT must not be negative");
-	cr_assert_neq(run_query("select k, count(*) from v", &vrel, vrows, VROWS, out, sizeof out,
-				&err),
-		      0);
+	cr_assert_neq(
+	    run_query("select k, count(*) from v", &vrel, vrows, VROWS, out, sizeof out, &err), 0);
 	cr_expect_str_eq(err.sqlstate, "42803");
 	cr_assert_neq(run_query("select name from v where name = 1", &vrel, vrows, VROWS, out,
 				sizeof out, &err),
@@ -775,7 +792,8 @@ Test(sql, big_sort_is_fast_and_stable)
 	tally_value *res;
 	size_t nres;
 	int64_t t0 = tally_mono_us();
-	cr_assert_eq(tally_select_exec(p, rows, n, &arena, &res, &nres, &err), 0, "%s", err.message);
+	cr_assert_eq(tally_select_exec(p, rows, n, &arena, &res, &nres, &err), 0, "%s",
+		     err.message);
 	int64_t dt = tally_mono_us() - t0;
 	cr_assert_eq(nres, 3);
 	cr_expect_eq(res[0].u.i, 999);
@@ -784,13 +802,15 @@ Test(sql, big_sort_is_fast_and_stable)
 	cr_expect(dt < 2000000, "sorting 100k rows took %lld us", (long long)dt);
 	st = parse1("select k, count(*), sum(total) from v group by k order by k");
 	cr_assert_eq(tally_select_analyze(st->u.select.query, &vrel, &arena, &p, &err), 0);
-	cr_assert_eq(tally_select_exec(p, rows, n, &arena, &res, &nres, &err), 0, "%s", err.message);
+	cr_assert_eq(tally_select_exec(p, rows, n, &arena, &res, &nres, &err), 0, "%s",
+		     err.message);
 	cr_expect_eq(nres, 1000);
 	cr_expect_eq(res[1].u.i, 100);
 	free(rows);
 }
 
-/* ---- INSERT ------------------------------------------------------------------------------------------ */
+/* ---- INSERT
+ * ------------------------------------------------------------------------------------------ */
 
 Test(sql, insert_rows_with_assignment_casts)
 {
@@ -834,8 +854,9 @@ Test(sql, insert_row_errors_carry_positions)
 	tally_err err = {0};
 	tally_value row[7];
 	tally_stmt *st = parse1("insert into s (k) values ('abc')");
-	cr_assert_eq(tally_sql_column_map(&stream_rel, 1, (const char(*)[TALLY_NAME_MAX])st->u.insert.cols,
-					  colmap, &ncols, &err),
+	cr_assert_eq(tally_sql_column_map(&stream_rel, 1,
+					  (const char(*)[TALLY_NAME_MAX])st->u.insert.cols, colmap,
+					  &ncols, &err),
 		     0);
 	cr_assert_neq(tally_insert_row(st, 0, &stream_rel, colmap, row, &arena, &err), 0);
 	cr_expect_str_eq(err.message, "invalid input syntax for type integer: \"abc\"");
@@ -870,20 +891,60 @@ Test(sql, quote_ident)
 	cr_expect_str_eq(tally_sql_quote_ident("a\"b", buf, sizeof buf), "\"a\"\"b\"");
 }
 
-/* ---- robustness ---------------------------------------------------------------------------------------- */
+/* ---- robustness
+ * ---------------------------------------------------------------------------------------- */
 
 Test(sql, random_garbage_never_crashes, .timeout = 60)
 {
-	static const char *const toks[] = {
-		"select", "from", "where", "group", "by", "order", "limit", "offset", "(", ")", ",",
-		";", "*", "+", "-", "/", "%", "=", "<>", "<", ">=", "::", ".", "'a'", "'", "\"",
-		"\"x\"", "1", "2147483648", "1.5e3", "k", "v", "name", "count", "sum", "avg", "min",
-		"max", "date_trunc", "now", "and", "or", "not", "is", "null", "true", "in", "between",
-		"like", "case", "when", "then", "else", "end", "cast", "as", "int", "text", "insert",
-		"into", "values", "create", "stream", "continuous", "view", "with", "copy", "stdin",
-		"set", "show", "reset", "begin", "commit", "drop", "if", "exists", "--", "/*", "*/",
-		"$1", "$$", "E'\\x", "||", "distinct", "having", "s", "coalesce", "@", "[", "]",
-		"\xc3\xa9", "\xff", "timestamptz", "'2024-01-01'", "0", "-0", "double", "precision"};
+	static const char *const toks[] = {"select",	  "from",
+					   "where",	  "group",
+					   "by",	  "order",
+					   "limit",	  "offset",
+					   "(",		  ")",
+					   ",",		  ";",
+					   "*",		  "+",
+					   "-",		  "/",
+					   "%",		  "=",
+					   "<>",	  "<",
+					   ">=",	  "::",
+					   ".",		  "'a'",
+					   "'",		  "\"",
+					   "\"x\"",	  "1",
+					   "2147483648",  "1.5e3",
+					   "k",		  "v",
+					   "name",	  "count",
+					   "sum",	  "avg",
+					   "min",	  "max",
+					   "date_trunc",  "now",
+					   "and",	  "or",
+					   "not",	  "is",
+					   "null",	  "true",
+					   "in",	  "between",
+					   "like",	  "case",
+					   "when",	  "then",
+					   "else",	  "end",
+					   "cast",	  "as",
+					   "int",	  "text",
+					   "insert",	  "into",
+					   "values",	  "create",
+					   "stream",	  "continuous",
+					   "view",	  "with",
+					   "copy",	  "stdin",
+					   "set",	  "show",
+					   "reset",	  "begin",
+					   "commit",	  "drop",
+					   "if",	  "exists",
+					   "--",	  "/*",
+					   "*/",	  "$1",
+					   "$$",	  "E'\\x",
+					   "||",	  "distinct",
+					   "having",	  "s",
+					   "coalesce",	  "@",
+					   "[",		  "]",
+					   "\xc3\xa9",	  "\xff",
+					   "timestamptz", "'2024-01-01'",
+					   "0",		  "-0",
+					   "double",	  "precision"};
 	size_t ntoks = sizeof toks / sizeof toks[0];
 	unsigned seed = 12345;
 	char q[1024];
@@ -903,9 +964,10 @@ Test(sql, random_garbage_never_crashes, .timeout = 60)
 			for (int i = 0; i < n; i++) {
 				if (st[i].kind == TALLY_STMT_SELECT) {
 					tally_select_plan *p;
-					const tally_relation *rel = st[i].u.select.from ? &vrel : NULL;
-					if (tally_select_analyze(st[i].u.select.query, rel, &arena, &p,
-								 &err) == 0) {
+					const tally_relation *rel =
+					    st[i].u.select.from ? &vrel : NULL;
+					if (tally_select_analyze(st[i].u.select.query, rel, &arena,
+								 &p, &err) == 0) {
 						fill_rows();
 						tally_value *res;
 						size_t nres;
