@@ -9,8 +9,11 @@
 #include "coordinator.h"
 #include "tally/ring.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <strings.h>
 
 struct tally_coord {
@@ -23,11 +26,95 @@ struct tally_coord {
 	bool stopping;
 };
 
-/* Publish the catalog (caller holds c->mu and has bumped the epoch): install it locally and
- * push it to every live worker, waiting for their acknowledgements (bounded). */
+/* ---- the catalog on disk ----------------------------------------------------------------------
+ *
+ * DIR/catalog holds the encoded catalog (tally_catalog_encode, which carries its own magic and
+ * version). It is replaced atomically: write DIR/catalog.tmp, fsync it, rename it over
+ * DIR/catalog, fsync the directory. A restarted coordinator resumes the same cluster. */
+
+static int write_all(int fd, const uint8_t *p, size_t n)
+{
+	while (n) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+static int catalog_save(tally_coord *c)
+{
+	char tmp[600], path[600];
+	snprintf(tmp, sizeof tmp, "%s/catalog.tmp", c->node.cfg.dir);
+	snprintf(path, sizeof path, "%s/catalog", c->node.cfg.dir);
+	tally_buf enc = {0};
+	tally_catalog_encode(c->cat, &enc);
+	int rc = -1;
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd >= 0) {
+		if (write_all(fd, enc.data, enc.len) == 0 && fsync(fd) == 0 && close(fd) == 0) {
+			fd = -1;
+			if (rename(tmp, path) == 0) {
+				int dfd = open(c->node.cfg.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+				if (dfd >= 0) {
+					rc = fsync(dfd);
+					close(dfd);
+				}
+			}
+		}
+		if (fd >= 0)
+			close(fd);
+	}
+	if (rc != 0)
+		tally_log_error("could not write the catalog to \"%s\": %s", path, strerror(errno));
+	tally_buf_free(&enc);
+	return rc;
+}
+
+/* Load DIR/catalog if there is one. 0 = loaded or absent, -1 = present but unreadable (the
+ * coordinator then refuses to start rather than forget the cluster). */
+static int catalog_load(tally_coord *c, const char *dir)
+{
+	char path[600];
+	snprintf(path, sizeof path, "%s/catalog", dir);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -1;
+	tally_buf b = {0};
+	uint8_t chunk[65536];
+	ssize_t r;
+	while ((r = read(fd, chunk, sizeof chunk)) > 0)
+		tally_buf_append(&b, chunk, (size_t)r);
+	close(fd);
+	tally_catalog *cat = NULL;
+	if (r < 0 || tally_catalog_decode(b.data, b.len, &cat) != 0) {
+		tally_log_error("the catalog in \"%s\" is corrupt or unreadable; refusing to start", path);
+		tally_buf_free(&b);
+		return -1;
+	}
+	tally_buf_free(&b);
+	/* Give every known worker a full failure timeout to heartbeat the new incarnation. */
+	int64_t now = tally_now_us();
+	for (int i = 0; i < cat->nnodes; i++)
+		cat->nodes[i].last_heartbeat_us = now;
+	cat->epoch++;
+	tally_catalog_free(c->cat);
+	c->cat = cat;
+	tally_log_info("loaded the catalog: %d workers, %d streams, %d views, epoch %llu", cat->nnodes,
+		       cat->nstreams, cat->nviews, (unsigned long long)cat->epoch);
+	return 0;
+}
+
+/* Publish the catalog (caller holds c->mu and has bumped the epoch): persist it, install it
+ * locally and push it to every live worker, waiting for their acknowledgements (bounded). */
 static void publish_locked(tally_coord *c, uint32_t skip_node)
 {
 	tally_node *n = &c->node;
+	catalog_save(c);
 	tally_node_install_map(n, tally_catalog_clone(c->cat));
 	tally_buf enc = {0};
 	tally_catalog_encode(c->cat, &enc);
@@ -450,6 +537,12 @@ int tally_coord_start(tally_coord **out, const tally_node_config *cfg)
 	c->cat->epoch = 1;
 	c->cat->next_id = 1;
 	tally_node_role role = {.ddl = coord_ddl, .handle = coord_handle, .ctx = c};
+	/* Load before listening, so no worker registers against an empty catalog. */
+	if (catalog_load(c, cfg->dir) != 0) {
+		tally_catalog_free(c->cat);
+		free(c);
+		return -1;
+	}
 	if (tally_node_open(&c->node, cfg, &role) != 0) {
 		tally_node_close(&c->node);
 		tally_catalog_free(c->cat);

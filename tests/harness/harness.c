@@ -619,6 +619,8 @@ th_cluster *th_cluster_start(int nworkers, const th_opts *opts)
 	snprintf(c->dir, sizeof c->dir, "/tmp/tally-test-XXXXXX");
 	cr_assert(mkdtemp(c->dir) != NULL, "mkdtemp: %s", strerror(errno));
 	c->nnodes = 1 + nworkers;
+	char root[sizeof c->dir]; /* a copy: gcc cannot tell c->dir from n->dir inside *c */
+	memcpy(root, c->dir, sizeof root);
 	for (int i = 0; i < c->nnodes; i++) {
 		th_node *n = &c->nodes[i];
 		n->is_coordinator = i == 0;
@@ -626,8 +628,8 @@ th_cluster *th_cluster_start(int nworkers, const th_opts *opts)
 			snprintf(n->name, sizeof n->name, "coordinator");
 		else
 			snprintf(n->name, sizeof n->name, "w%d", i);
-		snprintf(n->dir, sizeof n->dir, "%s/%s", c->dir, n->name);
-		snprintf(n->log, sizeof n->log, "%s/%s.log", c->dir, n->name);
+		snprintf(n->dir, sizeof n->dir, "%s/%s", root, n->name);
+		snprintf(n->log, sizeof n->log, "%s/%s.log", root, n->name);
 		n->exit_status = -1;
 	}
 	live_add(c);

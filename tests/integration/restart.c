@@ -1,0 +1,93 @@
+/*
+ * restart.c - the coordinator's catalog survives a restart: streams, views, placements and
+ * node ids come back from DIR/catalog; while the coordinator is down, workers go on
+ * ingesting and answering reads with their last map; afterwards DDL typed at a worker works
+ * again and reaches every node.
+ */
+#include "harness.h"
+
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+/* "v_0:w1,v_0:w2,..." - every shard copy and its owner, in a stable order. */
+static char *placement(PGconn *conn)
+{
+	PGresult *r = th_exec_ok(conn, "SELECT shard, owner FROM pipeline_cluster.shards ORDER BY shard, owner");
+	tally_buf b = {0};
+	for (int i = 0; i < PQntuples(r); i++)
+		tally_buf_printf(&b, "%s%s:%s", i ? "," : "", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1));
+	tally_buf_putc(&b, 0);
+	PQclear(r);
+	cr_assert_gt(b.len, 1, "no shards listed");
+	return (char *)b.data;
+}
+
+typedef struct up_ctx {
+	th_cluster *c;
+	int want;
+} up_ctx;
+
+static bool workers_up(void *p)
+{
+	up_ctx *u = p;
+	PGconn *conn = th_try_connect(th_coord(u->c));
+	if (!conn)
+		return false;
+	PGresult *r = PQexec(conn, "SELECT count(*) FROM pipeline_cluster.nodes WHERE role = 'worker' AND state = 'up'");
+	bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && atoi(PQgetvalue(r, 0, 0)) == u->want;
+	PQclear(r);
+	PQfinish(conn);
+	return ok;
+}
+
+Test(restart, coordinator_restart_keeps_the_cluster, .fini = th_fini, .timeout = 120)
+{
+	th_cluster *c = th_cluster_start(3, NULL);
+	PGconn *co = th_connect(th_coord(c));
+	th_run(co, "CREATE STREAM s (k integer, v double precision)");
+	th_run(co, "CREATE CONTINUOUS VIEW v WITH (num_shards = 4) AS SELECT k, count(*), sum(v) FROM s GROUP BY k");
+	th_run(co, "INSERT INTO s VALUES (1, 1.5), (2, 2.5), (1, 3)");
+	char *shards_before = placement(co);
+	PQfinish(co);
+
+	th_kill_node(c, th_coord(c), SIGTERM);
+	cr_assert_eq(WEXITSTATUS(th_coord(c)->exit_status), 0, "coordinator exit status");
+
+	/* With the coordinator down, a worker still ingests and reads with its last map. */
+	PGconn *w2 = th_connect(th_worker(c, 2));
+	th_run(w2, "INSERT INTO s VALUES (1, 10), (3, 1)");
+	cr_assert_eq(th_query_int(w2, "SELECT sum(count) FROM v"), 5);
+	/* ... but DDL needs the coordinator and says so. */
+	PGresult *r = PQexec(w2, "CREATE STREAM t (x integer)");
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
+	cr_assert_str_eq(PQresultErrorField(r, PG_DIAG_SQLSTATE), "57P03");
+	PQclear(r);
+
+	th_restart_node(c, th_coord(c));
+	up_ctx u = {c, 3};
+	cr_assert(th_wait_until(workers_up, &u, 15000), "workers did not come back up at the coordinator");
+
+	co = th_connect(th_coord(c));
+	cr_assert_eq(th_query_int(co, "SELECT count(*) FROM pipeline_cluster.views WHERE name = 'v'"), 1);
+	char *shards_after = placement(co);
+	cr_assert_str_eq(shards_after, shards_before, "placement changed across the restart");
+	cr_assert_eq(th_query_int(co, "SELECT count FROM v WHERE k = 1"), 3);
+
+	/* DDL at a worker reaches every node again. */
+	th_run(w2, "CREATE CONTINUOUS VIEW v2 AS SELECT k, max(v) FROM s GROUP BY k");
+	for (int i = 1; i <= 3; i++) {
+		PGconn *w = th_connect(th_worker(c, i));
+		th_runf(w, "INSERT INTO s VALUES (%d, %d)", 10 + i, i);
+		PQfinish(w);
+	}
+	cr_assert_eq(th_query_int(co, "SELECT count(*) FROM v2"), 3);
+	cr_assert_eq(th_query_int(co, "SELECT sum(count) FROM v"), 8);
+	free(shards_before);
+	free(shards_after);
+	PQfinish(w2);
+	PQfinish(co);
+	th_cluster_stop(c);
+}
