@@ -109,37 +109,57 @@ static int catalog_load(tally_coord *c, const char *dir)
 	return 0;
 }
 
-/* Publish the catalog (caller holds c->mu and has bumped the epoch): persist it, install it
- * locally and push it to every live worker, waiting for their acknowledgements (bounded). */
-static void publish_locked(tally_coord *c, uint32_t skip_node)
+/* A change to the catalog (caller holds c->mu and has bumped the epoch): persist it and
+ * install it as this node's map. Pushing it to the workers is push_map's job, done after the
+ * lock is released. */
+static void publish_locked(tally_coord *c)
+{
+	catalog_save(c);
+	tally_node_install_map(&c->node, tally_catalog_clone(c->cat));
+}
+
+/* Push the current catalog to every live worker but skip_node and wait for their
+ * acknowledgements (bounded). Called without c->mu, so a hung worker cannot stall heartbeats;
+ * concurrent pushes may arrive out of order, and workers keep only the newest epoch. */
+static void push_map(tally_coord *c, uint32_t skip_node)
 {
 	tally_node *n = &c->node;
-	catalog_save(c);
-	tally_node_install_map(n, tally_catalog_clone(c->cat));
 	tally_buf enc = {0};
+	pthread_mutex_lock(&c->mu);
+	uint64_t epoch = c->cat->epoch;
 	tally_catalog_encode(c->cat, &enc);
-	tally_rpc_call *calls = tally_xcalloc((size_t)c->cat->nnodes + 1, sizeof *calls);
+	int nnodes = c->cat->nnodes;
+	tally_rpc_call *calls = tally_xcalloc((size_t)nnodes + 1, sizeof *calls);
+	char (*addr)[128] = tally_xcalloc((size_t)nnodes + 1, sizeof *addr);
+	char (*name)[TALLY_NAME_MAX] = tally_xcalloc((size_t)nnodes + 1, sizeof *name);
 	int nc = 0;
-	for (int i = 0; i < c->cat->nnodes; i++) {
+	for (int i = 0; i < nnodes; i++) {
 		const tally_node_info *ni = &c->cat->nodes[i];
 		if (ni->state != TALLY_NODE_UP || ni->id == skip_node)
 			continue;
-		tally_msg_begin(&calls[nc].req, TALLY_MSG_MAP_PUSH, tally_node_next_req(n), c->cat->epoch);
-		tally_buf_put_str(&calls[nc].req, (const char *)enc.data, (uint32_t)enc.len);
-		tally_msg_end(&calls[nc].req);
-		calls[nc].addr = ni->data_addr;
-		calls[nc].peer = ni->name;
+		tally_strlcpy(addr[nc], ni->data_addr, sizeof addr[nc]);
+		tally_strlcpy(name[nc], ni->name, sizeof name[nc]);
 		nc++;
+	}
+	pthread_mutex_unlock(&c->mu);
+	for (int i = 0; i < nc; i++) {
+		tally_msg_begin(&calls[i].req, TALLY_MSG_MAP_PUSH, tally_node_next_req(n), epoch);
+		tally_buf_put_str(&calls[i].req, (const char *)enc.data, (uint32_t)enc.len);
+		tally_msg_end(&calls[i].req);
+		calls[i].addr = addr[i];
+		calls[i].peer = name[i];
 	}
 	tally_rpc_call_many(n->rpc, calls, nc, 2000);
 	for (int i = 0; i < nc; i++) {
 		if (calls[i].rc != 0)
-			tally_log_warn("could not publish map epoch %llu to %s: %s",
-				       (unsigned long long)c->cat->epoch, calls[i].peer, calls[i].errmsg);
+			tally_log_warn("could not publish map epoch %llu to %s: %s", (unsigned long long)epoch,
+				       calls[i].peer, calls[i].errmsg);
 		tally_buf_free(&calls[i].req);
 	}
 	tally_rpc_calls_done(calls, nc);
 	free(calls);
+	free(addr);
+	free(name);
 	tally_buf_free(&enc);
 }
 
@@ -252,8 +272,9 @@ static bool second_word_is_view(const char *p)
 }
 
 static int ddl_locked(tally_coord *c, const char *sql, int default_replicas, char *tag, size_t tagsz,
-		      char *notice, size_t noticesz, tally_err *err)
+		      char *notice, size_t noticesz, bool *published, tally_err *err)
 {
+	*published = false;
 	tally_arena a = {0};
 	tally_stmt *st;
 	int n, rc = -1;
@@ -344,7 +365,8 @@ static int ddl_locked(tally_coord *c, const char *sql, int default_replicas, cha
 	}
 	if (changed) {
 		cat->epoch++;
-		publish_locked(c, 0);
+		publish_locked(c);
+		*published = true;
 	}
 	rc = 0;
 out:
@@ -358,9 +380,12 @@ static int coord_ddl(tally_node *n, const char *sql, const tally_settings *s, ch
 	tally_coord *c = n->role.ctx;
 	char nt[512];
 	int nrep = (int)strtol(s->v[TALLY_SET_NUM_REPLICAS], NULL, 10);
+	bool published;
 	pthread_mutex_lock(&c->mu);
-	int rc = ddl_locked(c, sql, nrep, tag, tagsz, nt, sizeof nt, err);
+	int rc = ddl_locked(c, sql, nrep, tag, tagsz, nt, sizeof nt, &published, err);
 	pthread_mutex_unlock(&c->mu);
+	if (published)
+		push_map(c, 0); /* every worker has the change before the client hears back */
 	if (rc == 0 && nt[0] && notice) {
 		tally_err_set(notice, "00000", "%s", nt);
 		notice->severity = TALLY_SEV_NOTICE;
@@ -389,12 +414,13 @@ static void handle_register(tally_coord *c, const tally_msg_hdr *h, tally_rd *r,
 	uint32_t id = tally_catalog_upsert_node(c->cat, &ni);
 	c->cat->epoch++;
 	tally_log_info("node %s registered as %u at %s (sql %s)", m.name, id, m.data_addr, m.sql_addr);
-	publish_locked(c, id);
+	publish_locked(c);
 	tally_msg_begin(reply, TALLY_MSG_REGISTER_OK, h->req_id, c->cat->epoch);
 	tally_buf_put_u32(reply, id);
 	put_catalog(reply, c->cat);
 	tally_msg_end(reply);
 	pthread_mutex_unlock(&c->mu);
+	push_map(c, id); /* the others learn the new address; the newcomer has the reply */
 }
 
 static void handle_heartbeat(tally_coord *c, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)
@@ -416,11 +442,13 @@ static void handle_heartbeat(tally_coord *c, const tally_msg_hdr *h, tally_rd *r
 		return;
 	}
 	ni->last_heartbeat_us = tally_now_us();
+	bool published = false;
 	if (ni->state != TALLY_NODE_UP) {
 		ni->state = TALLY_NODE_UP;
 		c->cat->epoch++;
 		tally_log_info("node %s is up again", ni->name);
-		publish_locked(c, hb.node_id);
+		publish_locked(c);
+		published = true;
 	}
 	tally_msg_begin(reply, TALLY_MSG_HEARTBEAT_OK, h->req_id, c->cat->epoch);
 	tally_buf_put_u64(reply, c->cat->epoch);
@@ -432,6 +460,8 @@ static void handle_heartbeat(tally_coord *c, const tally_msg_hdr *h, tally_rd *r
 	}
 	tally_msg_end(reply);
 	pthread_mutex_unlock(&c->mu);
+	if (published)
+		push_map(c, hb.node_id);
 }
 
 static void handle_ddl(tally_coord *c, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)
@@ -451,12 +481,16 @@ static void handle_ddl(tally_coord *c, const tally_msg_hdr *h, tally_rd *r, tall
 	nrep[nlen] = 0;
 	tally_err err;
 	tally_err_clear(&err);
+	bool published;
 	pthread_mutex_lock(&c->mu);
-	int rc = ddl_locked(c, sql, (int)strtol(nrep, NULL, 10), tag, sizeof tag, notice, sizeof notice, &err);
+	int rc = ddl_locked(c, sql, (int)strtol(nrep, NULL, 10), tag, sizeof tag, notice, sizeof notice,
+			    &published, &err);
 	tally_msg_begin(reply, TALLY_MSG_DDL_OK, h->req_id, c->cat->epoch);
 	tally_ddl_reply_put(reply, tag, notice, c->cat, rc == 0 ? NULL : &err);
 	tally_msg_end(reply);
 	pthread_mutex_unlock(&c->mu);
+	if (published)
+		push_map(c, 0);
 	free(sql);
 }
 
@@ -508,9 +542,11 @@ static void *fd_main(void *arg)
 		}
 		if (changed) {
 			c->cat->epoch++;
-			publish_locked(c, 0);
+			publish_locked(c);
 		}
 		pthread_mutex_unlock(&c->mu);
+		if (changed)
+			push_map(c, 0);
 		pthread_mutex_lock(&c->stop_mu);
 		if (c->stopping)
 			break;

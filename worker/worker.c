@@ -247,7 +247,7 @@ static int worker_ddl(tally_node *n, const char *sql, const tally_settings *s, c
 	tally_buf_put_str(&req, nrep, (uint32_t)strlen(nrep));
 	tally_msg_end(&req);
 	tally_rpc_call c;
-	int rc = coord_call(w, &req, &c, (int)tally_settings_ms(&n->cfg.defaults, TALLY_SET_RPC_TIMEOUT));
+	int rc = coord_call(w, &req, &c, (int)tally_settings_ms(s, TALLY_SET_RPC_TIMEOUT));
 	if (rc != 0) {
 		tally_err_set(err, c.sqlstate[0] ? c.sqlstate : TALLY_SQLSTATE_UNAVAILABLE,
 			      "could not run DDL on the coordinator: %s", c.errmsg);

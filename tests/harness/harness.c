@@ -624,12 +624,14 @@ th_cluster *th_cluster_start(int nworkers, const th_opts *opts)
 	for (int i = 0; i < c->nnodes; i++) {
 		th_node *n = &c->nodes[i];
 		n->is_coordinator = i == 0;
+		char name[sizeof n->name];
 		if (i == 0)
-			snprintf(n->name, sizeof n->name, "coordinator");
+			snprintf(name, sizeof name, "coordinator");
 		else
-			snprintf(n->name, sizeof n->name, "w%d", i);
-		snprintf(n->dir, sizeof n->dir, "%s/%s", root, n->name);
-		snprintf(n->log, sizeof n->log, "%s/%s.log", root, n->name);
+			snprintf(name, sizeof name, "w%d", i);
+		memcpy(n->name, name, sizeof n->name);
+		snprintf(n->dir, sizeof n->dir, "%s/%s", root, name);
+		snprintf(n->log, sizeof n->log, "%s/%s.log", root, name);
 		n->exit_status = -1;
 	}
 	live_add(c);

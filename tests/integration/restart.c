@@ -60,7 +60,8 @@ Test(restart, coordinator_restart_keeps_the_cluster, .fini = th_fini, .timeout =
 	PGconn *w2 = th_connect(th_worker(c, 2));
 	th_run(w2, "INSERT INTO s VALUES (1, 10), (3, 1)");
 	cr_assert_eq(th_query_int(w2, "SELECT sum(count) FROM v"), 5);
-	/* ... but DDL needs the coordinator and says so. */
+	/* ... but DDL needs the coordinator and says so (within the session's rpc_timeout). */
+	th_run(w2, "SET pipeline_cluster.rpc_timeout = '500ms'");
 	PGresult *r = PQexec(w2, "CREATE STREAM t (x integer)");
 	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
 	cr_assert_str_eq(PQresultErrorField(r, PG_DIAG_SQLSTATE), "57P03");
