@@ -412,6 +412,13 @@ static void handle_register(tally_coord *c, const tally_msg_hdr *h, tally_rd *r,
 	ni.incarnation = m.incarnation;
 	ni.last_heartbeat_us = tally_now_us();
 	uint32_t id = tally_catalog_upsert_node(c->cat, &ni);
+	if (id == 0) {
+		tally_rpc_reply_error(reply, h->req_id, c->cat->epoch, TALLY_SQLSTATE_PROGRAM_LIMIT,
+				      "cannot register node \"%s\": the cluster is full or the name is invalid",
+				      m.name);
+		pthread_mutex_unlock(&c->mu);
+		return;
+	}
 	c->cat->epoch++;
 	tally_log_info("node %s registered as %u at %s (sql %s)", m.name, id, m.data_addr, m.sql_addr);
 	publish_locked(c);

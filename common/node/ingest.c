@@ -171,6 +171,8 @@ int tally_ingest_commit(tally_ingest *g, tally_err *err)
 	uint32_t *ngroups = tally_xcalloc((size_t)nbatches, sizeof *ngroups);
 	tally_rpc_call *calls = tally_xcalloc((size_t)nbatches, sizeof *calls);
 	char (*shardname)[TALLY_NAME_MAX + 8] = tally_xcalloc((size_t)nbatches, sizeof *shardname);
+	uint64_t *call_view = tally_xcalloc((size_t)nbatches, sizeof *call_view);
+	uint32_t *call_shard = tally_xcalloc((size_t)nbatches, sizeof *call_shard);
 	int ncalls = 0, rc = 0, base = 0;
 	for (int vi = 0; vi < g->nviews && rc == 0; vi++) {
 		ingest_view *iv = &g->views[vi];
@@ -216,8 +218,7 @@ int tally_ingest_commit(tally_ingest *g, tally_err *err)
 						   TALLY_MSG_MAX);
 				break;
 			}
-			/* seq (offset 8) and ngroups (offset 28) of the APPLY body header */
-			tally_put_be64(reqs[idx].data + TALLY_MSG_HDR + 8, tally_node_next_seq(n, v->id, s));
+			/* ngroups (offset 28 of the APPLY body); seq is patched once all checks passed */
 			tally_put_be32(reqs[idx].data + TALLY_MSG_HDR + 28, ngroups[idx]);
 			tally_msg_end(&reqs[idx]);
 			const tally_node_info *pn = tally_catalog_node(cat, v->primary[s]);
@@ -230,6 +231,8 @@ int tally_ingest_commit(tally_ingest *g, tally_err *err)
 				break;
 			}
 			calls[ncalls].req = reqs[idx]; /* borrowed: reqs[] owns the memory */
+			call_view[ncalls] = v->id;
+			call_shard[ncalls] = s;
 			calls[ncalls].addr = pn->data_addr;
 			calls[ncalls].peer = pn->name;
 			snprintf(shardname[ncalls], sizeof shardname[ncalls], "%s_%u", v->name, s);
@@ -237,6 +240,11 @@ int tally_ingest_commit(tally_ingest *g, tally_err *err)
 		}
 	}
 	if (rc == 0 && ncalls > 0) {
+		/* Take batch seqs only for batches that are really sent, so that every
+		 * (origin, view, shard) sequence stays gap-free. */
+		for (int k = 0; k < ncalls; k++)
+			tally_put_be64(calls[k].req.data + TALLY_MSG_HDR + 8,
+				       tally_node_next_seq(n, call_view[k], call_shard[k]));
 		tally_rpc_call_many(n->rpc, calls, ncalls,
 				    (int)tally_settings_ms(&g->settings, TALLY_SET_RPC_TIMEOUT));
 		for (int i = 0; i < ncalls; i++) {
@@ -256,6 +264,8 @@ int tally_ingest_commit(tally_ingest *g, tally_err *err)
 	free(calls);
 	free(ngroups);
 	free(shardname);
+	free(call_view);
+	free(call_shard);
 	return rc;
 }
 
