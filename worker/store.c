@@ -138,7 +138,8 @@ int tally_store_apply(tally_store *st, const tally_view_rt *v, const tally_msg_a
 	return rc;
 }
 
-void tally_store_read(tally_store *st, const tally_view_rt *v, uint32_t sh, tally_buf *reply)
+void tally_store_read(tally_store *st, const tally_view_rt *v, uint32_t sh, const uint8_t *key,
+		      uint32_t keylen, tally_buf *reply)
 {
 	shard *s = get_locked(st, v, sh, false);
 	if (!s) {
@@ -147,6 +148,15 @@ void tally_store_read(tally_store *st, const tally_view_rt *v, uint32_t sh, tall
 		return;
 	}
 	pthread_mutex_lock(&s->mu);
+	if (key) {
+		tally_group *g = tally_gtab_lookup(&s->groups, key, keylen, tally_group_hash(key, keylen), false);
+		tally_buf_put_u32(reply, g ? 1 : 0);
+		if (g)
+			tally_group_put(reply, g->key, g->keylen, s->aggs, s->naggs, g->states);
+		pthread_mutex_unlock(&s->mu);
+		pthread_rwlock_unlock(&st->mu);
+		return;
+	}
 	tally_buf_put_u32(reply, (uint32_t)s->groups.count);
 	for (size_t i = 0; i < s->groups.cap; i++) {
 		tally_group *g = s->groups.slots[i].g;

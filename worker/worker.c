@@ -205,7 +205,7 @@ static void handle_read(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, ta
 				      (unsigned long long)q.view_id);
 	} else {
 		tally_msg_begin(reply, TALLY_MSG_READ_OK, h->req_id, m->cat->epoch);
-		tally_store_read(w->store, v, q.shard, reply);
+		tally_store_read(w->store, v, q.shard, q.has_key ? q.key : NULL, q.keylen, reply);
 		tally_msg_end(reply);
 	}
 	tally_map_put(m);

@@ -15,8 +15,10 @@ void tally_store_free(tally_store *st);
  * before anything is merged, so a malformed batch changes nothing. Returns 0, or -1 with err. */
 int tally_store_apply(tally_store *st, const tally_view_rt *v, const tally_msg_apply *a, tally_rd *r,
 		      tally_err *err);
-/* Append READ_OK's body for one shard (u32 ngroups + groups) to reply. */
-void tally_store_read(tally_store *st, const tally_view_rt *v, uint32_t shard, tally_buf *reply);
+/* Append READ_OK's body for one shard (u32 ngroups + groups) to reply: every group, or with
+ * key only the group with that encoded key (if the shard has it). */
+void tally_store_read(tally_store *st, const tally_view_rt *v, uint32_t shard, const uint8_t *key,
+		      uint32_t keylen, tally_buf *reply);
 /* Drop shard copies of views absent from the map. */
 void tally_store_sync(tally_store *st, const tally_map *m);
 /* Number of groups held for a shard copy (0 if absent). */

@@ -10,6 +10,7 @@
  * WARNING names it.
  */
 #include "tally/node.h"
+#include "tally/ring.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,11 +31,30 @@ static int copy_text(tally_value *v, tally_arena *a)
 	return 0;
 }
 
-int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const tally_settings *s,
-		    const tally_value *key_filter, tally_arena *a, tally_value **rows, size_t *nrows,
-		    tally_err *warning, tally_err *err)
+int tally_read_pushdown_key(const tally_view_rt *v, const tally_select_plan *plan, tally_buf *out)
 {
-	(void)key_filter;
+	const tally_view_plan *p = v->plan;
+	if (!v->ok || p->ngroups == 0)
+		return 0;
+	tally_buf_reset(out);
+	for (int k = 0; k < p->ngroups; k++) {
+		int col = -1;
+		for (int c = 0; c < p->nout && col < 0; c++)
+			if (!p->out[c].is_agg && p->out[c].index == k)
+				col = c;
+		tally_value val;
+		if (col < 0 || tally_select_eq_const(plan, col, &val) != 1)
+			return 0;
+		val.type = (uint8_t)p->group_types[k];
+		tally_key_encode(&val, out);
+	}
+	return 1;
+}
+
+int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const tally_settings *s,
+		    const uint8_t *key, uint32_t keylen, tally_arena *a, tally_value **rows,
+		    size_t *nrows, tally_err *warning, tally_err *err)
+{
 	if (!rt->ok)
 		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "%s", rt->error);
 	const tally_view_info *v = rt->info;
@@ -42,12 +62,18 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 	const tally_catalog *cat = m->cat;
 	bool skip = tally_settings_bool(s, TALLY_SET_SKIP_UNAVAILABLE);
 	int S = v->num_shards;
+	/* A full group key of a read_optimized view lives in exactly one shard. */
+	int only = -1;
+	if (key && v->sharding_policy == TALLY_POLICY_READ_OPTIMIZED)
+		only = (int)tally_ring_shard_of(tally_group_hash(key, keylen), (uint32_t)S);
 	tally_rpc_call *calls = tally_xcalloc((size_t)S, sizeof *calls);
 	int *shard_of_call = tally_xcalloc((size_t)S, sizeof(int));
 	int ncalls = 0, rc = 0;
 	tally_buf skipped = {0};
 	int nskipped = 0;
 	for (int i = 0; i < S; i++) {
+		if (only >= 0 && i != only)
+			continue;
 		const tally_node_info *pn = tally_catalog_node(cat, v->primary[i]);
 		if (!pn || pn->state != TALLY_NODE_UP) {
 			if (!skip) {
@@ -62,7 +88,8 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 		}
 		tally_rpc_call *c = &calls[ncalls];
 		tally_msg_begin(&c->req, TALLY_MSG_READ, tally_node_next_req(n), cat->epoch);
-		tally_msg_read r = {.view_id = v->id, .shard = (uint32_t)i, .has_key = 0};
+		tally_msg_read r = {.view_id = v->id, .shard = (uint32_t)i, .has_key = key != NULL,
+				    .key = key, .keylen = keylen};
 		tally_msg_put_read(&c->req, &r);
 		tally_msg_end(&c->req);
 		c->addr = pn->data_addr;

@@ -271,8 +271,12 @@ static int run_select(session *s, tally_pg_conn *c, const tally_stmt *st, tally_
 			tally_select_plan *plan;
 			if (tally_select_analyze(st->u.select.query, relp, &s->arena, &plan, err) != 0)
 				goto out;
-			if (tally_read_view(s->node, m, v, &s->settings, NULL, &s->arena, &rows, &nrows,
-					    &warning, err) != 0)
+			tally_buf key = {0};
+			int pinned = tally_read_pushdown_key(v, plan, &key);
+			int rr = tally_read_view(s->node, m, v, &s->settings, pinned ? key.data : NULL,
+						 (uint32_t)key.len, &s->arena, &rows, &nrows, &warning, err);
+			tally_buf_free(&key);
+			if (rr != 0)
 				goto out;
 			if (warning.sqlstate[0])
 				tally_pg_send_error(c, &warning);

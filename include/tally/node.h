@@ -243,12 +243,18 @@ int tally_ingest_commit(tally_ingest *g, tally_err *err);
 void tally_ingest_free(tally_ingest *g);
 uint64_t tally_ingest_rows(const tally_ingest *g);
 
-/* Read every group of a view: fan out to one copy per shard, merge, finalize. Rows are the
- * view's output columns, allocated in a. warnings (may be NULL) receives a WARNING when shards
- * were skipped. */
+/* Read a view: fan out to one copy per shard, merge, finalize. Rows are the view's output
+ * columns, allocated in a. With key (an encoded full group key, tally_key_encode of every
+ * group value), only that group is fetched: from the one shard owning it for read_optimized
+ * views, from every shard otherwise. warning (may be NULL) receives a WARNING when shards were
+ * skipped. */
 int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *v, const tally_settings *s,
-		    const tally_value *key_filter /* [ngroups] or NULL */, tally_arena *a,
-		    tally_value **rows, size_t *nrows, tally_err *warning, tally_err *err);
+		    const uint8_t *key, uint32_t keylen, tally_arena *a, tally_value **rows,
+		    size_t *nrows, tally_err *warning, tally_err *err);
+/* The encoded group key a read query pins down, if its WHERE has `col = constant` for every
+ * group column of the view (all of them must be output columns). Returns 1 with the key in
+ * out, else 0. */
+int tally_read_pushdown_key(const tally_view_rt *v, const tally_select_plan *plan, tally_buf *out);
 
 /* System views: fill the relation description and rows. Returns 1 if name is a system view,
  * 0 if not, -1 on error. */
