@@ -121,6 +121,7 @@ void tally_copy_parser_free(tally_copy_parser *p)
 }
 
 uint64_t tally_copy_parser_rows(const tally_copy_parser *p) { return p->rows; }
+uint64_t tally_copy_parser_line(const tally_copy_parser *p) { return p->lineno; }
 
 /* ---- errors ------------------------------------------------------------------------------- */
 

@@ -145,6 +145,8 @@ static int run_insert(session *s, tally_pg_conn *c, const tally_stmt *st, tally_
 	for (int r = 0; r < st->u.insert.nrows; r++) {
 		if (tally_insert_row(st, r, &user, colmap, row, &scratch, err) != 0 ||
 		    tally_ingest_row(g, row, err) != 0) {
+			if (!err->detail[0])
+				tally_err_detail(err, "INSERT into %s, row %d", st->u.insert.stream, r + 1);
 			tally_arena_free(&scratch);
 			goto out;
 		}
@@ -223,9 +225,11 @@ static int run_copy(session *s, tally_pg_conn *c, const tally_stmt *st, tally_er
 	rc = 0;
 	goto out;
 copy_failed:
+	/* Errors of the parser carry their own context; those of the views' expressions get
+	 * the line of the row being folded in. */
 	if (!err->detail[0])
 		tally_err_detail(err, "COPY %s, line %llu", st->u.copy.stream,
-				 (unsigned long long)tally_copy_parser_rows(cp) + 1);
+				 (unsigned long long)tally_copy_parser_line(cp));
 out:
 	tally_copy_parser_free(cp);
 	tally_ingest_free(g);

@@ -44,5 +44,7 @@ int tally_copy_parser_finish(tally_copy_parser *p, tally_copy_row_fn fn, void *c
 			     tally_err *err);
 /* Rows parsed so far (for "COPY n"). */
 uint64_t tally_copy_parser_rows(const tally_copy_parser *p);
+/* Physical line number of the last row handed to the row callback (for error context). */
+uint64_t tally_copy_parser_line(const tally_copy_parser *p);
 
 #endif
