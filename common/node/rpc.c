@@ -115,10 +115,11 @@ void tally_rpc_call_many(tally_rpc *r, tally_rpc_call *calls, int n, int timeout
 			continue;
 		}
 		nng_msg *m;
-		if ((rv = nng_msg_alloc(&m, 0)) != 0 || (rv = nng_msg_append(m, c->req.data, c->req.len)) != 0) {
+		if ((rv = nng_msg_alloc(&m, c->req.len)) != 0) {
 			call_fail(c, rv, "send to");
 			continue;
 		}
+		memcpy(nng_msg_body(m), c->req.data, c->req.len);
 		nng_aio_set_msg(c->aio, m);
 		nng_aio_set_timeout(c->aio, timeout_ms);
 		nng_ctx_send(c->ctx, c->aio);
@@ -195,8 +196,12 @@ struct tally_rpc_server {
 	pthread_t *threads;
 	tally_rpc_handler fn;
 	void *ctx;
-	volatile int stopping;
+	int stopping; /* atomic */
 };
+
+/* Service threads wake up this often to notice a shutdown: the socket is closed only after
+ * they are all gone, because NNG 1.5 can crash on a context used while its socket closes. */
+#define RPC_POLL_MS 200
 
 void tally_rpc_reply_error(tally_buf *b, uint64_t req_id, uint64_t epoch, const char *sqlstate,
 			   const char *fmt, ...)
@@ -221,14 +226,15 @@ static void *service_main(void *arg)
 		return NULL;
 	}
 	tally_buf reply = {0};
-	while (!s->stopping) {
+	while (!__atomic_load_n(&s->stopping, __ATOMIC_ACQUIRE)) {
+		nng_aio_set_timeout(aio, RPC_POLL_MS);
 		nng_ctx_recv(ctx, aio);
 		nng_aio_wait(aio);
 		int rv = nng_aio_result(aio);
 		if (rv == NNG_ECLOSED)
 			break;
 		if (rv != 0)
-			continue;
+			continue; /* timeout: look at stopping again */
 		nng_msg *m = nng_aio_get_msg(aio);
 		tally_msg_hdr h;
 		tally_rd r;
@@ -244,9 +250,11 @@ static void *service_main(void *arg)
 		if (reply.len == 0)
 			continue;
 		nng_msg *out;
-		if (nng_msg_alloc(&out, 0) != 0 || nng_msg_append(out, reply.data, reply.len) != 0)
+		if (nng_msg_alloc(&out, reply.len) != 0)
 			continue;
+		memcpy(nng_msg_body(out), reply.data, reply.len);
 		nng_aio_set_msg(aio, out);
+		nng_aio_set_timeout(aio, 5000);
 		nng_ctx_send(ctx, aio);
 		nng_aio_wait(aio);
 		if (nng_aio_result(aio) != 0)
@@ -298,10 +306,10 @@ void tally_rpc_server_close(tally_rpc_server *s)
 {
 	if (!s)
 		return;
-	s->stopping = 1;
-	nng_close(s->sock); /* fails every pending receive with NNG_ECLOSED */
+	__atomic_store_n(&s->stopping, 1, __ATOMIC_RELEASE);
 	for (int i = 0; i < s->nthreads; i++)
 		pthread_join(s->threads[i], NULL);
+	nng_close(s->sock);
 	free(s->threads);
 	free(s);
 }

@@ -118,6 +118,22 @@ static int check_stream(tally_map *m, const char *name, tally_err *err)
 	return tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE, "stream \"%s\" does not exist", name);
 }
 
+/* The common start of INSERT and COPY: the stream must exist; open the statement's ingest and
+ * map the statement's column list onto the stream's user columns (the implicit
+ * arrival_timestamp, last in the ingest relation, is not insertable). */
+static int ingest_open(session *s, tally_map *m, const char *stream, int nlisted,
+		       char (*listed)[TALLY_NAME_MAX], tally_ingest **g, tally_relation *user,
+		       int *colmap, int *ncols, tally_err *err)
+{
+	if (check_stream(m, stream, err) != 0 ||
+	    tally_ingest_begin(s->node, m, stream, &s->settings, g, err) != 0)
+		return -1;
+	*user = *tally_ingest_rel(*g);
+	user->ncols--;
+	return tally_sql_column_map(user, nlisted, (const char(*)[TALLY_NAME_MAX])listed, colmap, ncols,
+				    err);
+}
+
 static int run_insert(session *s, tally_pg_conn *c, const tally_stmt *st, tally_err *err)
 {
 	tally_map *m = tally_node_map(s->node);
@@ -125,22 +141,15 @@ static int run_insert(session *s, tally_pg_conn *c, const tally_stmt *st, tally_
 	int rc = -1;
 	int colmap[TALLY_MAX_COLUMNS];
 	int ncols;
-	if (check_stream(m, st->u.insert.stream, err) != 0)
-		goto out;
-	if (tally_ingest_begin(s->node, m, st->u.insert.stream, &s->settings, &g, err) != 0)
-		goto out;
-	const tally_relation *rel = tally_ingest_rel(g);
-	/* The implicit arrival_timestamp column is not insertable: map against user columns. */
-	tally_relation user = *rel;
-	user.ncols--;
-	if (tally_sql_column_map(&user, st->u.insert.ncols, (const char(*)[TALLY_NAME_MAX])st->u.insert.cols,
-				 colmap, &ncols, err) != 0)
+	tally_relation user;
+	if (ingest_open(s, m, st->u.insert.stream, st->u.insert.ncols, st->u.insert.cols, &g, &user,
+			colmap, &ncols, err) != 0)
 		goto out;
 	if (st->u.insert.nvalues > ncols) {
 		tally_err_set(err, TALLY_SQLSTATE_SYNTAX, "INSERT has more expressions than target columns");
 		goto out;
 	}
-	tally_value *row = tally_arena_alloc(&s->arena, (size_t)rel->ncols * sizeof *row);
+	tally_value *row = tally_arena_alloc(&s->arena, (size_t)(user.ncols + 1) * sizeof *row);
 	tally_arena scratch = {0};
 	for (int r = 0; r < st->u.insert.nrows; r++) {
 		if (tally_insert_row(st, r, &user, colmap, row, &scratch, err) != 0 ||
@@ -188,16 +197,11 @@ static int run_copy(session *s, tally_pg_conn *c, const tally_stmt *st, tally_er
 	int rc = -1;
 	int colmap[TALLY_MAX_COLUMNS];
 	int ncols;
-	if (check_stream(m, st->u.copy.stream, err) != 0)
-		goto out;
-	if (tally_ingest_begin(s->node, m, st->u.copy.stream, &s->settings, &g, err) != 0)
+	tally_relation user;
+	if (ingest_open(s, m, st->u.copy.stream, st->u.copy.ncols, st->u.copy.cols, &g, &user, colmap,
+			&ncols, err) != 0)
 		goto out;
 	const tally_relation *rel = tally_ingest_rel(g);
-	tally_relation user = *rel;
-	user.ncols--;
-	if (tally_sql_column_map(&user, st->u.copy.ncols, (const char(*)[TALLY_NAME_MAX])st->u.copy.cols,
-				 colmap, &ncols, err) != 0)
-		goto out;
 	if (tally_copy_parser_alloc(st, rel, colmap, ncols, &cp, err) != 0)
 		goto out;
 	copy_ctx cc = {.g = g, .ncols = rel->ncols, .err = err};
