@@ -157,6 +157,29 @@ static void *hb_main(void *arg)
 
 /* ---- requests ------------------------------------------------------------------------------- */
 
+/* A request naming a view we have not heard of, from a peer whose map is newer than ours (its
+ * header epoch says so), means a map push to us was slow or lost: fetch the map from the
+ * coordinator before answering. Returns the (possibly new) current map. */
+static tally_map *map_at_least(tally_worker *w, uint64_t epoch)
+{
+	tally_node *n = &w->node;
+	tally_map *m = tally_node_map(n);
+	if (m->cat->epoch >= epoch)
+		return m;
+	tally_map_put(m);
+	tally_buf req = {0};
+	tally_msg_begin(&req, TALLY_MSG_GET_MAP, tally_node_next_req(n), tally_node_epoch(n));
+	tally_msg_end(&req);
+	tally_rpc_call c;
+	if (coord_call(w, &req, &c, 1000) == 0 && c.hdr.type == TALLY_MSG_MAP) {
+		if (install_from(w, &c.body) != 0)
+			tally_log_warn("malformed MAP reply from the coordinator");
+	}
+	tally_rpc_calls_done(&c, 1);
+	tally_buf_free(&req);
+	return tally_node_map(n);
+}
+
 static void handle_apply(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)
 {
 	tally_node *n = &w->node;
@@ -167,6 +190,11 @@ static void handle_apply(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, t
 	}
 	tally_map *m = tally_node_map(n);
 	const tally_view_rt *v = tally_map_view_by_id(m, a.view_id);
+	if (!v && h->epoch > m->cat->epoch) {
+		tally_map_put(m);
+		m = map_at_least(w, h->epoch);
+		v = tally_map_view_by_id(m, a.view_id);
+	}
 	tally_err err;
 	tally_err_clear(&err);
 	if (!v) {
@@ -199,6 +227,11 @@ static void handle_read(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, ta
 	}
 	tally_map *m = tally_node_map(n);
 	const tally_view_rt *v = tally_map_view_by_id(m, q.view_id);
+	if (!v && h->epoch > m->cat->epoch) {
+		tally_map_put(m);
+		m = map_at_least(w, h->epoch);
+		v = tally_map_view_by_id(m, q.view_id);
+	}
 	if (!v || !v->ok || q.shard >= (uint32_t)v->info->num_shards) {
 		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_UNDEFINED_TABLE,
 				      "node %s has no shard %u of view id %llu", n->cfg.name, q.shard,
