@@ -8,6 +8,8 @@
  */
 #include "tally/types.h"
 
+#include "float_fmt.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <float.h>
@@ -609,9 +611,10 @@ int tally_value_parse(tally_type t, const char *s, size_t len, tally_value *out,
 
 /* ---- output ------------------------------------------------------------------------------- */
 
-/* Shortest round-trip decimal of d (finite, nonzero), PostgreSQL's (Ryu's) layout: fixed
- * notation when the decimal exponent is in [-4, fixed_max), else d.ddde+XX. */
-static int format_float_shortest(double d, bool single, char *out)
+/* Shortest round-trip decimal of d (finite, nonzero) by search over snprintf precisions,
+ * PostgreSQL's (Ryu's) layout. Slow; only kept for a real value that is not exactly a float
+ * (never produced by input, casts or arithmetic), whose digits it takes from d itself. */
+static int format_float_search(double d, bool single, char *out)
 {
 	char tmp[64];
 	int prec, maxp = single ? 9 : 17;
@@ -716,6 +719,15 @@ have_digits:
 		o += sprintf(o, "e%c%02d", exp10 < 0 ? '-' : '+', exp10 < 0 ? -exp10 : exp10);
 	}
 	return (int)(o - out);
+}
+
+/* Shortest round-trip decimal of d (finite, nonzero), PostgreSQL's (Ryu's) layout: fixed
+ * notation when the decimal exponent is in [-4, 15) ([-4, 6) for real), else d.ddde+XX. */
+static int format_float_shortest(double d, bool single, char *out)
+{
+	if (single && (double)(float)d != d)
+		return format_float_search(d, single, out);
+	return tally_types_float_shortest(d, single, out);
 }
 
 static int format_float(double d, bool single, char *out)
