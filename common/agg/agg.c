@@ -240,11 +240,41 @@ static int ncmp(__int128 am, int as, __int128 bm, int bs)
 	return tally_value_cmp(&a, &b);
 }
 
+/* Saturating arithmetic for merges. States arrive from peers and disk, so counts and sums may
+ * hold any value; real input cannot get near these bounds (2^63 events, 2^127 for integer
+ * sums), but malformed input must not be undefined behaviour. Saturated states stay valid. */
+#define INT128_MAX_ ((__int128)(((unsigned __int128)1 << 127) - 1))
+#define INT128_MIN_ (-INT128_MAX_ - 1)
+
+static int64_t add_sat64(int64_t a, int64_t b)
+{
+	int64_t r;
+	if (__builtin_add_overflow(a, b, &r))
+		return b > 0 ? INT64_MAX : INT64_MIN;
+	return r;
+}
+
+static __int128 add_sat128(__int128 a, __int128 b)
+{
+	__int128 r;
+	if (__builtin_add_overflow(a, b, &r))
+		return b > 0 ? INT128_MAX_ : INT128_MIN_;
+	return r;
+}
+
+static __int128 mul_sat128(__int128 a, __int128 b)
+{
+	__int128 r;
+	if (__builtin_mul_overflow(a, b, &r))
+		return (a < 0) != (b < 0) ? INT128_MIN_ : INT128_MAX_;
+	return r;
+}
+
 static __int128 pow10_128(int k)
 {
 	__int128 r = 1;
 	while (k-- > 0)
-		r *= 10;
+		r = mul_sat128(r, 10);
 	return r;
 }
 
@@ -257,12 +287,12 @@ static void nsum_add(st_nsum *st, __int128 m, int scale)
 		return;
 	}
 	if (scale > st->scale) {
-		st->m *= pow10_128(scale - st->scale);
+		st->m = mul_sat128(st->m, pow10_128(scale - st->scale));
 		st->scale = (int16_t)scale;
 	} else if (scale < st->scale) {
-		m *= pow10_128(st->scale - scale);
+		m = mul_sat128(m, pow10_128(st->scale - scale));
 	}
-	st->m += m;
+	st->m = add_sat128(st->m, m);
 }
 
 static void text_set(st_tmm *st, const char *p, uint32_t len)
@@ -309,7 +339,7 @@ void tally_agg_update_i64(const tally_agg_spec *s, void *slot, int64_t v)
 	case C_COUNT: {
 		st_count st;
 		LOAD(st, slot);
-		st.n++;
+		st.n = add_sat64(st.n, 1);
 		STORE(slot, st);
 		return;
 	}
@@ -317,7 +347,7 @@ void tally_agg_update_i64(const tally_agg_spec *s, void *slot, int64_t v)
 		st_isum st;
 		LOAD(st, slot);
 		st.s += v;
-		st.n++;
+		st.n = add_sat64(st.n, 1);
 		STORE(slot, st);
 		return;
 	}
@@ -325,7 +355,7 @@ void tally_agg_update_i64(const tally_agg_spec *s, void *slot, int64_t v)
 		st_fsum st;
 		LOAD(st, slot);
 		fsum_add(&st, (double)v);
-		st.n++;
+		st.n = add_sat64(st.n, 1);
 		STORE(slot, st);
 		return;
 	}
@@ -333,7 +363,7 @@ void tally_agg_update_i64(const tally_agg_spec *s, void *slot, int64_t v)
 		st_nsum st;
 		LOAD(st, slot);
 		nsum_add(&st, v, 0);
-		st.n++;
+		st.n = add_sat64(st.n, 1);
 		STORE(slot, st);
 		return;
 	}
@@ -373,7 +403,7 @@ void tally_agg_update_f64(const tally_agg_spec *s, void *slot, double v)
 		st_fsum st;
 		LOAD(st, slot);
 		fsum_add(&st, v);
-		st.n++;
+		st.n = add_sat64(st.n, 1);
 		STORE(slot, st);
 		return;
 	}
@@ -402,7 +432,7 @@ void tally_agg_update(const tally_agg_spec *s, void *slot, const tally_value *ar
 	if (s->kind == TALLY_AGG_COUNT_STAR) {
 		st_count st;
 		LOAD(st, slot);
-		st.n++;
+		st.n = add_sat64(st.n, 1);
 		STORE(slot, st);
 		return;
 	}
@@ -410,6 +440,8 @@ void tally_agg_update(const tally_agg_spec *s, void *slot, const tally_value *ar
 		return;
 	switch (agg_class_of(s)) {
 	case C_COUNT:
+		tally_agg_update_i64(s, slot, 0); /* counts the row; the value does not matter */
+		return;
 	case C_ISUM:
 	case C_IMM:
 		tally_agg_update_i64(s, slot, val_i64(arg));
@@ -425,7 +457,7 @@ void tally_agg_update(const tally_agg_spec *s, void *slot, const tally_value *ar
 			nsum_add(&st, arg->u.n.m, arg->u.n.scale);
 		else
 			nsum_add(&st, val_i64(arg), 0);
-		st.n++;
+		st.n = add_sat64(st.n, 1);
 		STORE(slot, st);
 		return;
 	}
@@ -467,7 +499,7 @@ void tally_agg_merge(const tally_agg_spec *s, void *dst, const void *src)
 		st_count a, b;
 		LOAD(a, dst);
 		LOAD(b, src);
-		a.n += b.n;
+		a.n = add_sat64(a.n, b.n);
 		STORE(dst, a);
 		return;
 	}
@@ -475,8 +507,8 @@ void tally_agg_merge(const tally_agg_spec *s, void *dst, const void *src)
 		st_isum a, b;
 		LOAD(a, dst);
 		LOAD(b, src);
-		a.s += b.s;
-		a.n += b.n;
+		a.s = add_sat128(a.s, b.s);
+		a.n = add_sat64(a.n, b.n);
 		STORE(dst, a);
 		return;
 	}
@@ -486,7 +518,7 @@ void tally_agg_merge(const tally_agg_spec *s, void *dst, const void *src)
 		LOAD(b, src);
 		fsum_add(&a, b.s);
 		a.c += b.c;
-		a.n += b.n;
+		a.n = add_sat64(a.n, b.n);
 		STORE(dst, a);
 		return;
 	}
@@ -496,7 +528,7 @@ void tally_agg_merge(const tally_agg_spec *s, void *dst, const void *src)
 		LOAD(b, src);
 		if (b.n > 0) {
 			nsum_add(&a, b.m, b.scale);
-			a.n += b.n;
+			a.n = add_sat64(a.n, b.n);
 		}
 		STORE(dst, a);
 		return;

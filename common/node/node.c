@@ -188,7 +188,7 @@ static int parse_port(const char *s, int *out)
 
 int tally_node_parse_args(int argc, char **argv, tally_node_config *cfg, const char *usage)
 {
-	for (int i = 1; i < argc; i++) {
+	for (int i = 1; i < argc; i += 2) { /* every option takes one value */
 		const char *a = argv[i];
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -255,7 +255,6 @@ int tally_node_parse_args(int argc, char **argv, tally_node_config *cfg, const c
 			fprintf(stderr, "%s: unknown option \"%s\"\n%s", argv[0], a, usage);
 			return 2;
 		}
-		i++;
 	}
 	if (!cfg->dir[0]) {
 		fprintf(stderr, "%s: --dir is required\n%s", argv[0], usage);

@@ -22,7 +22,7 @@ typedef struct valvec {
 
 static int vv_reserve(valvec *vv, size_t extra, tally_arena *a, tally_err *err)
 {
-	if (vv->n + extra <= vv->cap)
+	if (vv->v && vv->n + extra <= vv->cap) /* allocate once even for 0 (no NULL + 0 later) */
 		return 0;
 	size_t nc = vv->cap ? vv->cap * 2 : 256;
 	while (nc < vv->n + extra)

@@ -671,7 +671,7 @@ static int format_float_search(double d, bool single, char *out)
 	}
 	if (prec > maxp)
 		prec = maxp;
-have_digits:
+have_digits:; /* a label must precede a statement, not the declaration below */
 	/* tmp: [-]D[.DDD]e[+-]XX */
 	char digits[32];
 	int nd = 0, exp10;
@@ -787,7 +787,11 @@ static int format_numeric(tally_numeric n, char *out)
 static int format_ts(int64_t ts, char *out)
 {
 	int64_t days = floor_div(ts, USECS_PER_DAY);
-	int64_t rem = ts - days * USECS_PER_DAY;
+	/* ts % USECS_PER_DAY, made non-negative: no days * USECS_PER_DAY, which overflows for
+	 * timestamps near the int64 limits (a peer or a file may send any value). */
+	int64_t rem = ts % USECS_PER_DAY;
+	if (rem < 0)
+		rem += USECS_PER_DAY;
 	int64_t y;
 	int m, d;
 	civil_from_days(days, &y, &m, &d);

@@ -1,0 +1,1 @@
+COPY s (name, k) FROM STDIN WITH (FORMAT csv, HEADER, DELIMITER ';', NULL 'N', QUOTE '''', ESCAPE '\'); COPY s FROM STDIN; COPY s TO STDOUT; COPY s FROM '/etc/passwd'

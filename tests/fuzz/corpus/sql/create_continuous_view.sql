@@ -1,0 +1,1 @@
+CREATE CONTINUOUS VIEW cv AS SELECT date_trunc('minute', arrival_timestamp) AS minute, k % 10 AS bucket, count(*) AS c, sum(small), avg(r), max(v) FROM s WHERE name IS NOT NULL GROUP BY minute, bucket

@@ -1,0 +1,1 @@
+CREATE VIEW v WITH (action = materialize, num_shards = 4, num_replicas = 1, shard_factor = 50, sharding_policy = 'write_optimized') AS SELECT k, name, count(*), sum(v), avg(big), min(ts), max(name) FROM s WHERE flag GROUP BY k, name

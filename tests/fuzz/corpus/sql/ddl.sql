@@ -1,0 +1,1 @@
+CREATE STREAM s (k integer, v double precision, name text, flag boolean, big bigint, ts timestamptz, small smallint, r real); CREATE FOREIGN TABLE IF NOT EXISTS s2 (x varchar, y timestamp with time zone) SERVER pipelinedb; DROP STREAM IF EXISTS s CASCADE; DROP VIEW v

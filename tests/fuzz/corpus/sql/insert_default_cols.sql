@@ -1,0 +1,1 @@
+INSERT INTO s VALUES (1, 1.5, 'x', 'yes', 2, now(), 1 + 1, 'Infinity'); INSERT INTO s (name, k) VALUES ('q', '42'), ($$d$$, 7 * 6)

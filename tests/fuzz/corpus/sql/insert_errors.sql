@@ -1,0 +1,1 @@
+INSERT INTO s (k, k) VALUES (1, 2); INSERT INTO s (nope) VALUES (1); INSERT INTO s (small) VALUES (40000); INSERT INTO s (k) VALUES (1, 2)

@@ -1,0 +1,1 @@
+SELECT count(*), sum(n), avg(avg), min(name), max(last) FROM v

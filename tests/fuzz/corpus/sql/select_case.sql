@@ -1,0 +1,1 @@
+SELECT CASE WHEN k > 0 THEN 'pos' WHEN k < 0 THEN 'neg' ELSE NULL END, coalesce(name, 'none'), NOT ok, abs(k), lower(name), upper(name), length(name) FROM v

@@ -1,0 +1,1 @@
+SELECT k FROM v WHERE k = 4 AND n = 3000

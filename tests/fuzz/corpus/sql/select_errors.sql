@@ -1,0 +1,1 @@
+SELECT 9223372036854775807 + 1; SELECT 1/0; SELECT 'abc'::int; SELECT 32767::smallint + 1::smallint

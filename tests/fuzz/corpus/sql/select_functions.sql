@@ -1,0 +1,1 @@
+SELECT date_trunc('hour', last), CAST(n AS int) FROM v WHERE last BETWEEN '2023-11-14 22:13:20+00' AND now() AND k IN (1, -3, 11) AND name LIKE 'a%'

@@ -1,0 +1,1 @@
+SELECT k % 3 AS g, count(*) FROM v GROUP BY 1 ORDER BY g

@@ -1,0 +1,1 @@
+SELECT version(), current_setting('pipeline_cluster.primary_only'), now() < '2100-01-01'::timestamptz, 1 + 2 * 3 - (4 / 2), 7 % 3, 2^10, 'a''b', E'x\ny', $$dollar$$

@@ -1,0 +1,1 @@
+SELECT *, k::text || '-' || name AS label, total * 2, -small, r / 2.0 FROM v WHERE ok IS NOT TRUE OR total IS NULL

@@ -1,0 +1,1 @@
+SELECT k, n, name FROM v WHERE k > 0 AND name <> 'x' ORDER BY n DESC NULLS LAST LIMIT 2 OFFSET 1

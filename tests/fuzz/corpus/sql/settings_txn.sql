@@ -1,0 +1,1 @@
+SET pipeline_cluster.primary_only TO on; SET LOCAL search_path = a, b; SHOW ALL; SHOW pipeline_cluster.primary_only; RESET ALL; BEGIN; COMMIT; ROLLBACK; ;
