@@ -86,6 +86,7 @@ struct tally_pg_conn {
 	void *session;
 	bool dead;  /* writing failed or the peer is gone */
 	bool fatal; /* a FATAL was sent: close after the current message */
+	bool too_many; /* over TALLY_PG_MAX_CONNS: refused with 53300 once startup is read */
 
 	uint8_t *rbuf;
 	size_t rcap, rstart, rend;
@@ -1247,6 +1248,15 @@ static int conn_startup(tally_pg_conn *c)
 		}
 		tally_buf_free(&unknown);
 		uint8_t auth[4] = {0, 0, 0, 0};
+		if (c->too_many) {
+			/* As PostgreSQL: the refusal comes after startup, so clients show it. */
+			tally_err err;
+			tally_err_set(&err, "53300", "sorry, too many clients already");
+			err.severity = TALLY_SEV_FATAL;
+			build_error(&c->out, &err);
+			out_flush(c);
+			return -1;
+		}
 		send_simple(c, 'R', auth, 4);
 		if (s->h.session_open) {
 			tally_err err;
@@ -1456,6 +1466,19 @@ static void accept_one(tally_pg_server *s)
 		close(fd);
 		free(c);
 		return;
+	}
+	if (s->nconns >= TALLY_PG_MAX_CONNS) {
+		/* A few threads more get to read the startup packet and hear why they are refused
+		 * (c->too_many); beyond that the connection is just closed. */
+		if (s->nconns >= TALLY_PG_MAX_CONNS + TALLY_PG_MAX_CONNS / 10) {
+			pthread_mutex_unlock(&s->mu);
+			close(fd);
+			free(c);
+			return;
+		}
+		c->too_many = true;
+		tally_log_warn("pgwire: refusing a connection from %s: %d clients already", c->peer,
+			       TALLY_PG_MAX_CONNS);
 	}
 	c->next = s->live;
 	s->live = c;
