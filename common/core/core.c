@@ -277,13 +277,22 @@ void *tally_arena_alloc(tally_arena *a, size_t n)
 		return NULL;
 	tally_arena_block *b = a->head;
 	if (!b || b->size - b->used < n) {
-		size_t sz = n > ARENA_BLOCK_MIN ? n : ARENA_BLOCK_MIN;
-		if (b && b->size * 2 > sz && b->size < (16u << 20))
-			sz = b->size * 2;
-		b = malloc(sizeof *b + sz);
-		if (!b)
-			return NULL;
-		b->size = sz;
+		/* a kept block big enough, else a new one (growing with the arena) */
+		tally_arena_block **pp = &a->spare;
+		while (*pp && (*pp)->size < n)
+			pp = &(*pp)->next;
+		if (*pp) {
+			b = *pp;
+			*pp = b->next;
+		} else {
+			size_t sz = n > ARENA_BLOCK_MIN ? n : ARENA_BLOCK_MIN;
+			if (a->head && a->head->size * 2 > sz && a->head->size < (16u << 20))
+				sz = a->head->size * 2;
+			b = malloc(sizeof *b + sz);
+			if (!b)
+				return NULL;
+			b->size = sz;
+		}
 		b->used = 0;
 		b->next = a->head;
 		a->head = b;
@@ -314,34 +323,41 @@ char *tally_arena_strndup(tally_arena *a, const char *s, size_t n)
 
 void tally_arena_reset(tally_arena *a)
 {
-	/* keep the largest (most recent) block, free the rest */
+	/* Keep blocks up to TALLY_ARENA_KEEP bytes in all (spare ones first), free the rest. */
+	size_t kept = 0;
+	for (tally_arena_block *b = a->spare; b; b = b->next)
+		kept += b->size;
 	tally_arena_block *b = a->head;
-	if (b) {
-		tally_arena_block *rest = b->next;
-		while (rest) {
-			tally_arena_block *n = rest->next;
-			free(rest);
-			rest = n;
-		}
-		b->next = NULL;
-		b->used = 0;
-		if (b->size > (64u << 20)) { /* don't pin huge blocks between statements */
+	while (b) {
+		tally_arena_block *next = b->next;
+		if (kept + b->size <= TALLY_ARENA_KEEP) {
+			b->next = a->spare;
+			a->spare = b;
+			kept += b->size;
+		} else {
 			free(b);
-			a->head = NULL;
 		}
+		b = next;
 	}
+	a->head = NULL;
 	a->used = 0;
 }
 
-void tally_arena_free(tally_arena *a)
+static void arena_free_list(tally_arena_block *b)
 {
-	tally_arena_block *b = a->head;
 	while (b) {
 		tally_arena_block *n = b->next;
 		free(b);
 		b = n;
 	}
+}
+
+void tally_arena_free(tally_arena *a)
+{
+	arena_free_list(a->head);
+	arena_free_list(a->spare);
 	a->head = NULL;
+	a->spare = NULL;
 	a->used = 0;
 }
 

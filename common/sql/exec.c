@@ -326,6 +326,12 @@ int tally_select_exec(const tally_select_plan *p, const tally_value *rows, size_
 		size_t stop = (size_t)-1;
 		if (p->nsort == 0 && p->limit >= 0)
 			stop = (size_t)p->limit + (size_t)p->offset;
+		/* At most min(nrows, stop) rows come out: size the vectors once instead of
+		 * doubling them through the arena. */
+		size_t most = nrows < stop ? nrows : stop;
+		if (vv_reserve(&c.outs, most * (size_t)p->nout, a, err) ||
+		    vv_reserve(&c.keys, most * (size_t)p->nsort, a, err))
+			return -1;
 		for (size_t r = 0; r < nrows && c.nrows < stop; r++) {
 			const tally_value *row = rows + r * ncol;
 			if (p->where) {

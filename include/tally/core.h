@@ -173,14 +173,19 @@ static inline size_t tally_rd_left(const tally_rd *r) { return r->len - r->off; 
 typedef struct tally_arena_block tally_arena_block;
 typedef struct tally_arena {
 	tally_arena_block *head;
+	tally_arena_block *spare; /* blocks kept by reset for reuse (up to TALLY_ARENA_KEEP) */
 	size_t used;  /* bytes handed out since the last reset */
 	size_t limit; /* 0 = no limit */
 } tally_arena;
 
+/* Bytes of blocks an arena keeps across resets: a session's next statement reuses memory that
+ * is already mapped instead of faulting in fresh pages. */
+#define TALLY_ARENA_KEEP ((size_t)16 << 20)
+
 void *tally_arena_alloc(tally_arena *a, size_t n); /* 16-byte aligned */
 void *tally_arena_memdup(tally_arena *a, const void *p, size_t n);
 char *tally_arena_strndup(tally_arena *a, const char *s, size_t n);
-void tally_arena_reset(tally_arena *a); /* keeps the first block for reuse */
+void tally_arena_reset(tally_arena *a); /* keeps up to TALLY_ARENA_KEEP bytes of blocks */
 void tally_arena_free(tally_arena *a);
 
 /* ---- logging ------------------------------------------------------------------------------ */
