@@ -92,7 +92,8 @@ static int catalog_load(tally_coord *c, const char *dir)
 	close(fd);
 	tally_catalog *cat = NULL;
 	if (r < 0 || tally_catalog_decode(b.data, b.len, &cat) != 0) {
-		tally_log_error("the catalog in \"%s\" is corrupt or unreadable; refusing to start", path);
+		tally_log_error("the catalog in \"%s\" is corrupt or unreadable; refusing to start",
+				path);
 		tally_buf_free(&b);
 		return -1;
 	}
@@ -104,8 +105,8 @@ static int catalog_load(tally_coord *c, const char *dir)
 	cat->epoch++;
 	tally_catalog_free(c->cat);
 	c->cat = cat;
-	tally_log_info("loaded the catalog: %d workers, %d streams, %d views, epoch %llu", cat->nnodes,
-		       cat->nstreams, cat->nviews, (unsigned long long)cat->epoch);
+	tally_log_info("loaded the catalog: %d workers, %d streams, %d views, epoch %llu",
+		       cat->nnodes, cat->nstreams, cat->nviews, (unsigned long long)cat->epoch);
 	return 0;
 }
 
@@ -130,8 +131,8 @@ static void push_map(tally_coord *c, uint32_t skip_node)
 	tally_catalog_encode(c->cat, &enc);
 	int nnodes = c->cat->nnodes;
 	tally_rpc_call *calls = tally_xcalloc((size_t)nnodes + 1, sizeof *calls);
-	char (*addr)[128] = tally_xcalloc((size_t)nnodes + 1, sizeof *addr);
-	char (*name)[TALLY_NAME_MAX] = tally_xcalloc((size_t)nnodes + 1, sizeof *name);
+	char(*addr)[128] = tally_xcalloc((size_t)nnodes + 1, sizeof *addr);
+	char(*name)[TALLY_NAME_MAX] = tally_xcalloc((size_t)nnodes + 1, sizeof *name);
 	int nc = 0;
 	for (int i = 0; i < nnodes; i++) {
 		const tally_node_info *ni = &c->cat->nodes[i];
@@ -152,8 +153,8 @@ static void push_map(tally_coord *c, uint32_t skip_node)
 	tally_rpc_call_many(n->rpc, calls, nc, 2000);
 	for (int i = 0; i < nc; i++) {
 		if (calls[i].rc != 0)
-			tally_log_warn("could not publish map epoch %llu to %s: %s", (unsigned long long)epoch,
-				       calls[i].peer, calls[i].errmsg);
+			tally_log_warn("could not publish map epoch %llu to %s: %s",
+				       (unsigned long long)epoch, calls[i].peer, calls[i].errmsg);
 		tally_buf_free(&calls[i].req);
 	}
 	tally_rpc_calls_done(calls, nc);
@@ -194,20 +195,23 @@ static int ddl_create_view(tally_coord *c, const tally_stmt *st, int default_rep
 	const char *name = st->u.create_view.name;
 	if (tally_catalog_view(cat, name) || tally_catalog_stream(cat, name)) {
 		if (st->u.create_view.if_not_exists && tally_catalog_view(cat, name)) {
-			snprintf(notice, noticesz, "relation \"%s\" already exists, skipping", name);
+			snprintf(notice, noticesz, "relation \"%s\" already exists, skipping",
+				 name);
 			return 1;
 		}
-		return tally_err_set(err, TALLY_SQLSTATE_DUPLICATE_TABLE, "relation \"%s\" already exists", name);
+		return tally_err_set(err, TALLY_SQLSTATE_DUPLICATE_TABLE,
+				     "relation \"%s\" already exists", name);
 	}
 	const char *stream = st->u.create_view.stream;
 	const tally_stream_info *si = stream ? tally_catalog_stream(cat, stream) : NULL;
 	if (!si) {
 		if (stream && tally_catalog_view(cat, stream))
-			return tally_err_set(err, TALLY_SQLSTATE_WRONG_OBJECT_TYPE,
-					     "continuous view \"%s\" must read from a stream, and \"%s\" is a view",
-					     name, stream);
-		return tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE, "stream \"%s\" does not exist",
-				     stream ? stream : "?");
+			return tally_err_set(
+			    err, TALLY_SQLSTATE_WRONG_OBJECT_TYPE,
+			    "continuous view \"%s\" must read from a stream, and \"%s\" is a view",
+			    name, stream);
+		return tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE,
+				     "stream \"%s\" does not exist", stream ? stream : "?");
 	}
 	/* Analyze here so that errors reach the user now, not at every node later. */
 	tally_arena a = {0};
@@ -229,9 +233,11 @@ static int ddl_create_view(tally_coord *c, const tally_stmt *st, int default_rep
 	if (nworkers == 0) {
 		free(mem);
 		return tally_err_set(err, TALLY_SQLSTATE_INSUFFICIENT_RESOURCES,
-				     "cannot create continuous view \"%s\": no worker node is up", name);
+				     "cannot create continuous view \"%s\": no worker node is up",
+				     name);
 	}
-	int nshards = tally_ring_num_shards(st->u.create_view.num_shards, st->u.create_view.shard_factor, nworkers);
+	int nshards = tally_ring_num_shards(st->u.create_view.num_shards,
+					    st->u.create_view.shard_factor, nworkers);
 	int nrep = st->u.create_view.num_replicas;
 	if (nrep < 0) {
 		nrep = default_replicas;
@@ -245,8 +251,9 @@ static int ddl_create_view(tally_coord *c, const tally_stmt *st, int default_rep
 	v.query_text = (char *)st->u.create_view.query_text;
 	v.num_shards = nshards;
 	v.num_replicas = nrep;
-	v.sharding_policy = st->u.create_view.sharding_policy < 0 ? TALLY_POLICY_READ_OPTIMIZED
-								   : st->u.create_view.sharding_policy;
+	v.sharding_policy = st->u.create_view.sharding_policy < 0
+				? TALLY_POLICY_READ_OPTIMIZED
+				: st->u.create_view.sharding_policy;
 	v.primary = tally_xcalloc((size_t)nshards, sizeof *v.primary);
 	v.replicas = tally_xcalloc((size_t)nshards * (size_t)(nrep ? nrep : 1), sizeof *v.replicas);
 	rc = tally_ring_place(mem, nworkers, name, nshards, nrep, 0, v.primary, v.replicas, err);
@@ -271,8 +278,8 @@ static bool second_word_is_view(const char *p)
 	return strncasecmp(p, "view", 4) == 0 && (p[4] == 0 || strchr(" \t\r\n", p[4]));
 }
 
-static int ddl_locked(tally_coord *c, const char *sql, int default_replicas, char *tag, size_t tagsz,
-		      char *notice, size_t noticesz, bool *published, tally_err *err)
+static int ddl_locked(tally_coord *c, const char *sql, int default_replicas, char *tag,
+		      size_t tagsz, char *notice, size_t noticesz, bool *published, tally_err *err)
 {
 	*published = false;
 	tally_arena a = {0};
@@ -282,7 +289,8 @@ static int ddl_locked(tally_coord *c, const char *sql, int default_replicas, cha
 	if (tally_sql_parse(sql, &a, &st, &n, err) != 0)
 		goto out;
 	if (n != 1) {
-		tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "expected one DDL statement, got %d", n);
+		tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "expected one DDL statement, got %d",
+			      n);
 		goto out;
 	}
 	tally_catalog *cat = c->cat;
@@ -290,13 +298,18 @@ static int ddl_locked(tally_coord *c, const char *sql, int default_replicas, cha
 	switch (st->kind) {
 	case TALLY_STMT_CREATE_STREAM: {
 		const char *name = st->u.create_stream.name;
-		tally_strlcpy(tag, st->u.create_stream.foreign_table ? "CREATE FOREIGN TABLE" : "CREATE STREAM", tagsz);
+		tally_strlcpy(tag,
+			      st->u.create_stream.foreign_table ? "CREATE FOREIGN TABLE"
+								: "CREATE STREAM",
+			      tagsz);
 		if ((tally_catalog_stream(cat, name) || tally_catalog_view(cat, name)) &&
 		    st->u.create_stream.if_not_exists) {
-			snprintf(notice, noticesz, "relation \"%s\" already exists, skipping", name);
+			snprintf(notice, noticesz, "relation \"%s\" already exists, skipping",
+				 name);
 			break;
 		}
-		if (tally_catalog_add_stream(cat, name, st->u.create_stream.ncols, st->u.create_stream.cols, err) != 0)
+		if (tally_catalog_add_stream(cat, name, st->u.create_stream.ncols,
+					     st->u.create_stream.cols, err) != 0)
 			goto out;
 		changed = 1;
 		break;
@@ -306,23 +319,33 @@ static int ddl_locked(tally_coord *c, const char *sql, int default_replicas, cha
 		tally_strlcpy(tag, "DROP STREAM", tagsz);
 		if (!tally_catalog_stream(cat, name)) {
 			if (st->u.drop.if_exists) {
-				snprintf(notice, noticesz, "stream \"%s\" does not exist, skipping", name);
+				snprintf(notice, noticesz, "stream \"%s\" does not exist, skipping",
+					 name);
 				break;
 			}
 			if (tally_catalog_view(cat, name)) {
-				tally_err_set(err, TALLY_SQLSTATE_WRONG_OBJECT_TYPE, "\"%s\" is not a stream", name);
-				tally_err_hint(err, "Use DROP CONTINUOUS VIEW to remove a continuous view.");
+				tally_err_set(err, TALLY_SQLSTATE_WRONG_OBJECT_TYPE,
+					      "\"%s\" is not a stream", name);
+				tally_err_hint(
+				    err, "Use DROP CONTINUOUS VIEW to remove a continuous view.");
 				goto out;
 			}
-			tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE, "stream \"%s\" does not exist", name);
+			tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE,
+				      "stream \"%s\" does not exist", name);
 			goto out;
 		}
 		if (!st->u.drop.cascade) {
 			for (int i = 0; i < cat->nviews; i++) {
 				if (strcmp(cat->views[i].stream, name) == 0) {
-					tally_err_set(err, "2BP01", "cannot drop stream %s because other objects depend on it", name);
-					tally_err_detail(err, "continuous view %s depends on stream %s", cat->views[i].name, name);
-					tally_err_hint(err, "Use DROP ... CASCADE to drop the dependent objects too.");
+					tally_err_set(err, "2BP01",
+						      "cannot drop stream %s because other objects "
+						      "depend on it",
+						      name);
+					tally_err_detail(err,
+							 "continuous view %s depends on stream %s",
+							 cat->views[i].name, name);
+					tally_err_hint(err, "Use DROP ... CASCADE to drop the "
+							    "dependent objects too.");
 					goto out;
 				}
 			}
@@ -332,7 +355,9 @@ static int ddl_locked(tally_coord *c, const char *sql, int default_replicas, cha
 		break;
 	}
 	case TALLY_STMT_CREATE_VIEW: {
-		tally_strlcpy(tag, second_word_is_view(st->text) ? "CREATE VIEW" : "CREATE CONTINUOUS VIEW", tagsz);
+		tally_strlcpy(
+		    tag, second_word_is_view(st->text) ? "CREATE VIEW" : "CREATE CONTINUOUS VIEW",
+		    tagsz);
 		int r = ddl_create_view(c, st, default_replicas, notice, noticesz, err);
 		if (r < 0)
 			goto out;
@@ -341,18 +366,23 @@ static int ddl_locked(tally_coord *c, const char *sql, int default_replicas, cha
 	}
 	case TALLY_STMT_DROP_VIEW: {
 		const char *name = st->u.drop.name;
-		tally_strlcpy(tag, second_word_is_view(st->text) ? "DROP VIEW" : "DROP CONTINUOUS VIEW", tagsz);
+		tally_strlcpy(tag,
+			      second_word_is_view(st->text) ? "DROP VIEW" : "DROP CONTINUOUS VIEW",
+			      tagsz);
 		if (!tally_catalog_view(cat, name)) {
 			if (st->u.drop.if_exists) {
-				snprintf(notice, noticesz, "continuous view \"%s\" does not exist, skipping", name);
+				snprintf(notice, noticesz,
+					 "continuous view \"%s\" does not exist, skipping", name);
 				break;
 			}
 			if (tally_catalog_stream(cat, name)) {
-				tally_err_set(err, TALLY_SQLSTATE_WRONG_OBJECT_TYPE, "\"%s\" is not a continuous view", name);
+				tally_err_set(err, TALLY_SQLSTATE_WRONG_OBJECT_TYPE,
+					      "\"%s\" is not a continuous view", name);
 				tally_err_hint(err, "Use DROP STREAM to remove a stream.");
 				goto out;
 			}
-			tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE, "continuous view \"%s\" does not exist", name);
+			tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE,
+				      "continuous view \"%s\" does not exist", name);
 			goto out;
 		}
 		tally_catalog_drop_view(cat, name);
@@ -374,8 +404,8 @@ out:
 	return rc;
 }
 
-static int coord_ddl(tally_node *n, const char *sql, const tally_settings *s, char *tag, size_t tagsz,
-		     tally_err *notice, tally_err *err)
+static int coord_ddl(tally_node *n, const char *sql, const tally_settings *s, char *tag,
+		     size_t tagsz, tally_err *notice, tally_err *err)
 {
 	tally_coord *c = n->role.ctx;
 	char nt[512];
@@ -399,7 +429,8 @@ static void handle_register(tally_coord *c, const tally_msg_hdr *h, tally_rd *r,
 {
 	tally_msg_register m;
 	if (tally_msg_get_register(r, &m) != 0 || tally_msg_done(r) != 0) {
-		tally_rpc_reply_error(reply, h->req_id, 0, TALLY_SQLSTATE_PROTOCOL, "malformed REGISTER");
+		tally_rpc_reply_error(reply, h->req_id, 0, TALLY_SQLSTATE_PROTOCOL,
+				      "malformed REGISTER");
 		return;
 	}
 	pthread_mutex_lock(&c->mu);
@@ -413,14 +444,16 @@ static void handle_register(tally_coord *c, const tally_msg_hdr *h, tally_rd *r,
 	ni.last_heartbeat_us = tally_now_us();
 	uint32_t id = tally_catalog_upsert_node(c->cat, &ni);
 	if (id == 0) {
-		tally_rpc_reply_error(reply, h->req_id, c->cat->epoch, TALLY_SQLSTATE_PROGRAM_LIMIT,
-				      "cannot register node \"%s\": the cluster is full or the name is invalid",
-				      m.name);
+		tally_rpc_reply_error(
+		    reply, h->req_id, c->cat->epoch, TALLY_SQLSTATE_PROGRAM_LIMIT,
+		    "cannot register node \"%s\": the cluster is full or the name is invalid",
+		    m.name);
 		pthread_mutex_unlock(&c->mu);
 		return;
 	}
 	c->cat->epoch++;
-	tally_log_info("node %s registered as %u at %s (sql %s)", m.name, id, m.data_addr, m.sql_addr);
+	tally_log_info("node %s registered as %u at %s (sql %s)", m.name, id, m.data_addr,
+		       m.sql_addr);
 	publish_locked(c);
 	tally_msg_begin(reply, TALLY_MSG_REGISTER_OK, h->req_id, c->cat->epoch);
 	tally_buf_put_u32(reply, id);
@@ -434,7 +467,8 @@ static void handle_heartbeat(tally_coord *c, const tally_msg_hdr *h, tally_rd *r
 {
 	tally_msg_heartbeat hb;
 	if (tally_msg_get_heartbeat(r, &hb) != 0 || tally_msg_done(r) != 0) {
-		tally_rpc_reply_error(reply, h->req_id, 0, TALLY_SQLSTATE_PROTOCOL, "malformed HEARTBEAT");
+		tally_rpc_reply_error(reply, h->req_id, 0, TALLY_SQLSTATE_PROTOCOL,
+				      "malformed HEARTBEAT");
 		return;
 	}
 	pthread_mutex_lock(&c->mu);
@@ -443,8 +477,9 @@ static void handle_heartbeat(tally_coord *c, const tally_msg_hdr *h, tally_rd *r
 		if (c->cat->nodes[i].id == hb.node_id)
 			ni = &c->cat->nodes[i];
 	if (!ni || ni->incarnation != hb.incarnation) {
-		tally_rpc_reply_error(reply, h->req_id, c->cat->epoch, TALLY_SQLSTATE_UNDEFINED_OBJECT,
-				      "unknown node %u", hb.node_id);
+		tally_rpc_reply_error(reply, h->req_id, c->cat->epoch,
+				      TALLY_SQLSTATE_UNDEFINED_OBJECT, "unknown node %u",
+				      hb.node_id);
 		pthread_mutex_unlock(&c->mu);
 		return;
 	}
@@ -477,7 +512,8 @@ static void handle_ddl(tally_coord *c, const tally_msg_hdr *h, tally_rd *r, tall
 	uint32_t len, nlen;
 	if (tally_rd_str(r, &p, &len, TALLY_MSG_MAX) != 0 || tally_rd_str(r, &np, &nlen, 16) != 0 ||
 	    tally_msg_done(r) != 0) {
-		tally_rpc_reply_error(reply, h->req_id, 0, TALLY_SQLSTATE_PROTOCOL, "malformed DDL");
+		tally_rpc_reply_error(reply, h->req_id, 0, TALLY_SQLSTATE_PROTOCOL,
+				      "malformed DDL");
 		return;
 	}
 	char *sql = tally_xmalloc(len + 1);
@@ -490,8 +526,8 @@ static void handle_ddl(tally_coord *c, const tally_msg_hdr *h, tally_rd *r, tall
 	tally_err_clear(&err);
 	bool published;
 	pthread_mutex_lock(&c->mu);
-	int rc = ddl_locked(c, sql, (int)strtol(nrep, NULL, 10), tag, sizeof tag, notice, sizeof notice,
-			    &published, &err);
+	int rc = ddl_locked(c, sql, (int)strtol(nrep, NULL, 10), tag, sizeof tag, notice,
+			    sizeof notice, &published, &err);
 	tally_msg_begin(reply, TALLY_MSG_DDL_OK, h->req_id, c->cat->epoch);
 	tally_ddl_reply_put(reply, tag, notice, c->cat, rc == 0 ? NULL : &err);
 	tally_msg_end(reply);
@@ -534,16 +570,19 @@ static void *fd_main(void *arg)
 	pthread_mutex_lock(&c->stop_mu);
 	while (!c->stopping) {
 		pthread_mutex_unlock(&c->stop_mu);
-		int64_t timeout_us = tally_settings_ms(&c->node.cfg.defaults, TALLY_SET_FAILURE_TIMEOUT) * 1000;
+		int64_t timeout_us =
+		    tally_settings_ms(&c->node.cfg.defaults, TALLY_SET_FAILURE_TIMEOUT) * 1000;
 		int64_t now = tally_now_us();
 		pthread_mutex_lock(&c->mu);
 		bool changed = false;
 		for (int i = 0; i < c->cat->nnodes; i++) {
 			tally_node_info *ni = &c->cat->nodes[i];
-			if (ni->state == TALLY_NODE_UP && now - ni->last_heartbeat_us > timeout_us) {
+			if (ni->state == TALLY_NODE_UP &&
+			    now - ni->last_heartbeat_us > timeout_us) {
 				ni->state = TALLY_NODE_DOWN;
 				changed = true;
-				tally_log_warn("node %s is down: no heartbeat for %lld ms", ni->name,
+				tally_log_warn("node %s is down: no heartbeat for %lld ms",
+					       ni->name,
 					       (long long)((now - ni->last_heartbeat_us) / 1000));
 			}
 		}

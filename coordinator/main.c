@@ -4,10 +4,10 @@
 #include <stdio.h>
 
 static const char usage[] =
-	"usage: tally-coordinator --dir DIR [--host 127.0.0.1] [--port SQLPORT] [--data-port PORT]\n"
-	"                         [--set name=value]... [--log-level debug|info|warning|error]\n"
-	"The tally control plane and a SQL endpoint (PostgreSQL protocol, default port 6432).\n"
-	"Port 0 picks a free port; DIR/ready names the ports once serving.\n";
+    "usage: tally-coordinator --dir DIR [--host 127.0.0.1] [--port SQLPORT] [--data-port PORT]\n"
+    "                         [--set name=value]... [--log-level debug|info|warning|error]\n"
+    "The tally control plane and a SQL endpoint (PostgreSQL protocol, default port 6432).\n"
+    "Port 0 picks a free port; DIR/ready names the ports once serving.\n";
 
 int main(int argc, char **argv)
 {

@@ -5,7 +5,7 @@ set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config libnng-dev libnanomsg-dev libxxhash-dev
 	libjemalloc-dev libpq-dev libcriterion-dev postgresql postgresql-client
-	procps iproute2 ca-certificates)
+	procps iproute2 ca-certificates clang-format)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -4,11 +4,11 @@
 #include <stdio.h>
 
 static const char usage[] =
-	"usage: tally-worker --name NAME --dir DIR --coordinator tcp://HOST:PORT\n"
-	"                    [--host 127.0.0.1] [--port SQLPORT] [--data-port PORT]\n"
-	"                    [--set name=value]... [--log-level debug|info|warning|error]\n"
-	"A tally data node: holds shard copies, ingests and answers SQL (PostgreSQL protocol).\n"
-	"Port 0 (the default) picks a free port; DIR/ready names the ports once registered.\n";
+    "usage: tally-worker --name NAME --dir DIR --coordinator tcp://HOST:PORT\n"
+    "                    [--host 127.0.0.1] [--port SQLPORT] [--data-port PORT]\n"
+    "                    [--set name=value]... [--log-level debug|info|warning|error]\n"
+    "A tally data node: holds shard copies, ingests and answers SQL (PostgreSQL protocol).\n"
+    "Port 0 (the default) picks a free port; DIR/ready names the ports once registered.\n";
 
 int main(int argc, char **argv)
 {

@@ -83,7 +83,8 @@ static shard *get_locked(tally_store *st, const tally_view_rt *v, uint32_t sh, b
 		tally_gtab_init(&s->groups, s->aggs, s->naggs, &s->arena);
 		if (st->n == st->cap) {
 			st->cap = st->cap ? st->cap * 2 : 16;
-			st->shards = tally_xrealloc(st->shards, (size_t)st->cap * sizeof *st->shards);
+			st->shards =
+			    tally_xrealloc(st->shards, (size_t)st->cap * sizeof *st->shards);
 		}
 		st->shards[st->n++] = s;
 	}
@@ -112,24 +113,26 @@ static int validate(const tally_view_rt *v, uint32_t ngroups, tally_rd r)
 	return tally_msg_done(&r);
 }
 
-int tally_store_apply(tally_store *st, const tally_view_rt *v, const tally_msg_apply *a, tally_rd *r,
-		      tally_err *err)
+int tally_store_apply(tally_store *st, const tally_view_rt *v, const tally_msg_apply *a,
+		      tally_rd *r, tally_err *err)
 {
 	if (validate(v, a->ngroups, *r) != 0)
-		return tally_err_set(err, TALLY_SQLSTATE_PROTOCOL, "malformed batch for shard %s_%u",
-				     v->info->name, a->target_shard);
+		return tally_err_set(err, TALLY_SQLSTATE_PROTOCOL,
+				     "malformed batch for shard %s_%u", v->info->name,
+				     a->target_shard);
 	shard *s = get_locked(st, v, a->target_shard, true);
 	if (!s) {
 		pthread_rwlock_unlock(&st->mu);
-		return tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE, "continuous view \"%s\" was dropped",
-				     v->info->name);
+		return tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE,
+				     "continuous view \"%s\" was dropped", v->info->name);
 	}
 	pthread_mutex_lock(&s->mu);
 	int rc = 0;
 	for (uint32_t i = 0; i < a->ngroups; i++) {
 		if (tally_group_merge_encoded(&s->groups, r) != 0) {
-			rc = tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY, "out of memory applying to shard %s_%u",
-					   v->info->name, a->target_shard);
+			rc = tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
+					   "out of memory applying to shard %s_%u", v->info->name,
+					   a->target_shard);
 			break;
 		}
 	}
@@ -149,7 +152,8 @@ void tally_store_read(tally_store *st, const tally_view_rt *v, uint32_t sh, cons
 	}
 	pthread_mutex_lock(&s->mu);
 	if (key) {
-		tally_group *g = tally_gtab_lookup(&s->groups, key, keylen, tally_group_hash(key, keylen), false);
+		tally_group *g = tally_gtab_lookup(&s->groups, key, keylen,
+						   tally_group_hash(key, keylen), false);
 		tally_buf_put_u32(reply, g ? 1 : 0);
 		if (g)
 			tally_group_put(reply, g->key, g->keylen, s->aggs, s->naggs, g->states);

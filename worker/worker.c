@@ -50,7 +50,8 @@ static int install_from(tally_worker *w, tally_rd *r)
 	if (tally_node_install_map(&w->node, cat)) {
 		tally_map *m = tally_node_map(&w->node);
 		tally_store_sync(w->store, m);
-		tally_log_debug("installed cluster map epoch %llu", (unsigned long long)m->cat->epoch);
+		tally_log_debug("installed cluster map epoch %llu",
+				(unsigned long long)m->cat->epoch);
 		tally_map_put(m);
 	}
 	return 0;
@@ -79,8 +80,9 @@ static int do_register(tally_worker *w)
 			rc = -1;
 		} else {
 			n->node_id = id;
-			tally_log_info("registered with the coordinator as node %u (incarnation %llu)", id,
-				       (unsigned long long)n->incarnation);
+			tally_log_info(
+			    "registered with the coordinator as node %u (incarnation %llu)", id,
+			    (unsigned long long)n->incarnation);
 		}
 	} else {
 		tally_log_debug("register: %s", c.errmsg);
@@ -97,8 +99,10 @@ static int do_heartbeat(tally_worker *w)
 	tally_node *n = &w->node;
 	tally_buf req = {0};
 	tally_msg_begin(&req, TALLY_MSG_HEARTBEAT, tally_node_next_req(n), tally_node_epoch(n));
-	tally_msg_heartbeat hb = {.node_id = n->node_id, .incarnation = n->incarnation,
-				  .known_epoch = tally_node_epoch(n), .mem_bytes = 0};
+	tally_msg_heartbeat hb = {.node_id = n->node_id,
+				  .incarnation = n->incarnation,
+				  .known_epoch = tally_node_epoch(n),
+				  .mem_bytes = 0};
 	tally_msg_put_heartbeat(&req, &hb);
 	tally_msg_end(&req);
 	tally_rpc_call c;
@@ -107,7 +111,8 @@ static int do_heartbeat(tally_worker *w)
 		uint64_t epoch;
 		uint8_t has_map;
 		if (c.hdr.type != TALLY_MSG_HEARTBEAT_OK || tally_rd_u64(&c.body, &epoch) != 0 ||
-		    tally_rd_u8(&c.body, &has_map) != 0 || (has_map && install_from(w, &c.body) != 0)) {
+		    tally_rd_u8(&c.body, &has_map) != 0 ||
+		    (has_map && install_from(w, &c.body) != 0)) {
 			tally_log_warn("malformed HEARTBEAT reply from the coordinator");
 		}
 	} else if (strcmp(c.sqlstate, TALLY_SQLSTATE_UNDEFINED_OBJECT) == 0) {
@@ -126,7 +131,8 @@ static void *hb_main(void *arg)
 	pthread_mutex_lock(&w->mu);
 	while (!w->stopping) {
 		pthread_mutex_unlock(&w->mu);
-		int64_t interval = tally_settings_ms(&w->node.cfg.defaults, TALLY_SET_HEARTBEAT_INTERVAL);
+		int64_t interval =
+		    tally_settings_ms(&w->node.cfg.defaults, TALLY_SET_HEARTBEAT_INTERVAL);
 		if (w->state == W_UNREGISTERED) {
 			if (do_register(w) == 0) {
 				w->state = W_REGISTERED;
@@ -185,7 +191,8 @@ static void handle_apply(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, t
 	tally_node *n = &w->node;
 	tally_msg_apply a;
 	if (tally_msg_get_apply(r, &a) != 0) {
-		tally_rpc_reply_error(reply, h->req_id, tally_node_epoch(n), TALLY_SQLSTATE_PROTOCOL, "malformed APPLY");
+		tally_rpc_reply_error(reply, h->req_id, tally_node_epoch(n),
+				      TALLY_SQLSTATE_PROTOCOL, "malformed APPLY");
 		return;
 	}
 	tally_map *m = tally_node_map(n);
@@ -198,18 +205,21 @@ static void handle_apply(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, t
 	tally_err err;
 	tally_err_clear(&err);
 	if (!v) {
-		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_UNDEFINED_TABLE,
-				      "node %s does not know view id %llu (map epoch %llu)", n->cfg.name,
-				      (unsigned long long)a.view_id, (unsigned long long)m->cat->epoch);
+		tally_rpc_reply_error(
+		    reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_UNDEFINED_TABLE,
+		    "node %s does not know view id %llu (map epoch %llu)", n->cfg.name,
+		    (unsigned long long)a.view_id, (unsigned long long)m->cat->epoch);
 	} else if (!v->ok) {
-		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_INTERNAL, "%s", v->error);
+		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_INTERNAL,
+				      "%s", v->error);
 	} else if (a.target_shard >= (uint32_t)v->info->num_shards ||
 		   v->info->primary[a.target_shard] != n->node_id) {
 		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_UNAVAILABLE,
-				      "node %s is not the primary of shard %s_%u", n->cfg.name, v->info->name,
-				      a.target_shard);
+				      "node %s is not the primary of shard %s_%u", n->cfg.name,
+				      v->info->name, a.target_shard);
 	} else if (tally_store_apply(w->store, v, &a, r, &err) != 0) {
-		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, err.sqlstate, "%s", err.message);
+		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, err.sqlstate, "%s",
+				      err.message);
 	} else {
 		tally_msg_begin(reply, TALLY_MSG_APPLY_OK, h->req_id, m->cat->epoch);
 		tally_msg_end(reply);
@@ -222,7 +232,8 @@ static void handle_read(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, ta
 	tally_node *n = &w->node;
 	tally_msg_read q;
 	if (tally_msg_get_read(r, &q) != 0 || tally_msg_done(r) != 0) {
-		tally_rpc_reply_error(reply, h->req_id, tally_node_epoch(n), TALLY_SQLSTATE_PROTOCOL, "malformed READ");
+		tally_rpc_reply_error(reply, h->req_id, tally_node_epoch(n),
+				      TALLY_SQLSTATE_PROTOCOL, "malformed READ");
 		return;
 	}
 	tally_map *m = tally_node_map(n);
@@ -233,9 +244,10 @@ static void handle_read(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, ta
 		v = tally_map_view_by_id(m, q.view_id);
 	}
 	if (!v || !v->ok || q.shard >= (uint32_t)v->info->num_shards) {
-		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_UNDEFINED_TABLE,
-				      "node %s has no shard %u of view id %llu", n->cfg.name, q.shard,
-				      (unsigned long long)q.view_id);
+		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch,
+				      TALLY_SQLSTATE_UNDEFINED_TABLE,
+				      "node %s has no shard %u of view id %llu", n->cfg.name,
+				      q.shard, (unsigned long long)q.view_id);
 	} else {
 		tally_msg_begin(reply, TALLY_MSG_READ_OK, h->req_id, m->cat->epoch);
 		tally_store_read(w->store, v, q.shard, q.has_key ? q.key : NULL, q.keylen, reply);
@@ -256,8 +268,8 @@ static void worker_handle(tally_node *n, const tally_msg_hdr *h, tally_rd *r, ta
 		break;
 	case TALLY_MSG_MAP_PUSH:
 		if (install_from(w, r) != 0 || tally_msg_done(r) != 0) {
-			tally_rpc_reply_error(reply, h->req_id, tally_node_epoch(n), TALLY_SQLSTATE_PROTOCOL,
-					      "malformed MAP_PUSH");
+			tally_rpc_reply_error(reply, h->req_id, tally_node_epoch(n),
+					      TALLY_SQLSTATE_PROTOCOL, "malformed MAP_PUSH");
 		} else {
 			tally_msg_begin(reply, TALLY_MSG_OK, h->req_id, tally_node_epoch(n));
 			tally_msg_end(reply);
@@ -269,8 +281,8 @@ static void worker_handle(tally_node *n, const tally_msg_hdr *h, tally_rd *r, ta
 }
 
 /* DDL typed at a worker runs on the coordinator. */
-static int worker_ddl(tally_node *n, const char *sql, const tally_settings *s, char *tag, size_t tagsz,
-		      tally_err *notice, tally_err *err)
+static int worker_ddl(tally_node *n, const char *sql, const tally_settings *s, char *tag,
+		      size_t tagsz, tally_err *notice, tally_err *err)
 {
 	tally_worker *w = n->role.ctx;
 	tally_buf req = {0};
@@ -285,7 +297,8 @@ static int worker_ddl(tally_node *n, const char *sql, const tally_settings *s, c
 		tally_err_set(err, c.sqlstate[0] ? c.sqlstate : TALLY_SQLSTATE_UNAVAILABLE,
 			      "could not run DDL on the coordinator: %s", c.errmsg);
 	} else if (c.hdr.type != TALLY_MSG_DDL_OK) {
-		rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "unexpected reply to DDL from the coordinator");
+		rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
+				   "unexpected reply to DDL from the coordinator");
 	} else {
 		tally_catalog *cat = NULL;
 		rc = tally_ddl_reply_get(&c.body, tag, tagsz, notice, &cat, err);

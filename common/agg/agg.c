@@ -18,14 +18,14 @@
 
 /* What a slot holds. */
 typedef enum agg_class {
-	C_COUNT,  /* int64 n */
-	C_ISUM,   /* int128 sum, int64 n: sum/avg of integers */
-	C_FSUM,   /* double sum, double comp, int64 n: sum/avg of floats */
-	C_NSUM,   /* int128 m, int16 scale, int64 n: sum/avg of numeric */
-	C_IMM,    /* int64 v, has: min/max of integers and timestamps */
-	C_FMM,    /* double v, has */
-	C_NMM,    /* int128 m, int16 scale, has */
-	C_TMM,    /* heap text, has */
+	C_COUNT, /* int64 n */
+	C_ISUM,	 /* int128 sum, int64 n: sum/avg of integers */
+	C_FSUM,	 /* double sum, double comp, int64 n: sum/avg of floats */
+	C_NSUM,	 /* int128 m, int16 scale, int64 n: sum/avg of numeric */
+	C_IMM,	 /* int64 v, has: min/max of integers and timestamps */
+	C_FMM,	 /* double v, has */
+	C_NMM,	 /* int128 m, int16 scale, has */
+	C_TMM,	 /* heap text, has */
 	C_INVALID
 } agg_class;
 
@@ -130,8 +130,11 @@ int tally_agg_lookup(const char *name, size_t len, tally_agg_kind *out)
 	static const struct {
 		const char *n;
 		tally_agg_kind k;
-	} tab[] = {{"count", TALLY_AGG_COUNT}, {"sum", TALLY_AGG_SUM}, {"avg", TALLY_AGG_AVG},
-		   {"min", TALLY_AGG_MIN},     {"max", TALLY_AGG_MAX}};
+	} tab[] = {{"count", TALLY_AGG_COUNT},
+		   {"sum", TALLY_AGG_SUM},
+		   {"avg", TALLY_AGG_AVG},
+		   {"min", TALLY_AGG_MIN},
+		   {"max", TALLY_AGG_MAX}};
 	for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++) {
 		if (strlen(tab[i].n) == len && strncasecmp(tab[i].n, name, len) == 0) {
 			*out = tab[i].k;
@@ -176,8 +179,9 @@ int tally_agg_resolve(tally_agg_spec *s, tally_err *err)
 				     (int)s->kind);
 	}
 	if (r == TALLY_T_UNKNOWN) {
-		tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_FUNCTION, "function %s(%s) does not exist",
-			      tally_agg_name(s->kind), tally_type_name(t));
+		tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_FUNCTION,
+			      "function %s(%s) does not exist", tally_agg_name(s->kind),
+			      tally_type_name(t));
 		return tally_err_hint(err, "No function matches the given name and argument types. "
 					   "You might need to add explicit type casts.");
 	}
@@ -886,9 +890,8 @@ int tally_agg_finalize(const tally_agg_spec *s, const void *slot, tally_value *o
 		break;
 	}
 	default:
-		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
-				     "aggregate %s(%s) has no state", tally_agg_name(s->kind),
-				     tally_type_name(s->arg_type));
+		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "aggregate %s(%s) has no state",
+				     tally_agg_name(s->kind), tally_type_name(s->arg_type));
 	}
 	*out = v;
 	return 0;

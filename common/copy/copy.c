@@ -18,16 +18,17 @@
 
 /* Record-end scanner states. */
 enum {
-	SC_TEXT = 0, /* text format: nothing pending (a trailing backslash is found by looking back) */
-	SC_OUT,      /* CSV: outside quotes */
-	SC_IN,       /* CSV: inside quotes */
-	SC_IN_PEND,  /* CSV: inside quotes, just saw the escape character */
+	SC_TEXT =
+	    0,	/* text format: nothing pending (a trailing backslash is found by looking back) */
+	SC_OUT, /* CSV: outside quotes */
+	SC_IN,	/* CSV: inside quotes */
+	SC_IN_PEND, /* CSV: inside quotes, just saw the escape character */
 };
 
 typedef struct field {
 	uint32_t off, len; /* raw bytes in the record */
-	bool quoted;       /* CSV: a quote appeared (never NULL then) */
-	bool escaped;      /* needs decoding */
+	bool quoted;	   /* CSV: a quote appeared (never NULL then) */
+	bool escaped;	   /* needs decoding */
 } field;
 
 struct tally_copy_parser {
@@ -38,17 +39,17 @@ struct tally_copy_parser {
 	uint32_t null_len;
 	/* target */
 	char stream[TALLY_NAME_MAX];
-	int nstream;              /* stream->ncols (arrival_timestamp included) */
-	int nlisted;              /* fields per record */
-	int *colmap;              /* nlisted entries */
-	tally_type *types;        /* per listed field */
-	tally_type *stypes;       /* per stream column */
+	int nstream;		       /* stream->ncols (arrival_timestamp included) */
+	int nlisted;		       /* fields per record */
+	int *colmap;		       /* nlisted entries */
+	tally_type *types;	       /* per listed field */
+	tally_type *stypes;	       /* per stream column */
 	char (*names)[TALLY_NAME_MAX]; /* per listed field */
 	/* state */
 	tally_value *row;  /* nstream values */
-	field *fields;     /* up to nlisted + 1 */
+	field *fields;	   /* up to nlisted + 1 */
 	tally_buf carry;   /* partial record */
-	int scan_state;    /* scanner state at the end of carry */
+	int scan_state;	   /* scanner state at the end of carry */
 	uint32_t carry_nl; /* newlines inside carry (CSV quoted fields) */
 	tally_buf scratch; /* decoded fields of the current record */
 	uint64_t lineno;   /* physical lines consumed before the current record */
@@ -120,8 +121,14 @@ void tally_copy_parser_free(tally_copy_parser *p)
 	free(p);
 }
 
-uint64_t tally_copy_parser_rows(const tally_copy_parser *p) { return p->rows; }
-uint64_t tally_copy_parser_line(const tally_copy_parser *p) { return p->lineno; }
+uint64_t tally_copy_parser_rows(const tally_copy_parser *p)
+{
+	return p->rows;
+}
+uint64_t tally_copy_parser_line(const tally_copy_parser *p)
+{
+	return p->lineno;
+}
 
 /* ---- errors ------------------------------------------------------------------------------- */
 
@@ -449,7 +456,8 @@ static int parse_record(tally_copy_parser *p, const char *rec, uint32_t len, uin
 		return -1;
 	}
 	if (nf > p->nlisted) {
-		tally_err_set(err, TALLY_SQLSTATE_BAD_COPY, "extra data after last expected column");
+		tally_err_set(err, TALLY_SQLSTATE_BAD_COPY,
+			      "extra data after last expected column");
 		ctx_line(p, err, line, rec, len);
 		return -1;
 	}
@@ -463,8 +471,8 @@ static int parse_record(tally_copy_parser *p, const char *rec, uint32_t len, uin
 		int col = p->colmap[f];
 		tally_type t = p->types[f];
 		if (f >= nf) {
-			tally_err_set(err, TALLY_SQLSTATE_BAD_COPY, "missing data for column \"%s\"",
-				      p->names[f]);
+			tally_err_set(err, TALLY_SQLSTATE_BAD_COPY,
+				      "missing data for column \"%s\"", p->names[f]);
 			ctx_line(p, err, line, rec, len);
 			return -1;
 		}
@@ -524,8 +532,7 @@ static size_t trailing_backslashes(const tally_buf *b)
 
 /* CSV: advance the scanner over s[0..n); return the index of the record-ending newline or -1.
  * *state and *nl (newlines passed inside quotes) are updated. */
-static long csv_scan(const tally_copy_parser *p, const char *s, size_t n, int *state,
-		     uint32_t *nl)
+static long csv_scan(const tally_copy_parser *p, const char *s, size_t n, int *state, uint32_t *nl)
 {
 	int st = *state;
 	const char q = p->quote, e = p->escape;
@@ -554,7 +561,8 @@ static long csv_scan(const tally_copy_parser *p, const char *s, size_t n, int *s
 				st = SC_IN;
 				break;
 			}
-			/* escape == quote: that was the closing quote; else a literal escape char */
+			/* escape == quote: that was the closing quote; else a literal escape char
+			 */
 			st = e == q ? SC_OUT : SC_IN;
 			goto again;
 		default:
@@ -611,14 +619,15 @@ static long find_record_end(const tally_copy_parser *p, const char *s, size_t n,
 	}
 }
 
-int tally_copy_parser_feed(tally_copy_parser *p, const char *data, size_t len,
-			   tally_copy_row_fn fn, void *ctx, tally_err *err)
+int tally_copy_parser_feed(tally_copy_parser *p, const char *data, size_t len, tally_copy_row_fn fn,
+			   void *ctx, tally_err *err)
 {
 	size_t pos = 0;
 	int rc;
 
 	if (p->failed)
-		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "COPY parser used after an error");
+		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
+				     "COPY parser used after an error");
 	if (p->done)
 		return 0;
 	if (p->carry.len > 0) {
@@ -672,16 +681,16 @@ fail:
 	return -1;
 }
 
-int tally_copy_parser_finish(tally_copy_parser *p, tally_copy_row_fn fn, void *ctx,
-			     tally_err *err)
+int tally_copy_parser_finish(tally_copy_parser *p, tally_copy_row_fn fn, void *ctx, tally_err *err)
 {
 	int rc;
 	if (p->failed)
-		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "COPY parser used after an error");
+		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
+				     "COPY parser used after an error");
 	if (p->done || p->carry.len == 0)
 		return 0;
-	if (p->csv && (p->scan_state == SC_IN ||
-		       (p->scan_state == SC_IN_PEND && p->escape != p->quote))) {
+	if (p->csv &&
+	    (p->scan_state == SC_IN || (p->scan_state == SC_IN_PEND && p->escape != p->quote))) {
 		/* still inside quotes at the end of the data */
 		uint64_t line = p->lineno + 1 + p->carry_nl;
 		tally_err_set(err, TALLY_SQLSTATE_BAD_COPY, "unterminated CSV quoted field");
@@ -689,8 +698,7 @@ int tally_copy_parser_finish(tally_copy_parser *p, tally_copy_row_fn fn, void *c
 		p->failed = true;
 		return -1;
 	}
-	rc = finish_record(p, (const char *)p->carry.data, p->carry.len, p->carry_nl, fn, ctx,
-			   err);
+	rc = finish_record(p, (const char *)p->carry.data, p->carry.len, p->carry_nl, fn, ctx, err);
 	tally_buf_reset(&p->carry);
 	p->carry_nl = 0;
 	if (rc < 0)

@@ -367,8 +367,14 @@ static tally_log_level log_level = TALLY_LOG_INFO;
 static char log_name[TALLY_NAME_MAX] = "tally";
 static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
 
-void tally_log_set_level(tally_log_level lvl) { log_level = lvl; }
-void tally_log_set_name(const char *node_name) { tally_strlcpy(log_name, node_name, sizeof log_name); }
+void tally_log_set_level(tally_log_level lvl)
+{
+	log_level = lvl;
+}
+void tally_log_set_name(const char *node_name)
+{
+	tally_strlcpy(log_name, node_name, sizeof log_name);
+}
 
 void tally_log(tally_log_level lvl, const char *fmt, ...)
 {
@@ -380,9 +386,10 @@ void tally_log(tally_log_level lvl, const char *fmt, ...)
 	time_t sec = (time_t)(now / 1000000);
 	struct tm tm;
 	gmtime_r(&sec, &tm);
-	int n = snprintf(line, sizeof line, "%04d-%02d-%02d %02d:%02d:%02d.%03d UTC %s %s: ",
-			 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-			 tm.tm_sec, (int)(now / 1000 % 1000), log_name, names[lvl]);
+	int n = snprintf(line, sizeof line,
+			 "%04d-%02d-%02d %02d:%02d:%02d.%03d UTC %s %s: ", tm.tm_year + 1900,
+			 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+			 (int)(now / 1000 % 1000), log_name, names[lvl]);
 	va_list ap;
 	va_start(ap, fmt);
 	if (n > 0 && (size_t)n < sizeof line)

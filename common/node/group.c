@@ -30,7 +30,8 @@ void tally_gtab_fini(tally_gtab *t)
 			if (!g)
 				continue;
 			for (int k = 0; k < t->naggs; k++)
-				tally_agg_release(&t->aggs[k], g->states + (size_t)k * TALLY_AGG_SLOT);
+				tally_agg_release(&t->aggs[k],
+						  g->states + (size_t)k * TALLY_AGG_SLOT);
 		}
 	}
 	free(t->slots);
@@ -97,7 +98,10 @@ tally_group *tally_gtab_lookup(tally_gtab *t, const uint8_t *key, uint32_t keyle
 	return g;
 }
 
-uint64_t tally_group_hash(const uint8_t *key, size_t len) { return XXH3_64bits(key, len); }
+uint64_t tally_group_hash(const uint8_t *key, size_t len)
+{
+	return XXH3_64bits(key, len);
+}
 
 void tally_group_put(tally_buf *b, const uint8_t *key, uint32_t keylen, const tally_agg_spec *aggs,
 		     int naggs, const uint8_t *states)
@@ -117,7 +121,8 @@ int tally_group_merge_encoded(tally_gtab *t, tally_rd *r)
 	if (!g)
 		return -2;
 	for (int k = 0; k < t->naggs; k++)
-		if (tally_agg_merge_encoded(&t->aggs[k], g->states + (size_t)k * TALLY_AGG_SLOT, r) != 0)
+		if (tally_agg_merge_encoded(&t->aggs[k], g->states + (size_t)k * TALLY_AGG_SLOT,
+					    r) != 0)
 			return -1;
 	return 0;
 }

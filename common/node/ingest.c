@@ -22,7 +22,7 @@ typedef struct ingest_view {
 	const tally_view_rt *rt;
 	tally_gtab groups;
 	int *group_col; /* bare column index per group expr, or -1 */
-	int *agg_col;   /* bare column index per aggregate argument, -1 = expression/none */
+	int *agg_col;	/* bare column index per aggregate argument, -1 = expression/none */
 } ingest_view;
 
 struct tally_ingest {
@@ -70,21 +70,29 @@ int tally_ingest_begin(tally_node *n, tally_map *m, const char *stream, const ta
 		for (int k = 0; k < rt->plan->ngroups; k++)
 			iv->group_col[k] = tally_expr_colref(rt->plan->group_exprs[k]);
 		for (int k = 0; k < rt->plan->naggs; k++)
-			iv->agg_col[k] = rt->plan->agg_args[k] ? tally_expr_colref(rt->plan->agg_args[k]) : -1;
+			iv->agg_col[k] =
+			    rt->plan->agg_args[k] ? tally_expr_colref(rt->plan->agg_args[k]) : -1;
 	}
 	g->arrival = tally_now_us();
 	*out = g;
 	return 0;
 }
 
-const tally_relation *tally_ingest_rel(const tally_ingest *g) { return &g->rel; }
-uint64_t tally_ingest_rows(const tally_ingest *g) { return g->nrows; }
+const tally_relation *tally_ingest_rel(const tally_ingest *g)
+{
+	return &g->rel;
+}
+uint64_t tally_ingest_rows(const tally_ingest *g)
+{
+	return g->nrows;
+}
 
 static int out_of_memory(const tally_ingest *g, tally_err *err)
 {
-	tally_err_set(err, TALLY_SQLSTATE_PROGRAM_LIMIT,
-		      "statement exceeds pipeline_cluster.statement_memory (%s) while pre-aggregating",
-		      g->settings.v[TALLY_SET_STATEMENT_MEMORY]);
+	tally_err_set(
+	    err, TALLY_SQLSTATE_PROGRAM_LIMIT,
+	    "statement exceeds pipeline_cluster.statement_memory (%s) while pre-aggregating",
+	    g->settings.v[TALLY_SET_STATEMENT_MEMORY]);
 	return tally_err_hint(err, "Split the input into smaller statements or raise the setting.");
 }
 
@@ -110,7 +118,8 @@ int tally_ingest_row(tally_ingest *g, tally_value *row, tally_err *err)
 				tally_key_encode(&v, &g->key);
 			} else {
 				tally_value v;
-				if (tally_expr_eval(p->group_exprs[k], row, &v, &g->scratch, err) != 0)
+				if (tally_expr_eval(p->group_exprs[k], row, &v, &g->scratch, err) !=
+				    0)
 					return -1;
 				v.type = (uint8_t)p->group_types[k];
 				tally_key_encode(&v, &g->key);
@@ -118,10 +127,12 @@ int tally_ingest_row(tally_ingest *g, tally_value *row, tally_err *err)
 		}
 		if (g->key.len > TALLY_GROUP_KEY_MAX)
 			return tally_err_set(err, TALLY_SQLSTATE_PROGRAM_LIMIT,
-					     "group key of continuous view \"%s\" is %zu bytes, more than the limit of %u",
+					     "group key of continuous view \"%s\" is %zu bytes, "
+					     "more than the limit of %u",
 					     iv->rt->info->name, g->key.len, TALLY_GROUP_KEY_MAX);
 		uint64_t h = tally_group_hash(g->key.data, g->key.len);
-		tally_group *grp = tally_gtab_lookup(&iv->groups, g->key.data, (uint32_t)g->key.len, h, true);
+		tally_group *grp =
+		    tally_gtab_lookup(&iv->groups, g->key.data, (uint32_t)g->key.len, h, true);
 		if (!grp)
 			return out_of_memory(g, err);
 		for (int k = 0; k < p->naggs; k++) {
@@ -170,7 +181,7 @@ int tally_ingest_commit(tally_ingest *g, tally_err *err)
 	tally_buf *reqs = tally_xcalloc((size_t)nbatches, sizeof *reqs);
 	uint32_t *ngroups = tally_xcalloc((size_t)nbatches, sizeof *ngroups);
 	tally_rpc_call *calls = tally_xcalloc((size_t)nbatches, sizeof *calls);
-	char (*shardname)[TALLY_NAME_MAX + 8] = tally_xcalloc((size_t)nbatches, sizeof *shardname);
+	char(*shardname)[TALLY_NAME_MAX + 8] = tally_xcalloc((size_t)nbatches, sizeof *shardname);
 	uint64_t *call_view = tally_xcalloc((size_t)nbatches, sizeof *call_view);
 	uint32_t *call_shard = tally_xcalloc((size_t)nbatches, sizeof *call_shard);
 	int ncalls = 0, rc = 0, base = 0;
@@ -184,28 +195,29 @@ int tally_ingest_commit(tally_ingest *g, tally_err *err)
 		if (iv->groups.count == 0)
 			continue;
 		for (uint32_t s = 0; s < S; s++) {
-			tally_msg_begin(&reqs[vbase + (int)s], TALLY_MSG_APPLY, tally_node_next_req(n),
-					cat->epoch);
+			tally_msg_begin(&reqs[vbase + (int)s], TALLY_MSG_APPLY,
+					tally_node_next_req(n), cat->epoch);
 			tally_msg_apply a = {
-				.origin = n->node_id,
-				.home_shard = s,
-				.seq = 0, /* taken below, only for batches that are sent */
-				.view_id = v->id,
-				.target_shard = s,
-				.ngroups = 0, /* patched below */
+			    .origin = n->node_id,
+			    .home_shard = s,
+			    .seq = 0, /* taken below, only for batches that are sent */
+			    .view_id = v->id,
+			    .target_shard = s,
+			    .ngroups = 0, /* patched below */
 			};
 			tally_msg_put_apply(&reqs[vbase + (int)s], &a);
 		}
-		uint32_t wshard = v->sharding_policy == TALLY_POLICY_WRITE_OPTIMIZED ? write_opt_shard(n, v) : 0;
+		uint32_t wshard =
+		    v->sharding_policy == TALLY_POLICY_WRITE_OPTIMIZED ? write_opt_shard(n, v) : 0;
 		for (size_t i = 0; i < iv->groups.cap; i++) {
 			tally_group *grp = iv->groups.slots[i].g;
 			if (!grp)
 				continue;
 			uint32_t s = v->sharding_policy == TALLY_POLICY_WRITE_OPTIMIZED
-					     ? wshard
-					     : tally_ring_shard_of(grp->hash, S);
-			tally_group_put(&reqs[vbase + (int)s], grp->key, grp->keylen, p->aggs, p->naggs,
-					grp->states);
+					 ? wshard
+					 : tally_ring_shard_of(grp->hash, S);
+			tally_group_put(&reqs[vbase + (int)s], grp->key, grp->keylen, p->aggs,
+					p->naggs, grp->states);
 			ngroups[vbase + (int)s]++;
 		}
 		for (uint32_t s = 0; s < S && rc == 0; s++) {
@@ -214,19 +226,21 @@ int tally_ingest_commit(tally_ingest *g, tally_err *err)
 				continue;
 			if (reqs[idx].len > TALLY_MSG_MAX) {
 				rc = tally_err_set(err, TALLY_SQLSTATE_PROGRAM_LIMIT,
-						   "batch for shard %s_%u is larger than %u bytes", v->name, s,
-						   TALLY_MSG_MAX);
+						   "batch for shard %s_%u is larger than %u bytes",
+						   v->name, s, TALLY_MSG_MAX);
 				break;
 			}
-			/* ngroups (offset 28 of the APPLY body); seq is patched once all checks passed */
+			/* ngroups (offset 28 of the APPLY body); seq is patched once all checks
+			 * passed */
 			tally_put_be32(reqs[idx].data + TALLY_MSG_HDR + 28, ngroups[idx]);
 			tally_msg_end(&reqs[idx]);
 			const tally_node_info *pn = tally_catalog_node(cat, v->primary[s]);
 			if (!pn || pn->state != TALLY_NODE_UP) {
 				/* Nothing has been sent yet: fail the whole statement now. */
-				rc = tally_err_set(err, TALLY_SQLSTATE_UNAVAILABLE,
-						   "could not apply batch to shard %s_%u: its primary %s is down",
-						   v->name, s, pn ? pn->name : "?");
+				rc = tally_err_set(
+				    err, TALLY_SQLSTATE_UNAVAILABLE,
+				    "could not apply batch to shard %s_%u: its primary %s is down",
+				    v->name, s, pn ? pn->name : "?");
 				tally_err_detail(err, "No row of the statement was applied.");
 				break;
 			}
@@ -249,7 +263,9 @@ int tally_ingest_commit(tally_ingest *g, tally_err *err)
 				    (int)tally_settings_ms(&g->settings, TALLY_SET_RPC_TIMEOUT));
 		for (int i = 0; i < ncalls; i++) {
 			if (calls[i].rc != 0) {
-				tally_err_set(err, calls[i].sqlstate[0] ? calls[i].sqlstate : TALLY_SQLSTATE_UNAVAILABLE,
+				tally_err_set(err,
+					      calls[i].sqlstate[0] ? calls[i].sqlstate
+								   : TALLY_SQLSTATE_UNAVAILABLE,
 					      "could not apply batch to shard %s: %s", shardname[i],
 					      calls[i].errmsg);
 				rc = -1;

@@ -19,8 +19,9 @@ static void node_rpc(void *ctx, const tally_msg_hdr *h, tally_rd *r, tally_buf *
 	tally_node *n = ctx;
 	n->role.handle(n, h, r, reply);
 	if (reply->len == 0)
-		tally_rpc_reply_error(reply, h->req_id, tally_node_epoch(n), TALLY_SQLSTATE_PROTOCOL,
-				      "unexpected message type %s", tally_msg_type_name(h->type));
+		tally_rpc_reply_error(reply, h->req_id, tally_node_epoch(n),
+				      TALLY_SQLSTATE_PROTOCOL, "unexpected message type %s",
+				      tally_msg_type_name(h->type));
 }
 
 int tally_node_open(tally_node *n, const tally_node_config *cfg, const tally_node_role *role)
@@ -39,9 +40,11 @@ int tally_node_open(tally_node *n, const tally_node_config *cfg, const tally_nod
 		tally_log_error("could not create directory \"%s\": %s", cfg->dir, strerror(errno));
 		return -1;
 	}
-	if (tally_rpc_server_open(cfg->host, cfg->data_port, cfg->rpc_threads, node_rpc, n, &n->rpcsrv) != 0)
+	if (tally_rpc_server_open(cfg->host, cfg->data_port, cfg->rpc_threads, node_rpc, n,
+				  &n->rpcsrv) != 0)
 		return -1;
-	if (tally_pg_server_open(cfg->host, cfg->sql_port, &tally_session_handlers, n, &n->pg) != 0) {
+	if (tally_pg_server_open(cfg->host, cfg->sql_port, &tally_session_handlers, n, &n->pg) !=
+	    0) {
 		tally_log_error("could not listen for SQL on %s:%d", cfg->host, cfg->sql_port);
 		return -1;
 	}
@@ -115,7 +118,10 @@ bool tally_node_install_map(tally_node *n, tally_catalog *cat)
 	return true;
 }
 
-uint64_t tally_node_next_req(tally_node *n) { return __atomic_add_fetch(&n->next_req, 1, __ATOMIC_RELAXED); }
+uint64_t tally_node_next_req(tally_node *n)
+{
+	return __atomic_add_fetch(&n->next_req, 1, __ATOMIC_RELAXED);
+}
 
 struct tally_seq_entry {
 	uint64_t view_id; /* 0 = empty */
@@ -123,7 +129,8 @@ struct tally_seq_entry {
 	uint64_t seq;
 };
 
-static size_t seq_slot(const struct tally_seq_entry *t, size_t cap, uint64_t view_id, uint32_t shard)
+static size_t seq_slot(const struct tally_seq_entry *t, size_t cap, uint64_t view_id,
+		       uint32_t shard)
 {
 	size_t i = (size_t)((view_id * 0x9E3779B97F4A7C15ull) ^ shard) & (cap - 1);
 	while (t[i].view_id && (t[i].view_id != view_id || t[i].shard != shard))
@@ -139,7 +146,8 @@ uint64_t tally_node_next_seq(tally_node *n, uint64_t view_id, uint32_t shard)
 		struct tally_seq_entry *nt = tally_xcalloc(ncap, sizeof *nt);
 		for (size_t i = 0; i < n->seqcap; i++)
 			if (n->seqs[i].view_id)
-				nt[seq_slot(nt, ncap, n->seqs[i].view_id, n->seqs[i].shard)] = n->seqs[i];
+				nt[seq_slot(nt, ncap, n->seqs[i].view_id, n->seqs[i].shard)] =
+				    n->seqs[i];
 		free(n->seqs);
 		n->seqs = nt;
 		n->seqcap = ncap;
@@ -237,7 +245,8 @@ int tally_node_parse_args(int argc, char **argv, tally_node_config *cfg, const c
 			const char *eq = strchr(v, '=');
 			char name[128];
 			if (!eq || (size_t)(eq - v) >= sizeof name) {
-				fprintf(stderr, "%s: --set expects name=value, got \"%s\"\n", argv[0], v);
+				fprintf(stderr, "%s: --set expects name=value, got \"%s\"\n",
+					argv[0], v);
 				return 2;
 			}
 			memcpy(name, v, (size_t)(eq - v));
@@ -245,7 +254,8 @@ int tally_node_parse_args(int argc, char **argv, tally_node_config *cfg, const c
 			int id = tally_settings_lookup(name);
 			tally_err err;
 			if (id < 0) {
-				fprintf(stderr, "%s: unrecognized configuration parameter \"%s\"\n", argv[0], name);
+				fprintf(stderr, "%s: unrecognized configuration parameter \"%s\"\n",
+					argv[0], name);
 				return 2;
 			}
 			if (tally_settings_set(&cfg->defaults, NULL, id, eq + 1, &err) != 0) {
@@ -291,10 +301,11 @@ void tally_node_init_process(void)
 	}
 }
 
-/* ---- DDL replies ------------------------------------------------------------------------------ */
+/* ---- DDL replies ------------------------------------------------------------------------------
+ */
 
-void tally_ddl_reply_put(tally_buf *b, const char *tag, const char *notice, const tally_catalog *cat,
-			 const tally_err *err)
+void tally_ddl_reply_put(tally_buf *b, const char *tag, const char *notice,
+			 const tally_catalog *cat, const tally_err *err)
 {
 	if (err && tally_err_isset(err)) {
 		tally_buf_putc(b, 0);
@@ -326,8 +337,8 @@ static int rd_cstr(tally_rd *r, char *dst, size_t dstsz)
 	return 0;
 }
 
-int tally_ddl_reply_get(tally_rd *r, char *tag, size_t tagsz, tally_err *notice, tally_catalog **cat,
-			tally_err *err)
+int tally_ddl_reply_get(tally_rd *r, char *tag, size_t tagsz, tally_err *notice,
+			tally_catalog **cat, tally_err *err)
 {
 	uint8_t ok;
 	if (tally_rd_u8(r, &ok) != 0)
@@ -336,7 +347,8 @@ int tally_ddl_reply_get(tally_rd *r, char *tag, size_t tagsz, tally_err *notice,
 		tally_err e;
 		tally_err_clear(&e);
 		uint32_t pos;
-		if (rd_cstr(r, e.sqlstate, sizeof e.sqlstate) || rd_cstr(r, e.message, sizeof e.message) ||
+		if (rd_cstr(r, e.sqlstate, sizeof e.sqlstate) ||
+		    rd_cstr(r, e.message, sizeof e.message) ||
 		    rd_cstr(r, e.detail, sizeof e.detail) || rd_cstr(r, e.hint, sizeof e.hint) ||
 		    tally_rd_u32(r, &pos) || tally_msg_done(r))
 			goto bad;
@@ -362,5 +374,6 @@ int tally_ddl_reply_get(tally_rd *r, char *tag, size_t tagsz, tally_err *notice,
 	}
 	return 0;
 bad:
-	return tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "malformed DDL reply from the coordinator");
+	return tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
+			     "malformed DDL reply from the coordinator");
 }

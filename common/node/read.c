@@ -77,10 +77,12 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 		const tally_node_info *pn = tally_catalog_node(cat, v->primary[i]);
 		if (!pn || pn->state != TALLY_NODE_UP) {
 			if (!skip) {
-				rc = tally_err_set(err, TALLY_SQLSTATE_UNAVAILABLE,
-						   "shard %s_%d is unavailable: its primary %s is down", v->name,
-						   i, pn ? pn->name : "?");
-				tally_err_hint(err, "SET pipeline_cluster.skip_unavailable = on to read the other shards.");
+				rc = tally_err_set(
+				    err, TALLY_SQLSTATE_UNAVAILABLE,
+				    "shard %s_%d is unavailable: its primary %s is down", v->name,
+				    i, pn ? pn->name : "?");
+				tally_err_hint(err, "SET pipeline_cluster.skip_unavailable = on to "
+						    "read the other shards.");
 				goto out;
 			}
 			tally_buf_printf(&skipped, "%s%s_%d", nskipped++ ? ", " : "", v->name, i);
@@ -88,15 +90,19 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 		}
 		tally_rpc_call *c = &calls[ncalls];
 		tally_msg_begin(&c->req, TALLY_MSG_READ, tally_node_next_req(n), cat->epoch);
-		tally_msg_read r = {.view_id = v->id, .shard = (uint32_t)i, .has_key = key != NULL,
-				    .key = key, .keylen = keylen};
+		tally_msg_read r = {.view_id = v->id,
+				    .shard = (uint32_t)i,
+				    .has_key = key != NULL,
+				    .key = key,
+				    .keylen = keylen};
 		tally_msg_put_read(&c->req, &r);
 		tally_msg_end(&c->req);
 		c->addr = pn->data_addr;
 		c->peer = pn->name;
 		shard_of_call[ncalls++] = i;
 	}
-	tally_rpc_call_many(n->rpc, calls, ncalls, (int)tally_settings_ms(s, TALLY_SET_RPC_TIMEOUT));
+	tally_rpc_call_many(n->rpc, calls, ncalls,
+			    (int)tally_settings_ms(s, TALLY_SET_RPC_TIMEOUT));
 
 	tally_gtab t;
 	tally_gtab_init(&t, p->aggs, p->naggs, a);
@@ -104,38 +110,46 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 		tally_rpc_call *c = &calls[i];
 		if (c->rc != 0) {
 			if (!skip) {
-				rc = tally_err_set(err, c->sqlstate[0] ? c->sqlstate : TALLY_SQLSTATE_UNAVAILABLE,
-						   "could not read shard %s_%d: %s", v->name, shard_of_call[i],
-						   c->errmsg);
+				rc = tally_err_set(
+				    err, c->sqlstate[0] ? c->sqlstate : TALLY_SQLSTATE_UNAVAILABLE,
+				    "could not read shard %s_%d: %s", v->name, shard_of_call[i],
+				    c->errmsg);
 				break;
 			}
-			tally_buf_printf(&skipped, "%s%s_%d", nskipped++ ? ", " : "", v->name, shard_of_call[i]);
+			tally_buf_printf(&skipped, "%s%s_%d", nskipped++ ? ", " : "", v->name,
+					 shard_of_call[i]);
 			continue;
 		}
 		uint32_t ng;
 		if (c->hdr.type != TALLY_MSG_READ_OK || tally_rd_u32(&c->body, &ng) != 0) {
-			rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "malformed reply from node %s", c->peer);
+			rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
+					   "malformed reply from node %s", c->peer);
 			break;
 		}
 		for (uint32_t k = 0; k < ng; k++) {
 			int mr = tally_group_merge_encoded(&t, &c->body);
 			if (mr != 0) {
-				rc = mr == -2 ? tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY, "out of memory merging shard %s_%d",
+				rc = mr == -2 ? tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
+							      "out of memory merging shard %s_%d",
 							      v->name, shard_of_call[i])
 					      : tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
-							      "malformed shard data from node %s", c->peer);
+							      "malformed shard data from node %s",
+							      c->peer);
 				break;
 			}
 		}
 		if (rc == 0 && tally_msg_done(&c->body) != 0)
-			rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "malformed shard data from node %s", c->peer);
+			rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
+					   "malformed shard data from node %s", c->peer);
 	}
 	if (rc == 0) {
 		size_t ncol = (size_t)p->nout;
-		tally_value *out = tally_arena_alloc(a, (t.count ? t.count : 1) * ncol * sizeof *out);
+		tally_value *out =
+		    tally_arena_alloc(a, (t.count ? t.count : 1) * ncol * sizeof *out);
 		tally_value *gv = tally_arena_alloc(a, (size_t)(p->ngroups + 1) * sizeof *gv);
 		if (!out || !gv) {
-			rc = tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY, "out of memory reading view %s", v->name);
+			rc = tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
+					   "out of memory reading view %s", v->name);
 		}
 		size_t r = 0;
 		for (size_t i = 0; rc == 0 && i < t.cap; i++) {
@@ -146,7 +160,9 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 			tally_rd_init(&kr, grp->key, grp->keylen);
 			for (int k = 0; k < p->ngroups; k++) {
 				if (tally_key_decode(&kr, &gv[k]) != 0) {
-					rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "malformed group key in view %s", v->name);
+					rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
+							   "malformed group key in view %s",
+							   v->name);
 					break;
 				}
 				gv[k].type = (uint8_t)p->group_types[k];
@@ -157,12 +173,14 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 				if (!o->is_agg) {
 					*dst = gv[o->index];
 				} else if (tally_agg_finalize(&p->aggs[o->index],
-							      grp->states + (size_t)o->index * TALLY_AGG_SLOT, dst,
-							      err) != 0) {
+							      grp->states +
+								  (size_t)o->index * TALLY_AGG_SLOT,
+							      dst, err) != 0) {
 					rc = -1;
 				}
 				if (rc == 0 && copy_text(dst, a) != 0)
-					rc = tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY, "out of memory");
+					rc = tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
+							   "out of memory");
 			}
 			r++;
 		}
@@ -171,8 +189,9 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 	}
 	tally_gtab_fini(&t);
 	if (rc == 0 && nskipped && warning) {
-		tally_err_set(warning, TALLY_SQLSTATE_UNAVAILABLE, "skipped unavailable shards: %.*s",
-			      (int)skipped.len, (const char *)skipped.data);
+		tally_err_set(warning, TALLY_SQLSTATE_UNAVAILABLE,
+			      "skipped unavailable shards: %.*s", (int)skipped.len,
+			      (const char *)skipped.data);
 		warning->severity = TALLY_SEV_WARNING;
 	}
 out:
@@ -219,31 +238,37 @@ static int64_t self_rss(void)
 	return rss < 0 ? -1 : (int64_t)rss * sysconf(_SC_PAGESIZE);
 }
 
-static const char *policy_name(int p) { return p == TALLY_POLICY_WRITE_OPTIMIZED ? "write_optimized" : "read_optimized"; }
+static const char *policy_name(int p)
+{
+	return p == TALLY_POLICY_WRITE_OPTIMIZED ? "write_optimized" : "read_optimized";
+}
 
 int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 		  tally_relation *rel, tally_value **rows, size_t *nrows, tally_err *err)
 {
 	const tally_catalog *cat = m->cat;
 	if (strcmp(name, "pipeline_cluster.shards") == 0) {
-		static const char *const names[] = {"shard", "owner", "continuous_view", "shard_id",
-						    "shard_type", "sharding_policy", "is_local", "balanced",
-						    "reachable", "owner_id"};
-		static const tally_type types[] = {TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_INT2,
-						   TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_BOOL, TALLY_T_BOOL,
-						   TALLY_T_BOOL, TALLY_T_INT4};
+		static const char *const names[] = {
+		    "shard",	       "owner",	   "continuous_view", "shard_id",  "shard_type",
+		    "sharding_policy", "is_local", "balanced",	      "reachable", "owner_id"};
+		static const tally_type types[] = {
+		    TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_INT2, TALLY_T_TEXT,
+		    TALLY_T_TEXT, TALLY_T_BOOL, TALLY_T_BOOL, TALLY_T_BOOL, TALLY_T_INT4};
 		const int nc = 10;
 		set_cols(a, rel, "shards", nc, names, types);
 		size_t total = 0;
 		for (int i = 0; i < cat->nviews; i++)
-			total += (size_t)cat->views[i].num_shards * (size_t)(1 + cat->views[i].num_replicas);
+			total += (size_t)cat->views[i].num_shards *
+				 (size_t)(1 + cat->views[i].num_replicas);
 		tally_value *out = tally_arena_alloc(a, (total ? total : 1) * nc * sizeof *out);
 		size_t r = 0;
 		for (int i = 0; i < cat->nviews; i++) {
 			const tally_view_info *v = &cat->views[i];
 			for (int s = 0; s < v->num_shards; s++) {
 				for (int c = 0; c <= v->num_replicas; c++) {
-					uint32_t id = c == 0 ? v->primary[s] : v->replicas[s * v->num_replicas + c - 1];
+					uint32_t id =
+					    c == 0 ? v->primary[s]
+						   : v->replicas[s * v->num_replicas + c - 1];
 					const tally_node_info *ni = tally_catalog_node(cat, id);
 					char sh[TALLY_NAME_MAX + 16];
 					snprintf(sh, sizeof sh, "%s_%d", v->name, s);
@@ -267,15 +292,18 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 		return 1;
 	}
 	if (strcmp(name, "pipeline_cluster.nodes") == 0) {
-		static const char *const names[] = {"name", "role", "node_id", "state", "sql_addr",
-						    "data_addr", "incarnation", "last_heartbeat",
-						    "primaries", "replicas", "memory_bytes"};
-		static const tally_type types[] = {TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_INT4, TALLY_T_TEXT,
-						   TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_INT8,
-						   TALLY_T_TIMESTAMPTZ, TALLY_T_INT4, TALLY_T_INT4, TALLY_T_INT8};
+		static const char *const names[] = {"name",	   "role",	     "node_id",
+						    "state",	   "sql_addr",	     "data_addr",
+						    "incarnation", "last_heartbeat", "primaries",
+						    "replicas",	   "memory_bytes"};
+		static const tally_type types[] = {TALLY_T_TEXT, TALLY_T_TEXT,	      TALLY_T_INT4,
+						   TALLY_T_TEXT, TALLY_T_TEXT,	      TALLY_T_TEXT,
+						   TALLY_T_INT8, TALLY_T_TIMESTAMPTZ, TALLY_T_INT4,
+						   TALLY_T_INT4, TALLY_T_INT8};
 		const int nc = 11;
 		set_cols(a, rel, "nodes", nc, names, types);
-		tally_value *out = tally_arena_alloc(a, (size_t)(cat->nnodes + 1) * nc * sizeof *out);
+		tally_value *out =
+		    tally_arena_alloc(a, (size_t)(cat->nnodes + 1) * nc * sizeof *out);
 		/* the coordinator first */
 		tally_value *row = out;
 		bool self_coord = n->cfg.role == TALLY_ROLE_COORDINATOR;
@@ -285,7 +313,8 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 		row[3] = text_val(a, "up");
 		if (self_coord) {
 			char sql[96];
-			snprintf(sql, sizeof sql, "%s:%d", n->cfg.host, tally_pg_server_port(n->pg));
+			snprintf(sql, sizeof sql, "%s:%d", n->cfg.host,
+				 tally_pg_server_port(n->pg));
 			row[4] = text_val(a, sql);
 			row[5] = text_val(a, tally_rpc_server_addr(n->rpcsrv));
 			row[6] = tally_int(TALLY_T_INT8, (int64_t)n->incarnation);
@@ -297,7 +326,8 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 		row[7] = tally_null(TALLY_T_TIMESTAMPTZ);
 		row[8] = tally_int(TALLY_T_INT4, 0);
 		row[9] = tally_int(TALLY_T_INT4, 0);
-		row[10] = self_coord ? tally_int(TALLY_T_INT8, self_rss()) : tally_null(TALLY_T_INT8);
+		row[10] =
+		    self_coord ? tally_int(TALLY_T_INT8, self_rss()) : tally_null(TALLY_T_INT8);
 		for (int i = 0; i < cat->nnodes; i++) {
 			const tally_node_info *ni = &cat->nodes[i];
 			row = &out[(size_t)(i + 1) * nc];
@@ -307,7 +337,8 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 				for (int s = 0; s < v->num_shards; s++) {
 					prim += v->primary[s] == ni->id;
 					for (int c = 0; c < v->num_replicas; c++)
-						repl += v->replicas[s * v->num_replicas + c] == ni->id;
+						repl +=
+						    v->replicas[s * v->num_replicas + c] == ni->id;
 				}
 			}
 			row[0] = text_val(a, ni->name);
@@ -317,24 +348,27 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 			row[4] = text_val(a, ni->sql_addr);
 			row[5] = text_val(a, ni->data_addr);
 			row[6] = tally_int(TALLY_T_INT8, (int64_t)ni->incarnation);
-			row[7] = ni->last_heartbeat_us ? tally_int(TALLY_T_TIMESTAMPTZ, ni->last_heartbeat_us)
-						       : tally_null(TALLY_T_TIMESTAMPTZ);
+			row[7] = ni->last_heartbeat_us
+				     ? tally_int(TALLY_T_TIMESTAMPTZ, ni->last_heartbeat_us)
+				     : tally_null(TALLY_T_TIMESTAMPTZ);
 			row[8] = tally_int(TALLY_T_INT4, prim);
 			row[9] = tally_int(TALLY_T_INT4, repl);
-			row[10] = ni->id == n->node_id ? tally_int(TALLY_T_INT8, self_rss()) : tally_null(TALLY_T_INT8);
+			row[10] = ni->id == n->node_id ? tally_int(TALLY_T_INT8, self_rss())
+						       : tally_null(TALLY_T_INT8);
 		}
 		*rows = out;
 		*nrows = (size_t)cat->nnodes + 1;
 		return 1;
 	}
 	if (strcmp(name, "pipeline_cluster.views") == 0) {
-		static const char *const names[] = {"name", "stream", "num_shards", "num_replicas",
-						    "sharding_policy", "query"};
-		static const tally_type types[] = {TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_INT4, TALLY_T_INT4,
-						   TALLY_T_TEXT, TALLY_T_TEXT};
+		static const char *const names[] = {"name",	    "stream",	       "num_shards",
+						    "num_replicas", "sharding_policy", "query"};
+		static const tally_type types[] = {TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_INT4,
+						   TALLY_T_INT4, TALLY_T_TEXT, TALLY_T_TEXT};
 		const int nc = 6;
 		set_cols(a, rel, "views", nc, names, types);
-		tally_value *out = tally_arena_alloc(a, (size_t)(cat->nviews + 1) * nc * sizeof *out);
+		tally_value *out =
+		    tally_arena_alloc(a, (size_t)(cat->nviews + 1) * nc * sizeof *out);
 		for (int i = 0; i < cat->nviews; i++) {
 			const tally_view_info *v = &cat->views[i];
 			tally_value *row = &out[(size_t)i * nc];
@@ -354,7 +388,8 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 		static const tally_type types[] = {TALLY_T_TEXT, TALLY_T_TEXT};
 		const int nc = 2;
 		set_cols(a, rel, "streams", nc, names, types);
-		tally_value *out = tally_arena_alloc(a, (size_t)(cat->nstreams + 1) * nc * sizeof *out);
+		tally_value *out =
+		    tally_arena_alloc(a, (size_t)(cat->nstreams + 1) * nc * sizeof *out);
 		for (int i = 0; i < cat->nstreams; i++) {
 			const tally_stream_info *st = &cat->streams[i];
 			tally_buf b = {0};

@@ -147,21 +147,28 @@ void tally_rpc_call_many(tally_rpc *r, tally_rpc_call *calls, int n, int timeout
 		nng_aio_wait(c->aio);
 		int rv = nng_aio_result(c->aio);
 		if (rv != 0) {
-			call_fail(c, rv, rv == NNG_ETIMEDOUT ? "get a reply in time from" : "receive from");
+			call_fail(c, rv,
+				  rv == NNG_ETIMEDOUT ? "get a reply in time from"
+						      : "receive from");
 			continue;
 		}
 		c->reply = nng_aio_get_msg(c->aio);
-		if (tally_msg_open(nng_msg_body(c->reply), nng_msg_len(c->reply), &c->hdr, &c->body) != 0) {
+		if (tally_msg_open(nng_msg_body(c->reply), nng_msg_len(c->reply), &c->hdr,
+				   &c->body) != 0) {
 			c->rc = -1;
 			tally_strlcpy(c->sqlstate, TALLY_SQLSTATE_INTERNAL, sizeof c->sqlstate);
-			snprintf(c->errmsg, sizeof c->errmsg, "malformed reply from node %s", c->peer ? c->peer : c->addr);
+			snprintf(c->errmsg, sizeof c->errmsg, "malformed reply from node %s",
+				 c->peer ? c->peer : c->addr);
 			continue;
 		}
 		if (c->hdr.type == TALLY_MSG_ERROR) {
 			c->rc = -1;
-			if (tally_msg_get_error(&c->body, c->sqlstate, c->errmsg, sizeof c->errmsg) != 0) {
-				tally_strlcpy(c->sqlstate, TALLY_SQLSTATE_INTERNAL, sizeof c->sqlstate);
-				snprintf(c->errmsg, sizeof c->errmsg, "malformed error reply from node %s",
+			if (tally_msg_get_error(&c->body, c->sqlstate, c->errmsg,
+						sizeof c->errmsg) != 0) {
+				tally_strlcpy(c->sqlstate, TALLY_SQLSTATE_INTERNAL,
+					      sizeof c->sqlstate);
+				snprintf(c->errmsg, sizeof c->errmsg,
+					 "malformed error reply from node %s",
 					 c->peer ? c->peer : c->addr);
 			}
 			continue;
@@ -241,7 +248,8 @@ static void *service_main(void *arg)
 		tally_buf_reset(&reply);
 		if (tally_msg_open(nng_msg_body(m), nng_msg_len(m), &h, &r) != 0) {
 			/* Garbage from a peer: log and drop it; the peer gets no reply. */
-			tally_log_warn("rpc: dropped a malformed message of %zu bytes", nng_msg_len(m));
+			tally_log_warn("rpc: dropped a malformed message of %zu bytes",
+				       nng_msg_len(m));
 			nng_msg_free(m);
 			continue;
 		}
@@ -268,8 +276,8 @@ static void *service_main(void *arg)
 	return NULL;
 }
 
-int tally_rpc_server_open(const char *host, int port, int nthreads, tally_rpc_handler fn,
-			  void *ctx, tally_rpc_server **out)
+int tally_rpc_server_open(const char *host, int port, int nthreads, tally_rpc_handler fn, void *ctx,
+			  tally_rpc_server **out)
 {
 	tally_rpc_server *s = tally_xcalloc(1, sizeof *s);
 	s->fn = fn;
@@ -300,7 +308,10 @@ int tally_rpc_server_open(const char *host, int port, int nthreads, tally_rpc_ha
 	return 0;
 }
 
-const char *tally_rpc_server_addr(const tally_rpc_server *s) { return s->addr; }
+const char *tally_rpc_server_addr(const tally_rpc_server *s)
+{
+	return s->addr;
+}
 
 void tally_rpc_server_close(tally_rpc_server *s)
 {

@@ -47,7 +47,10 @@ static void session_close(void *p)
 	free(s);
 }
 
-static char session_txn(void *p) { return ((session *)p)->txn; }
+static char session_txn(void *p)
+{
+	return ((session *)p)->txn;
+}
 
 static void session_error(session *s, tally_pg_conn *c, tally_err *e)
 {
@@ -74,7 +77,8 @@ static int send_rows(session *s, tally_pg_conn *c, int ncols, const tally_column
 		     const tally_value *rows, size_t nrows)
 {
 	tally_pg_col *pc = tally_arena_alloc(&s->arena, (size_t)(ncols ? ncols : 1) * sizeof *pc);
-	const char **vals = tally_arena_alloc(&s->arena, (size_t)(ncols ? ncols : 1) * sizeof *vals);
+	const char **vals =
+	    tally_arena_alloc(&s->arena, (size_t)(ncols ? ncols : 1) * sizeof *vals);
 	uint32_t *lens = tally_arena_alloc(&s->arena, (size_t)(ncols ? ncols : 1) * sizeof *lens);
 	size_t *offs = tally_arena_alloc(&s->arena, (size_t)(ncols ? ncols : 1) * sizeof *offs);
 	for (int i = 0; i < ncols; i++) {
@@ -112,10 +116,12 @@ static int check_stream(tally_map *m, const char *name, tally_err *err)
 	if (tally_catalog_stream(m->cat, name))
 		return 0;
 	if (tally_catalog_view(m->cat, name)) {
-		tally_err_set(err, TALLY_SQLSTATE_WRONG_OBJECT_TYPE, "\"%s\" is a continuous view, not a stream", name);
+		tally_err_set(err, TALLY_SQLSTATE_WRONG_OBJECT_TYPE,
+			      "\"%s\" is a continuous view, not a stream", name);
 		return tally_err_hint(err, "Insert into the stream the view reads from.");
 	}
-	return tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE, "stream \"%s\" does not exist", name);
+	return tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE, "stream \"%s\" does not exist",
+			     name);
 }
 
 /* The common start of INSERT and COPY: the stream must exist; open the statement's ingest and
@@ -130,8 +136,8 @@ static int ingest_open(session *s, tally_map *m, const char *stream, int nlisted
 		return -1;
 	*user = *tally_ingest_rel(*g);
 	user->ncols--;
-	return tally_sql_column_map(user, nlisted, (const char(*)[TALLY_NAME_MAX])listed, colmap, ncols,
-				    err);
+	return tally_sql_column_map(user, nlisted, (const char(*)[TALLY_NAME_MAX])listed, colmap,
+				    ncols, err);
 }
 
 static int run_insert(session *s, tally_pg_conn *c, const tally_stmt *st, tally_err *err)
@@ -146,7 +152,8 @@ static int run_insert(session *s, tally_pg_conn *c, const tally_stmt *st, tally_
 			colmap, &ncols, err) != 0)
 		goto out;
 	if (st->u.insert.nvalues > ncols) {
-		tally_err_set(err, TALLY_SQLSTATE_SYNTAX, "INSERT has more expressions than target columns");
+		tally_err_set(err, TALLY_SQLSTATE_SYNTAX,
+			      "INSERT has more expressions than target columns");
 		goto out;
 	}
 	tally_value *row = tally_arena_alloc(&s->arena, (size_t)(user.ncols + 1) * sizeof *row);
@@ -155,7 +162,8 @@ static int run_insert(session *s, tally_pg_conn *c, const tally_stmt *st, tally_
 		if (tally_insert_row(st, r, &user, colmap, row, &scratch, err) != 0 ||
 		    tally_ingest_row(g, row, err) != 0) {
 			if (!err->detail[0])
-				tally_err_detail(err, "INSERT into %s, row %d", st->u.insert.stream, r + 1);
+				tally_err_detail(err, "INSERT into %s, row %d", st->u.insert.stream,
+						 r + 1);
 			tally_arena_free(&scratch);
 			goto out;
 		}
@@ -198,8 +206,8 @@ static int run_copy(session *s, tally_pg_conn *c, const tally_stmt *st, tally_er
 	int colmap[TALLY_MAX_COLUMNS];
 	int ncols;
 	tally_relation user;
-	if (ingest_open(s, m, st->u.copy.stream, st->u.copy.ncols, st->u.copy.cols, &g, &user, colmap,
-			&ncols, err) != 0)
+	if (ingest_open(s, m, st->u.copy.stream, st->u.copy.ncols, st->u.copy.cols, &g, &user,
+			colmap, &ncols, err) != 0)
 		goto out;
 	const tally_relation *rel = tally_ingest_rel(g);
 	if (tally_copy_parser_alloc(st, rel, colmap, ncols, &cp, err) != 0)
@@ -264,7 +272,8 @@ static int run_select(session *s, tally_pg_conn *c, const tally_stmt *st, tally_
 				if (tally_catalog_stream(m->cat, from)) {
 					tally_err_set(err, TALLY_SQLSTATE_WRONG_OBJECT_TYPE,
 						      "\"%s\" is a stream", from);
-					tally_err_hint(err, "Streams can only be read by a continuous view's FROM clause.");
+					tally_err_hint(err, "Streams can only be read by a "
+							    "continuous view's FROM clause.");
 				} else {
 					tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE,
 						      "relation \"%s\" does not exist", from);
@@ -277,12 +286,14 @@ static int run_select(session *s, tally_pg_conn *c, const tally_stmt *st, tally_
 			}
 			relp = &v->out_rel;
 			tally_select_plan *plan;
-			if (tally_select_analyze(st->u.select.query, relp, &s->arena, &plan, err) != 0)
+			if (tally_select_analyze(st->u.select.query, relp, &s->arena, &plan, err) !=
+			    0)
 				goto out;
 			tally_buf key = {0};
 			int pinned = tally_read_pushdown_key(v, plan, &key);
-			int rr = tally_read_view(s->node, m, v, &s->settings, pinned ? key.data : NULL,
-						 (uint32_t)key.len, &s->arena, &rows, &nrows, &warning, err);
+			int rr = tally_read_view(s->node, m, v, &s->settings,
+						 pinned ? key.data : NULL, (uint32_t)key.len,
+						 &s->arena, &rows, &nrows, &warning, err);
 			tally_buf_free(&key);
 			if (rr != 0)
 				goto out;
@@ -293,7 +304,8 @@ static int run_select(session *s, tally_pg_conn *c, const tally_stmt *st, tally_
 			size_t nres;
 			if (tally_select_exec(plan, rows, nrows, &s->arena, &res, &nres, err) != 0)
 				goto out;
-			rc = send_rows(s, c, tally_select_ncols(plan), tally_select_cols(plan), res, nres);
+			rc = send_rows(s, c, tally_select_ncols(plan), tally_select_cols(plan), res,
+				       nres);
 			goto out;
 		}
 	}
@@ -357,11 +369,13 @@ static int run_show(session *s, tally_pg_conn *c, const tally_stmt *st, tally_er
 		tally_strlcpy(cols[1].name, "setting", TALLY_NAME_MAX);
 		tally_strlcpy(cols[2].name, "description", TALLY_NAME_MAX);
 		cols[0].type = cols[1].type = cols[2].type = TALLY_T_TEXT;
-		tally_value *rows = tally_arena_alloc(&s->arena, TALLY_SET_COUNT_ * 3 * sizeof *rows);
+		tally_value *rows =
+		    tally_arena_alloc(&s->arena, TALLY_SET_COUNT_ * 3 * sizeof *rows);
 		for (int i = 0; i < TALLY_SET_COUNT_; i++) {
 			const char *nm = tally_settings_name(i), *d = tally_settings_describe(i);
 			rows[i * 3] = tally_text(nm, (uint32_t)strlen(nm));
-			rows[i * 3 + 1] = tally_text(s->settings.v[i], (uint32_t)strlen(s->settings.v[i]));
+			rows[i * 3 + 1] =
+			    tally_text(s->settings.v[i], (uint32_t)strlen(s->settings.v[i]));
 			rows[i * 3 + 2] = tally_text(d, (uint32_t)strlen(d));
 		}
 		if (send_rows(s, c, 3, cols, rows, TALLY_SET_COUNT_) != 0)
@@ -374,7 +388,10 @@ static int run_show(session *s, tally_pg_conn *c, const tally_stmt *st, tally_er
 				     "unrecognized configuration parameter \"%s\"", st->u.set.name);
 	tally_column col;
 	memset(&col, 0, sizeof col);
-	tally_strlcpy(col.name, id == TALLY_SET_TIMEZONE ? "TimeZone" : id == TALLY_SET_DATESTYLE ? "DateStyle" : tally_settings_name(id),
+	tally_strlcpy(col.name,
+		      id == TALLY_SET_TIMEZONE	  ? "TimeZone"
+		      : id == TALLY_SET_DATESTYLE ? "DateStyle"
+						  : tally_settings_name(id),
 		      TALLY_NAME_MAX);
 	col.type = TALLY_T_TEXT;
 	tally_value v = tally_text(s->settings.v[id], (uint32_t)strlen(s->settings.v[id]));
@@ -382,7 +399,8 @@ static int run_show(session *s, tally_pg_conn *c, const tally_stmt *st, tally_er
 	tally_pg_col pc = {.name = col.name, .type_oid = TALLY_OID_TEXT, .typlen = -1};
 	const char *val = v.u.s.p;
 	uint32_t len = v.u.s.len;
-	if (tally_pg_send_row_description(c, 1, &pc) != 0 || tally_pg_send_data_row(c, 1, &val, &len) != 0)
+	if (tally_pg_send_row_description(c, 1, &pc) != 0 ||
+	    tally_pg_send_data_row(c, 1, &val, &len) != 0)
 		return -2;
 	return tally_pg_send_command_complete(c, "SHOW");
 }
@@ -451,9 +469,11 @@ static void session_query(void *p, tally_pg_conn *c, const char *sql)
 		if (st->kind == TALLY_STMT_EMPTY)
 			continue;
 		any = true;
-		if (s->txn == 'E' && st->kind != TALLY_STMT_COMMIT && st->kind != TALLY_STMT_ROLLBACK) {
+		if (s->txn == 'E' && st->kind != TALLY_STMT_COMMIT &&
+		    st->kind != TALLY_STMT_ROLLBACK) {
 			tally_err_set(&err, TALLY_SQLSTATE_IN_FAILED_TXN,
-				      "current transaction is aborted, commands ignored until end of transaction block");
+				      "current transaction is aborted, commands ignored until end "
+				      "of transaction block");
 			tally_pg_send_error(c, &err);
 			return;
 		}
@@ -503,8 +523,8 @@ static void session_query(void *p, tally_pg_conn *c, const char *sql)
 }
 
 const tally_pg_handlers tally_session_handlers = {
-	.session_open = session_open,
-	.query = session_query,
-	.txn_status = session_txn,
-	.session_close = session_close,
+    .session_open = session_open,
+    .query = session_query,
+    .txn_status = session_txn,
+    .session_close = session_close,
 };

@@ -23,49 +23,50 @@ typedef struct {
 } setting_def;
 
 static const setting_def defs[TALLY_SET_COUNT_] = {
-	[TALLY_SET_PRIMARY_ONLY] = {"pipeline_cluster.primary_only", K_BOOL, "off", NULL, 0, 0,
-				    "read only primary shard copies"},
-	[TALLY_SET_SKIP_UNAVAILABLE] = {"pipeline_cluster.skip_unavailable", K_BOOL, "off", NULL, 0,
-					0, "answer reads from the reachable shards, with a warning"},
-	[TALLY_SET_INSERT_LEVEL] = {"pipeline_cluster.insert_level", K_ENUM, "sync_receive",
-				    "sync_receive|sync_commit|async", 0, 0,
-				    "when an INSERT or COPY returns"},
-	[TALLY_SET_NUM_REPLICAS] = {"pipeline_cluster.num_replicas", K_INT, "1", NULL, 0, 15,
-				    "default replica copies per shard of new views"},
-	[TALLY_SET_FAILURE_TIMEOUT] = {"pipeline_cluster.failure_timeout", K_MS, "2s", NULL, 100,
-				       3600000, "silence after which a node is marked down"},
-	[TALLY_SET_HEARTBEAT_INTERVAL] = {"pipeline_cluster.heartbeat_interval", K_MS, "250ms", NULL,
-					  10, 60000, "how often workers heartbeat the coordinator"},
-	[TALLY_SET_FSYNC] = {"pipeline_cluster.fsync", K_BOOL, "on", NULL, 0, 0,
-			     "fdatasync the write-ahead log before acknowledging"},
-	[TALLY_SET_STATEMENT_MEMORY] = {"pipeline_cluster.statement_memory", K_BYTES, "1GB", NULL,
-					1 << 20, (int64_t)1 << 40,
-					"memory one statement may use to pre-aggregate its rows"},
-	[TALLY_SET_RPC_TIMEOUT] = {"pipeline_cluster.rpc_timeout", K_MS, "10s", NULL, 10, 3600000,
-				   "how long a node waits for a peer's reply"},
-	[TALLY_SET_CLIENT_ENCODING] = {"client_encoding", K_ENUM, "UTF8", "UTF8|UNICODE|SQL_ASCII", 0,
-				       0, "client character set (UTF8 only)"},
-	[TALLY_SET_DATESTYLE] = {"datestyle", K_TEXT, "ISO, MDY", NULL, 0, 0, "date output style"},
-	[TALLY_SET_TIMEZONE] = {"timezone", K_ENUM, "UTC", "UTC|GMT|Etc/UTC|Z|ZULU", 0, 0,
-				"time zone (UTC only)"},
-	[TALLY_SET_APPLICATION_NAME] = {"application_name", K_TEXT, "", NULL, 0, 0,
-					"client application name"},
-	[TALLY_SET_EXTRA_FLOAT_DIGITS] = {"extra_float_digits", K_INT, "1", NULL, -15, 3,
-					  "accepted for compatibility; output is always shortest-exact"},
-	[TALLY_SET_SEARCH_PATH] = {"search_path", K_TEXT, "\"$user\", public", NULL, 0, 0,
-				   "accepted for compatibility"},
-	[TALLY_SET_STATEMENT_TIMEOUT] = {"statement_timeout", K_MS, "0", NULL, 0, INT32_MAX,
-					 "accepted for compatibility"},
-	[TALLY_SET_SERVER_VERSION] = {"server_version", K_READONLY, "15.0", NULL, 0, 0,
-				      "PostgreSQL version tally answers as"},
-	[TALLY_SET_SERVER_ENCODING] = {"server_encoding", K_READONLY, "UTF8", NULL, 0, 0,
-				       "server character set"},
-	[TALLY_SET_STANDARD_CONFORMING_STRINGS] = {"standard_conforming_strings", K_READONLY, "on",
-						   NULL, 0, 0, "backslashes are literal in strings"},
-	[TALLY_SET_INTEGER_DATETIMES] = {"integer_datetimes", K_READONLY, "on", NULL, 0, 0,
-					 "timestamps are 64-bit integers"},
-	[TALLY_SET_TRANSACTION_ISOLATION] = {"transaction_isolation", K_READONLY, "read committed",
-					     NULL, 0, 0, "accepted for compatibility"},
+    [TALLY_SET_PRIMARY_ONLY] = {"pipeline_cluster.primary_only", K_BOOL, "off", NULL, 0, 0,
+				"read only primary shard copies"},
+    [TALLY_SET_SKIP_UNAVAILABLE] = {"pipeline_cluster.skip_unavailable", K_BOOL, "off", NULL, 0, 0,
+				    "answer reads from the reachable shards, with a warning"},
+    [TALLY_SET_INSERT_LEVEL] = {"pipeline_cluster.insert_level", K_ENUM, "sync_receive",
+				"sync_receive|sync_commit|async", 0, 0,
+				"when an INSERT or COPY returns"},
+    [TALLY_SET_NUM_REPLICAS] = {"pipeline_cluster.num_replicas", K_INT, "1", NULL, 0, 15,
+				"default replica copies per shard of new views"},
+    [TALLY_SET_FAILURE_TIMEOUT] = {"pipeline_cluster.failure_timeout", K_MS, "2s", NULL, 100,
+				   3600000, "silence after which a node is marked down"},
+    [TALLY_SET_HEARTBEAT_INTERVAL] = {"pipeline_cluster.heartbeat_interval", K_MS, "250ms", NULL,
+				      10, 60000, "how often workers heartbeat the coordinator"},
+    [TALLY_SET_FSYNC] = {"pipeline_cluster.fsync", K_BOOL, "on", NULL, 0, 0,
+			 "fdatasync the write-ahead log before acknowledging"},
+    [TALLY_SET_STATEMENT_MEMORY] = {"pipeline_cluster.statement_memory", K_BYTES, "1GB", NULL,
+				    1 << 20, (int64_t)1 << 40,
+				    "memory one statement may use to pre-aggregate its rows"},
+    [TALLY_SET_RPC_TIMEOUT] = {"pipeline_cluster.rpc_timeout", K_MS, "10s", NULL, 10, 3600000,
+			       "how long a node waits for a peer's reply"},
+    [TALLY_SET_CLIENT_ENCODING] = {"client_encoding", K_ENUM, "UTF8", "UTF8|UNICODE|SQL_ASCII", 0,
+				   0, "client character set (UTF8 only)"},
+    [TALLY_SET_DATESTYLE] = {"datestyle", K_TEXT, "ISO, MDY", NULL, 0, 0, "date output style"},
+    [TALLY_SET_TIMEZONE] = {"timezone", K_ENUM, "UTC", "UTC|GMT|Etc/UTC|Z|ZULU", 0, 0,
+			    "time zone (UTC only)"},
+    [TALLY_SET_APPLICATION_NAME] = {"application_name", K_TEXT, "", NULL, 0, 0,
+				    "client application name"},
+    [TALLY_SET_EXTRA_FLOAT_DIGITS] =
+	{"extra_float_digits", K_INT, "1", NULL, -15, 3,
+	 "accepted for compatibility; output is always shortest-exact"},
+    [TALLY_SET_SEARCH_PATH] = {"search_path", K_TEXT, "\"$user\", public", NULL, 0, 0,
+			       "accepted for compatibility"},
+    [TALLY_SET_STATEMENT_TIMEOUT] = {"statement_timeout", K_MS, "0", NULL, 0, INT32_MAX,
+				     "accepted for compatibility"},
+    [TALLY_SET_SERVER_VERSION] = {"server_version", K_READONLY, "15.0", NULL, 0, 0,
+				  "PostgreSQL version tally answers as"},
+    [TALLY_SET_SERVER_ENCODING] = {"server_encoding", K_READONLY, "UTF8", NULL, 0, 0,
+				   "server character set"},
+    [TALLY_SET_STANDARD_CONFORMING_STRINGS] = {"standard_conforming_strings", K_READONLY, "on",
+					       NULL, 0, 0, "backslashes are literal in strings"},
+    [TALLY_SET_INTEGER_DATETIMES] = {"integer_datetimes", K_READONLY, "on", NULL, 0, 0,
+				     "timestamps are 64-bit integers"},
+    [TALLY_SET_TRANSACTION_ISOLATION] = {"transaction_isolation", K_READONLY, "read committed",
+					 NULL, 0, 0, "accepted for compatibility"},
 };
 
 void tally_settings_defaults(tally_settings *s)
@@ -82,8 +83,14 @@ int tally_settings_lookup(const char *name)
 	return -1;
 }
 
-const char *tally_settings_name(int id) { return id >= 0 && id < TALLY_SET_COUNT_ ? defs[id].name : NULL; }
-const char *tally_settings_describe(int id) { return id >= 0 && id < TALLY_SET_COUNT_ ? defs[id].desc : NULL; }
+const char *tally_settings_name(int id)
+{
+	return id >= 0 && id < TALLY_SET_COUNT_ ? defs[id].name : NULL;
+}
+const char *tally_settings_describe(int id)
+{
+	return id >= 0 && id < TALLY_SET_COUNT_ ? defs[id].desc : NULL;
+}
 
 static int parse_bool(const char *v, bool *out)
 {
@@ -206,9 +213,10 @@ int tally_settings_set(tally_settings *s, const tally_settings *dflt, int id, co
 		if (errno || *end || end == value)
 			goto bad;
 		if (x < d->min || x > d->max)
-			return tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
-					     "%lld is outside the valid range for parameter \"%s\" (%lld .. %lld)",
-					     x, d->name, (long long)d->min, (long long)d->max);
+			return tally_err_set(
+			    err, TALLY_SQLSTATE_INVALID_PARAMETER,
+			    "%lld is outside the valid range for parameter \"%s\" (%lld .. %lld)",
+			    x, d->name, (long long)d->min, (long long)d->max);
 		snprintf(norm, sizeof norm, "%lld", x);
 		break;
 	}
@@ -244,7 +252,10 @@ bad:
 	return -1;
 }
 
-bool tally_settings_bool(const tally_settings *s, int id) { return strcmp(s->v[id], "on") == 0; }
+bool tally_settings_bool(const tally_settings *s, int id)
+{
+	return strcmp(s->v[id], "on") == 0;
+}
 
 int64_t tally_settings_ms(const tally_settings *s, int id)
 {

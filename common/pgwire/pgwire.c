@@ -84,8 +84,8 @@ struct tally_pg_conn {
 	int fd;
 	char peer[64]; /* "host:port", host at most 45 bytes */
 	void *session;
-	bool dead;  /* writing failed or the peer is gone */
-	bool fatal; /* a FATAL was sent: close after the current message */
+	bool dead;     /* writing failed or the peer is gone */
+	bool fatal;    /* a FATAL was sent: close after the current message */
 	bool too_many; /* over TALLY_PG_MAX_CONNS: refused with 53300 once startup is read */
 
 	uint8_t *rbuf;

@@ -96,29 +96,29 @@ static const struct {
 	const char *name;
 	tally_type type;
 } type_names[] = {
-	{"int", TALLY_T_INT4},
-	{"int4", TALLY_T_INT4},
-	{"integer", TALLY_T_INT4},
-	{"smallint", TALLY_T_INT2},
-	{"int2", TALLY_T_INT2},
-	{"bigint", TALLY_T_INT8},
-	{"int8", TALLY_T_INT8},
-	{"real", TALLY_T_FLOAT4},
-	{"float4", TALLY_T_FLOAT4},
-	{"double precision", TALLY_T_FLOAT8},
-	{"float8", TALLY_T_FLOAT8},
-	{"float", TALLY_T_FLOAT8},
-	{"boolean", TALLY_T_BOOL},
-	{"bool", TALLY_T_BOOL},
-	{"text", TALLY_T_TEXT},
-	{"varchar", TALLY_T_TEXT},
-	{"character varying", TALLY_T_TEXT},
-	{"timestamptz", TALLY_T_TIMESTAMPTZ},
-	{"timestamp", TALLY_T_TIMESTAMPTZ},
-	{"timestamp with time zone", TALLY_T_TIMESTAMPTZ},
-	{"timestamp without time zone", TALLY_T_TIMESTAMPTZ},
-	{"numeric", TALLY_T_NUMERIC},
-	{"decimal", TALLY_T_NUMERIC},
+    {"int", TALLY_T_INT4},
+    {"int4", TALLY_T_INT4},
+    {"integer", TALLY_T_INT4},
+    {"smallint", TALLY_T_INT2},
+    {"int2", TALLY_T_INT2},
+    {"bigint", TALLY_T_INT8},
+    {"int8", TALLY_T_INT8},
+    {"real", TALLY_T_FLOAT4},
+    {"float4", TALLY_T_FLOAT4},
+    {"double precision", TALLY_T_FLOAT8},
+    {"float8", TALLY_T_FLOAT8},
+    {"float", TALLY_T_FLOAT8},
+    {"boolean", TALLY_T_BOOL},
+    {"bool", TALLY_T_BOOL},
+    {"text", TALLY_T_TEXT},
+    {"varchar", TALLY_T_TEXT},
+    {"character varying", TALLY_T_TEXT},
+    {"timestamptz", TALLY_T_TIMESTAMPTZ},
+    {"timestamp", TALLY_T_TIMESTAMPTZ},
+    {"timestamp with time zone", TALLY_T_TIMESTAMPTZ},
+    {"timestamp without time zone", TALLY_T_TIMESTAMPTZ},
+    {"numeric", TALLY_T_NUMERIC},
+    {"decimal", TALLY_T_NUMERIC},
 };
 
 tally_type tally_type_from_name(const char *name)
@@ -191,10 +191,11 @@ static int parse_int(tally_type t, const char *s, size_t len, tally_value *out, 
 	return 0;
 syntax:
 	return err_syntax(err, TALLY_SQLSTATE_INVALID_TEXT, tally_type_name(t), s, len);
-range: {
+range : {
 	int n = len > QUOTE_MAX ? QUOTE_MAX : (int)len;
 	return tally_err_set(err, TALLY_SQLSTATE_OUT_OF_RANGE,
-			     "value \"%.*s\" is out of range for type %s", n, s, tally_type_name(t));
+			     "value \"%.*s\" is out of range for type %s", n, s,
+			     tally_type_name(t));
 }
 }
 
@@ -242,7 +243,7 @@ static int parse_float(tally_type t, const char *s, size_t len, tally_value *out
 syntax:
 	err_syntax(err, TALLY_SQLSTATE_INVALID_TEXT, tally_type_name(t), s, len);
 	goto done;
-range: {
+range : {
 	int n = len > QUOTE_MAX ? QUOTE_MAX : (int)len;
 	tally_err_set(err, TALLY_SQLSTATE_OUT_OF_RANGE, "\"%.*s\" is out of range for type %s", n,
 		      s, tally_type_name(t));
@@ -439,8 +440,8 @@ static int parse_ts(const char *s, size_t len, tally_value *out, tally_err *err)
 	if (p < end) {
 		if ((*p == 'Z' || *p == 'z') && p + 1 == end) {
 			p++;
-		} else if (end - p == 3 && (strncasecmp(p, "UTC", 3) == 0 ||
-					    strncasecmp(p, "GMT", 3) == 0)) {
+		} else if (end - p == 3 &&
+			   (strncasecmp(p, "UTC", 3) == 0 || strncasecmp(p, "GMT", 3) == 0)) {
 			p = end;
 		} else if (*p == '+' || *p == '-') {
 			int sign = *p == '-' ? -1 : 1;
@@ -474,8 +475,8 @@ static int parse_ts(const char *s, size_t len, tally_value *out, tally_err *err)
 	if (year < 1 || year > 9999 || mon < 1 || mon > 12 || day < 1 ||
 	    day > days_in_month(year, (int)mon))
 		range_err = true;
-	if (hour > 24 || min > 59 || sec > 60 ||
-	    (hour == 24 && (min > 0 || sec > 0 || usec > 0)) || (sec == 60 && usec > 0))
+	if (hour > 24 || min > 59 || sec > 60 || (hour == 24 && (min > 0 || sec > 0 || usec > 0)) ||
+	    (sec == 60 && usec > 0))
 		range_err = true;
 	if (range_err)
 		goto range;
@@ -490,13 +491,13 @@ static int parse_ts(const char *s, size_t len, tally_value *out, tally_err *err)
 	return 0;
 syntax:
 	return err_syntax(err, TALLY_SQLSTATE_DATETIME_FORMAT, "timestamp with time zone", s, len);
-range: {
+range : {
 	int n = len > QUOTE_MAX ? QUOTE_MAX : (int)len;
 	tally_err_set(err, TALLY_SQLSTATE_DATETIME_OVERFLOW,
 		      "date/time field value out of range: \"%.*s\"", n, s);
 	return -1;
 }
-range_tz: {
+range_tz : {
 	int n = len > QUOTE_MAX ? QUOTE_MAX : (int)len;
 	return tally_err_set(err, TALLY_SQLSTATE_DATETIME_OVERFLOW,
 			     "time zone displacement out of range: \"%.*s\"", n, s);
@@ -597,15 +598,16 @@ int tally_value_parse(tally_type t, const char *s, size_t len, tally_value *out,
 	case TALLY_T_TEXT:
 	case TALLY_T_UNKNOWN:
 		if (len > TALLY_TEXT_MAX)
-			return tally_err_set(err, TALLY_SQLSTATE_PROGRAM_LIMIT,
-					     "text value of %zu bytes exceeds the limit of %u bytes",
-					     len, TALLY_TEXT_MAX);
+			return tally_err_set(
+			    err, TALLY_SQLSTATE_PROGRAM_LIMIT,
+			    "text value of %zu bytes exceeds the limit of %u bytes", len,
+			    TALLY_TEXT_MAX);
 		*out = tally_text(s, (uint32_t)len);
 		out->type = (uint8_t)t;
 		return 0;
 	default:
-		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "cannot parse a value of type %s",
-				     tally_type_name(t));
+		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
+				     "cannot parse a value of type %s", tally_type_name(t));
 	}
 }
 
@@ -758,8 +760,8 @@ static int format_u128(unsigned __int128 u, char *out)
 static int format_numeric(tally_numeric n, char *out)
 {
 	char digs[48];
-	unsigned __int128 u = n.m < 0 ? (unsigned __int128)0 - (unsigned __int128)n.m
-				       : (unsigned __int128)n.m;
+	unsigned __int128 u =
+	    n.m < 0 ? (unsigned __int128)0 - (unsigned __int128)n.m : (unsigned __int128)n.m;
 	int nd = format_u128(u, digs), scale = n.scale < 0 ? 0 : n.scale;
 	char *o = out;
 	if (n.m < 0)
@@ -888,8 +890,8 @@ tally_numeric tally_numeric_div_count(tally_numeric sum, int64_t count)
 		return r;
 	int s = sum.scale < 0 ? 0 : sum.scale > 38 ? 38 : sum.scale;
 	bool neg = sum.m < 0;
-	unsigned __int128 u = neg ? (unsigned __int128)0 - (unsigned __int128)sum.m
-				  : (unsigned __int128)sum.m;
+	unsigned __int128 u =
+	    neg ? (unsigned __int128)0 - (unsigned __int128)sum.m : (unsigned __int128)sum.m;
 	unsigned __int128 c = (unsigned __int128)count;
 	int w1, f1, w2, f2;
 	/* weight and first base-10000 digit of sum: align the fraction to whole groups of four
@@ -1134,7 +1136,10 @@ static int cmp_double(double a, double b)
 	return a < b ? -1 : a > b ? 1 : 0;
 }
 
-static int cmp_i128(__int128 a, __int128 b) { return a < b ? -1 : a > b ? 1 : 0; }
+static int cmp_i128(__int128 a, __int128 b)
+{
+	return a < b ? -1 : a > b ? 1 : 0;
+}
 
 /* Compare two numerics exactly when scaling fits, else via double. */
 static int cmp_numeric(tally_numeric a, tally_numeric b)
@@ -1178,10 +1183,10 @@ int tally_value_cmp(const tally_value *a, const tally_value *b)
 		if (tally_type_is_int(ta) && tally_type_is_int(tb))
 			return a->u.i < b->u.i ? -1 : a->u.i > b->u.i ? 1 : 0;
 		if (tally_type_is_float(ta) || tally_type_is_float(tb)) {
-			double x = tally_type_is_float(ta)    ? a->u.f
+			double x = tally_type_is_float(ta) ? a->u.f
 				   : ta == TALLY_T_NUMERIC ? tally_numeric_to_double(a->u.n)
 							   : (double)a->u.i;
-			double y = tally_type_is_float(tb)    ? b->u.f
+			double y = tally_type_is_float(tb) ? b->u.f
 				   : tb == TALLY_T_NUMERIC ? tally_numeric_to_double(b->u.n)
 							   : (double)b->u.i;
 			return cmp_double(x, y);
@@ -1357,25 +1362,62 @@ static const struct {
 	const char *name;
 	enum ts_unit u;
 } ts_units[] = {
-	{"microsecond", U_USEC}, {"microseconds", U_USEC}, {"usec", U_USEC},
-	{"usecs", U_USEC},	 {"useconds", U_USEC},	   {"us", U_USEC},
-	{"millisecond", U_MSEC}, {"milliseconds", U_MSEC}, {"msec", U_MSEC},
-	{"msecs", U_MSEC},	 {"mseconds", U_MSEC},	   {"ms", U_MSEC},
-	{"second", U_SEC},	 {"seconds", U_SEC},	   {"sec", U_SEC},
-	{"secs", U_SEC},	 {"s", U_SEC},		   {"minute", U_MIN},
-	{"minutes", U_MIN},	 {"min", U_MIN},	   {"mins", U_MIN},
-	{"m", U_MIN},		 {"hour", U_HOUR},	   {"hours", U_HOUR},
-	{"hr", U_HOUR},		 {"hrs", U_HOUR},	   {"h", U_HOUR},
-	{"day", U_DAY},		 {"days", U_DAY},	   {"d", U_DAY},
-	{"week", U_WEEK},	 {"weeks", U_WEEK},	   {"w", U_WEEK},
-	{"month", U_MONTH},	 {"months", U_MONTH},	   {"mon", U_MONTH},
-	{"mons", U_MONTH},	 {"quarter", U_QUARTER},   {"qtr", U_QUARTER},
-	{"year", U_YEAR},	 {"years", U_YEAR},	   {"yr", U_YEAR},
-	{"yrs", U_YEAR},	 {"y", U_YEAR},		   {"decade", U_DECADE},
-	{"decades", U_DECADE},	 {"dec", U_DECADE},	   {"decs", U_DECADE},
-	{"century", U_CENTURY},	 {"centuries", U_CENTURY}, {"c", U_CENTURY},
-	{"cent", U_CENTURY},	 {"millennium", U_MILLENNIUM}, {"millennia", U_MILLENNIUM},
-	{"mil", U_MILLENNIUM},	 {"mils", U_MILLENNIUM},
+    {"microsecond", U_USEC},
+    {"microseconds", U_USEC},
+    {"usec", U_USEC},
+    {"usecs", U_USEC},
+    {"useconds", U_USEC},
+    {"us", U_USEC},
+    {"millisecond", U_MSEC},
+    {"milliseconds", U_MSEC},
+    {"msec", U_MSEC},
+    {"msecs", U_MSEC},
+    {"mseconds", U_MSEC},
+    {"ms", U_MSEC},
+    {"second", U_SEC},
+    {"seconds", U_SEC},
+    {"sec", U_SEC},
+    {"secs", U_SEC},
+    {"s", U_SEC},
+    {"minute", U_MIN},
+    {"minutes", U_MIN},
+    {"min", U_MIN},
+    {"mins", U_MIN},
+    {"m", U_MIN},
+    {"hour", U_HOUR},
+    {"hours", U_HOUR},
+    {"hr", U_HOUR},
+    {"hrs", U_HOUR},
+    {"h", U_HOUR},
+    {"day", U_DAY},
+    {"days", U_DAY},
+    {"d", U_DAY},
+    {"week", U_WEEK},
+    {"weeks", U_WEEK},
+    {"w", U_WEEK},
+    {"month", U_MONTH},
+    {"months", U_MONTH},
+    {"mon", U_MONTH},
+    {"mons", U_MONTH},
+    {"quarter", U_QUARTER},
+    {"qtr", U_QUARTER},
+    {"year", U_YEAR},
+    {"years", U_YEAR},
+    {"yr", U_YEAR},
+    {"yrs", U_YEAR},
+    {"y", U_YEAR},
+    {"decade", U_DECADE},
+    {"decades", U_DECADE},
+    {"dec", U_DECADE},
+    {"decs", U_DECADE},
+    {"century", U_CENTURY},
+    {"centuries", U_CENTURY},
+    {"c", U_CENTURY},
+    {"cent", U_CENTURY},
+    {"millennium", U_MILLENNIUM},
+    {"millennia", U_MILLENNIUM},
+    {"mil", U_MILLENNIUM},
+    {"mils", U_MILLENNIUM},
 };
 
 int tally_ts_trunc(const char *unit, size_t unitlen, int64_t ts, int64_t *out, tally_err *err)
@@ -1390,9 +1432,9 @@ int tally_ts_trunc(const char *unit, size_t unitlen, int64_t ts, int64_t *out, t
 	}
 	if (idx < 0) {
 		int n = unitlen > 200 ? 200 : (int)unitlen;
-		return tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
-				     "unit \"%.*s\" not recognized for type timestamp with time zone",
-				     n, unit);
+		return tally_err_set(
+		    err, TALLY_SQLSTATE_INVALID_PARAMETER,
+		    "unit \"%.*s\" not recognized for type timestamp with time zone", n, unit);
 	}
 	enum ts_unit u = ts_units[idx].u;
 	int64_t days = floor_div(ts, USECS_PER_DAY), y;

@@ -34,7 +34,7 @@ typedef enum tally_agg_kind {
 
 typedef struct tally_agg_spec {
 	tally_agg_kind kind;
-	tally_type arg_type;    /* TALLY_T_UNKNOWN for count(*) */
+	tally_type arg_type;	/* TALLY_T_UNKNOWN for count(*) */
 	tally_type result_type; /* set by tally_agg_resolve */
 } tally_agg_spec;
 

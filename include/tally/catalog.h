@@ -18,7 +18,7 @@ typedef struct tally_node_info {
 	char name[TALLY_NAME_MAX];
 	char data_addr[128]; /* "tcp://127.0.0.1:40123" */
 	char sql_addr[128];  /* "127.0.0.1:6433" */
-	uint8_t state;       /* tally_node_state */
+	uint8_t state;	     /* tally_node_state */
 	uint64_t incarnation;
 	int64_t last_heartbeat_us; /* wall clock, 0 = never */
 } tally_node_info;

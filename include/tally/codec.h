@@ -20,21 +20,21 @@
 #define TALLY_MSG_MAX (256u << 20) /* NNG_OPT_RECVMAXSZ on every socket */
 
 typedef enum tally_msg_type {
-	TALLY_MSG_ERROR = 1,       /* reply: sqlstate + message */
-	TALLY_MSG_OK = 2,          /* reply: empty body or type-specific */
-	TALLY_MSG_REGISTER = 3,    /* worker -> coordinator */
-	TALLY_MSG_REGISTER_OK = 4, /* node id + catalog */
-	TALLY_MSG_HEARTBEAT = 5,   /* worker -> coordinator */
-	TALLY_MSG_HEARTBEAT_OK = 6,/* epoch (+ catalog when newer than the sender's) */
-	TALLY_MSG_MAP_PUSH = 7,    /* coordinator -> worker: catalog */
-	TALLY_MSG_DDL = 8,         /* any node -> coordinator: one DDL statement text */
-	TALLY_MSG_DDL_OK = 9,      /* command tag + catalog */
-	TALLY_MSG_GET_MAP = 10,    /* any node -> coordinator */
-	TALLY_MSG_MAP = 11,        /* catalog */
-	TALLY_MSG_APPLY = 12,      /* origin -> primary: one batch */
+	TALLY_MSG_ERROR = 1,	    /* reply: sqlstate + message */
+	TALLY_MSG_OK = 2,	    /* reply: empty body or type-specific */
+	TALLY_MSG_REGISTER = 3,	    /* worker -> coordinator */
+	TALLY_MSG_REGISTER_OK = 4,  /* node id + catalog */
+	TALLY_MSG_HEARTBEAT = 5,    /* worker -> coordinator */
+	TALLY_MSG_HEARTBEAT_OK = 6, /* epoch (+ catalog when newer than the sender's) */
+	TALLY_MSG_MAP_PUSH = 7,	    /* coordinator -> worker: catalog */
+	TALLY_MSG_DDL = 8,	    /* any node -> coordinator: one DDL statement text */
+	TALLY_MSG_DDL_OK = 9,	    /* command tag + catalog */
+	TALLY_MSG_GET_MAP = 10,	    /* any node -> coordinator */
+	TALLY_MSG_MAP = 11,	    /* catalog */
+	TALLY_MSG_APPLY = 12,	    /* origin -> primary: one batch */
 	TALLY_MSG_APPLY_OK = 13,
-	TALLY_MSG_READ = 14,       /* reader -> copy holder: one shard */
-	TALLY_MSG_READ_OK = 15,    /* groups and states */
+	TALLY_MSG_READ = 14,	/* reader -> copy holder: one shard */
+	TALLY_MSG_READ_OK = 15, /* groups and states */
 } tally_msg_type;
 
 typedef struct tally_msg_hdr {

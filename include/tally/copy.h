@@ -37,11 +37,10 @@ typedef int (*tally_copy_row_fn)(void *ctx, const tally_value *row);
  * value, 22P04 missing data for column "x" / extra data after last expected column,
  * 54000 row too long) carry detail `COPY s, line N, column c: "value"` like PostgreSQL's
  * context line. After an error the parser must be freed. */
-int tally_copy_parser_feed(tally_copy_parser *p, const char *data, size_t len,
-			   tally_copy_row_fn fn, void *ctx, tally_err *err);
+int tally_copy_parser_feed(tally_copy_parser *p, const char *data, size_t len, tally_copy_row_fn fn,
+			   void *ctx, tally_err *err);
 /* End of data (CopyDone): parse a final line without a newline, fail on an open quote. */
-int tally_copy_parser_finish(tally_copy_parser *p, tally_copy_row_fn fn, void *ctx,
-			     tally_err *err);
+int tally_copy_parser_finish(tally_copy_parser *p, tally_copy_row_fn fn, void *ctx, tally_err *err);
 /* Rows parsed so far (for "COPY n"). */
 uint64_t tally_copy_parser_rows(const tally_copy_parser *p);
 /* Physical line number of the last row handed to the row callback (for error context). */

@@ -20,7 +20,7 @@
 /* ---- SQL-facing errors -------------------------------------------------------------------- */
 
 /* PostgreSQL SQLSTATE codes we use. */
-#define TALLY_SQLSTATE_SYNTAX "42601"          /* syntax_error */
+#define TALLY_SQLSTATE_SYNTAX "42601"	       /* syntax_error */
 #define TALLY_SQLSTATE_UNDEFINED_TABLE "42P01" /* undefined_table */
 #define TALLY_SQLSTATE_UNDEFINED_COLUMN "42703"
 #define TALLY_SQLSTATE_UNDEFINED_FUNCTION "42883"
@@ -30,15 +30,15 @@
 #define TALLY_SQLSTATE_DUPLICATE_COLUMN "42701"
 #define TALLY_SQLSTATE_AMBIGUOUS_COLUMN "42702"
 #define TALLY_SQLSTATE_DATATYPE_MISMATCH "42804"
-#define TALLY_SQLSTATE_GROUPING "42803" /* grouping_error */
-#define TALLY_SQLSTATE_INVALID_TEXT "22P02"   /* invalid_text_representation */
+#define TALLY_SQLSTATE_GROUPING "42803"	       /* grouping_error */
+#define TALLY_SQLSTATE_INVALID_TEXT "22P02"    /* invalid_text_representation */
 #define TALLY_SQLSTATE_DATETIME_FORMAT "22007" /* invalid_datetime_format */
 #define TALLY_SQLSTATE_DATETIME_OVERFLOW "22008"
 #define TALLY_SQLSTATE_OUT_OF_RANGE "22003" /* numeric_value_out_of_range */
 #define TALLY_SQLSTATE_DIVISION_BY_ZERO "22012"
 #define TALLY_SQLSTATE_STRING_TOO_LONG "22001"
 #define TALLY_SQLSTATE_NOT_NULL "23502"
-#define TALLY_SQLSTATE_BAD_COPY "22P04" /* bad_copy_file_format */
+#define TALLY_SQLSTATE_BAD_COPY "22P04"		 /* bad_copy_file_format */
 #define TALLY_SQLSTATE_INVALID_PARAMETER "22023" /* invalid_parameter_value */
 #define TALLY_SQLSTATE_FEATURE_NOT_SUPPORTED "0A000"
 #define TALLY_SQLSTATE_UNDEFINED_PARAMETER "42704"
@@ -76,12 +76,15 @@ typedef struct tally_err {
 /* Fill *e (severity ERROR, clears detail/hint/position) and return -1, so callers may write
  * `return tally_err_set(err, ...)`. e may be NULL (the error is then dropped). */
 int tally_err_set(tally_err *e, const char *sqlstate, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 /* Set the detail / hint / position of an already-set error; return -1. */
 int tally_err_detail(tally_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int tally_err_hint(tally_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void tally_err_clear(tally_err *e);
-static inline bool tally_err_isset(const tally_err *e) { return e && e->sqlstate[0] != 0; }
+static inline bool tally_err_isset(const tally_err *e)
+{
+	return e && e->sqlstate[0] != 0;
+}
 
 /* ---- growable byte buffer ----------------------------------------------------------------- */
 
@@ -96,8 +99,11 @@ typedef struct tally_buf {
 #define TALLY_BUF_MAX ((size_t)1 << 31)
 
 int tally_buf_reserve(tally_buf *b, size_t extra); /* ensure cap >= len + extra; -1 if too big */
-void tally_buf_free(tally_buf *b);                 /* releases memory; b is empty again */
-static inline void tally_buf_reset(tally_buf *b) { b->len = 0; }
+void tally_buf_free(tally_buf *b);		   /* releases memory; b is empty again */
+static inline void tally_buf_reset(tally_buf *b)
+{
+	b->len = 0;
+}
 void tally_buf_append(tally_buf *b, const void *p, size_t n);
 void tally_buf_printf(tally_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static inline void tally_buf_putc(tally_buf *b, uint8_t c)
@@ -112,7 +118,10 @@ void tally_buf_put_u64(tally_buf *b, uint64_t v);
 void tally_buf_put_str(tally_buf *b, const char *s, uint32_t n); /* u32 length + bytes */
 
 /* Big-endian loads/stores. */
-static inline uint16_t tally_be16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+static inline uint16_t tally_be16(const uint8_t *p)
+{
+	return (uint16_t)((p[0] << 8) | p[1]);
+}
 static inline uint32_t tally_be32(const uint8_t *p)
 {
 	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
@@ -162,7 +171,10 @@ int tally_rd_u64(tally_rd *r, uint64_t *v);
 /* u32 length then bytes; *p points into the reader's memory. Fails if len > max. */
 int tally_rd_str(tally_rd *r, const uint8_t **p, uint32_t *n, uint32_t max);
 int tally_rd_bytes(tally_rd *r, const uint8_t **p, size_t n);
-static inline size_t tally_rd_left(const tally_rd *r) { return r->len - r->off; }
+static inline size_t tally_rd_left(const tally_rd *r)
+{
+	return r->len - r->off;
+}
 
 /* ---- arena -------------------------------------------------------------------------------- */
 
@@ -174,8 +186,8 @@ typedef struct tally_arena_block tally_arena_block;
 typedef struct tally_arena {
 	tally_arena_block *head;
 	tally_arena_block *spare; /* blocks kept by reset for reuse (up to TALLY_ARENA_KEEP) */
-	size_t used;  /* bytes handed out since the last reset */
-	size_t limit; /* 0 = no limit */
+	size_t used;		  /* bytes handed out since the last reset */
+	size_t limit;		  /* 0 = no limit */
 } tally_arena;
 
 /* Bytes of blocks an arena keeps across resets: a session's next statement reuses memory that
@@ -202,8 +214,8 @@ void tally_log(tally_log_level lvl, const char *fmt, ...) __attribute__((format(
 
 /* ---- clocks ------------------------------------------------------------------------------- */
 
-int64_t tally_now_us(void);      /* wall clock, microseconds since the Unix epoch */
-int64_t tally_mono_us(void);     /* monotonic clock, microseconds */
+int64_t tally_now_us(void);  /* wall clock, microseconds since the Unix epoch */
+int64_t tally_mono_us(void); /* monotonic clock, microseconds */
 
 /* ---- misc --------------------------------------------------------------------------------- */
 

@@ -12,8 +12,8 @@
 typedef struct tally_group {
 	uint64_t hash;
 	uint32_t keylen;
-	uint8_t *key;                        /* points after the states */
-	_Alignas(16) uint8_t states[];       /* naggs * TALLY_AGG_SLOT, then the key */
+	uint8_t *key;		       /* points after the states */
+	_Alignas(16) uint8_t states[]; /* naggs * TALLY_AGG_SLOT, then the key */
 } tally_group;
 
 typedef struct tally_gslot {

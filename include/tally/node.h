@@ -70,7 +70,8 @@ int64_t tally_settings_bytes(const tally_settings *s, int id);
 /* Short description used by SHOW ALL and docs. */
 const char *tally_settings_describe(int id);
 
-/* ---- cluster map as known to this node -------------------------------------------------------- */
+/* ---- cluster map as known to this node --------------------------------------------------------
+ */
 
 /* A view analyzed on this node: its catalog entry plus the plan its SELECT compiles to. */
 typedef struct tally_view_rt {
@@ -109,16 +110,16 @@ tally_rpc *tally_rpc_alloc(void);
 void tally_rpc_free(tally_rpc *r);
 
 typedef struct tally_rpc_call {
-	const char *addr;   /* peer data address */
-	const char *peer;   /* name for errors ("w2") */
-	tally_buf req;      /* full request message (header + body), owned by the caller */
+	const char *addr; /* peer data address */
+	const char *peer; /* name for errors ("w2") */
+	tally_buf req;	  /* full request message (header + body), owned by the caller */
 	/* results */
-	int rc;             /* 0 = reply received */
-	nng_msg *reply;     /* owned by the caller after the call: nng_msg_free */
-	tally_msg_hdr hdr;  /* reply header */
-	tally_rd body;      /* reply body reader (into reply) */
-	char errmsg[512];   /* transport or remote error text when rc != 0 */
-	char sqlstate[6];   /* remote ERROR's sqlstate, or 57P03 for transport failures */
+	int rc;		   /* 0 = reply received */
+	nng_msg *reply;	   /* owned by the caller after the call: nng_msg_free */
+	tally_msg_hdr hdr; /* reply header */
+	tally_rd body;	   /* reply body reader (into reply) */
+	char errmsg[512];  /* transport or remote error text when rc != 0 */
+	char sqlstate[6];  /* remote ERROR's sqlstate, or 57P03 for transport failures */
 	/* private */
 	nng_ctx ctx;
 	nng_aio *aio;
@@ -137,8 +138,8 @@ typedef struct tally_rpc_server tally_rpc_server;
  * reply. Runs on a service thread; must not block for long. */
 typedef void (*tally_rpc_handler)(void *ctx, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply);
 /* Listen on tcp://host:port (0 = any) with nthreads service threads. */
-int tally_rpc_server_open(const char *host, int port, int nthreads, tally_rpc_handler fn,
-			  void *ctx, tally_rpc_server **out);
+int tally_rpc_server_open(const char *host, int port, int nthreads, tally_rpc_handler fn, void *ctx,
+			  tally_rpc_server **out);
 const char *tally_rpc_server_addr(const tally_rpc_server *s); /* "tcp://127.0.0.1:NNNN" */
 void tally_rpc_server_close(tally_rpc_server *s);
 /* Build an ERROR reply into b. */
@@ -177,17 +178,17 @@ typedef struct tally_node_config {
 struct tally_node {
 	tally_node_config cfg;
 	tally_node_role role;
-	uint32_t node_id;  /* 0 for the coordinator */
+	uint32_t node_id; /* 0 for the coordinator */
 	uint64_t incarnation;
 	tally_pg_server *pg;
 	tally_rpc_server *rpcsrv;
 	tally_rpc *rpc;
 	pthread_mutex_t map_mu;
-	tally_map *map; /* current snapshot, replaced whole; guarded by map_mu */
-	pthread_mutex_t seq_mu; /* guards seqs */
+	tally_map *map;		      /* current snapshot, replaced whole; guarded by map_mu */
+	pthread_mutex_t seq_mu;	      /* guards seqs */
 	struct tally_seq_entry *seqs; /* batch seq per (view, home shard): open addressing */
 	size_t nseqs, seqcap;
-	uint64_t next_req;     /* atomic: request ids */
+	uint64_t next_req; /* atomic: request ids */
 	int64_t started_us;
 };
 
@@ -219,12 +220,12 @@ void tally_node_wait_signal(void);
 /* DDL replies (TALLY_MSG_DDL_OK): u8 ok; ok: str tag, str notice, str catalog; else str sqlstate,
  * message, detail, hint, u32 position. A notice (e.g. "relation already exists, skipping") may
  * accompany success. */
-void tally_ddl_reply_put(tally_buf *b, const char *tag, const char *notice, const tally_catalog *cat,
-			 const tally_err *err);
+void tally_ddl_reply_put(tally_buf *b, const char *tag, const char *notice,
+			 const tally_catalog *cat, const tally_err *err);
 /* Decode: on ok fills tag/notice and *cat (heap; caller owns), returns 0; on a remote error
  * fills err and returns -1; malformed -> -1 with an internal error. */
-int tally_ddl_reply_get(tally_rd *r, char *tag, size_t tagsz, tally_err *notice, tally_catalog **cat,
-			tally_err *err);
+int tally_ddl_reply_get(tally_rd *r, char *tag, size_t tagsz, tally_err *notice,
+			tally_catalog **cat, tally_err *err);
 
 /* ---- ingest and read, used by the session layer -------------------------------------------- */
 
@@ -263,6 +264,5 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 
 /* The pgwire handlers of the session layer; server_ctx is the tally_node. */
 extern const tally_pg_handlers tally_session_handlers;
-
 
 #endif

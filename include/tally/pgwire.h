@@ -22,7 +22,7 @@
 
 #define TALLY_PG_MSG_MAX (64u << 20) /* largest accepted frontend message: 64 MiB */
 #define TALLY_PG_STARTUP_MAX 10000   /* startup packet, as PostgreSQL */
-#define TALLY_PG_MAX_CONNS 1000      /* more clients get FATAL 53300 after startup */
+#define TALLY_PG_MAX_CONNS 1000	     /* more clients get FATAL 53300 after startup */
 
 typedef struct tally_pg_server tally_pg_server;
 typedef struct tally_pg_conn tally_pg_conn;

@@ -19,7 +19,7 @@
 #define TALLY_MAX_REPLICAS 15
 
 typedef struct tally_ring_member {
-	uint32_t id;      /* node id, returned in placements */
+	uint32_t id;	  /* node id, returned in placements */
 	const char *name; /* hashed for ring points */
 	uint32_t weight;  /* >= 1; points = vnodes * weight */
 } tally_ring_member;

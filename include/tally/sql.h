@@ -88,7 +88,7 @@ typedef struct tally_select_ast tally_select_ast; /* opaque raw SELECT */
 
 typedef struct tally_stmt {
 	tally_stmt_kind kind;
-	int location;     /* byte offset of the statement in the query string */
+	int location;	  /* byte offset of the statement in the query string */
 	const char *text; /* this statement's own text, NUL-terminated, arena copy */
 	union {
 		struct {
@@ -102,17 +102,17 @@ typedef struct tally_stmt {
 			char name[TALLY_NAME_MAX];
 			bool if_exists;
 			bool cascade; /* DROP STREAM ... CASCADE drops its views too */
-		} drop;                /* DROP_STREAM, DROP_VIEW */
+		} drop;		      /* DROP_STREAM, DROP_VIEW */
 		struct {
 			char name[TALLY_NAME_MAX];
 			bool if_not_exists;
-			/* WITH (...) options; -1 = not given. Unknown options are rejected with 22023
-			 * `unrecognized parameter "x"`; bad values likewise. action = materialize is
-			 * accepted (and required for CREATE VIEW ... WITH). */
-			int num_shards;   /* 1..1024 */
-			int shard_factor; /* 1..100 */
-			int num_replicas; /* 0..15 */
-			int sharding_policy; /* tally_sharding_policy or -1 */
+			/* WITH (...) options; -1 = not given. Unknown options are rejected with
+			 * 22023 `unrecognized parameter "x"`; bad values likewise. action =
+			 * materialize is accepted (and required for CREATE VIEW ... WITH). */
+			int num_shards;		/* 1..1024 */
+			int shard_factor;	/* 1..100 */
+			int num_replicas;	/* 0..15 */
+			int sharding_policy;	/* tally_sharding_policy or -1 */
 			const char *query_text; /* "SELECT ..." as written, NUL-terminated */
 			const tally_select_ast *query;
 			const char *stream; /* FROM name of the query */
@@ -122,7 +122,8 @@ typedef struct tally_stmt {
 			int ncols; /* 0 = all stream columns in order */
 			char (*cols)[TALLY_NAME_MAX];
 			int nrows;
-			int nvalues;         /* per row, all rows equal (else 42601 "VALUES lists must all be the same length") */
+			int nvalues; /* per row, all rows equal (else 42601 "VALUES lists must all
+					be the same length") */
 			tally_expr **values; /* nrows * nvalues raw (unanalyzed) expressions */
 		} insert;
 		struct {
@@ -130,23 +131,24 @@ typedef struct tally_stmt {
 			int ncols; /* 0 = all */
 			char (*cols)[TALLY_NAME_MAX];
 			tally_copy_format format;
-			char delimiter;    /* default '\t' (text) or ',' (csv) */
+			char delimiter;		 /* default '\t' (text) or ',' (csv) */
 			const char *null_string; /* default "\\N" (text) or "" (csv) */
-			bool header;       /* csv only */
-			char quote;        /* csv, default '"' */
-			char escape;       /* csv, default = quote */
-		} copy;                    /* only COPY ... FROM STDIN is accepted */
+			bool header;		 /* csv only */
+			char quote;		 /* csv, default '"' */
+			char escape;		 /* csv, default = quote */
+		} copy;				 /* only COPY ... FROM STDIN is accepted */
 		struct {
 			const tally_select_ast *query;
 			const char *from; /* "v", "pipeline_cluster.shards"; NULL without FROM.
 					     Lower-cased unless quoted. */
 		} select;
 		struct {
-			char name[128];    /* lower-cased, e.g. "pipeline_cluster.primary_only" */
-			const char *value; /* NULL for DEFAULT / RESET; for SET x TO a, b joined ", " */
-			bool local;        /* SET LOCAL */
-			bool all;          /* RESET ALL / SHOW ALL */
-		} set;                     /* SET, SHOW, RESET */
+			char name[128]; /* lower-cased, e.g. "pipeline_cluster.primary_only" */
+			const char
+			    *value; /* NULL for DEFAULT / RESET; for SET x TO a, b joined ", " */
+			bool local; /* SET LOCAL */
+			bool all;   /* RESET ALL / SHOW ALL */
+		} set;		    /* SET, SHOW, RESET */
 	} u;
 } tally_stmt;
 

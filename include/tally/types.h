@@ -43,7 +43,7 @@ typedef struct tally_numeric {
 } tally_numeric;
 
 typedef struct tally_value {
-	uint8_t type;   /* tally_type */
+	uint8_t type;	/* tally_type */
 	uint8_t isnull; /* 1 = SQL NULL (the payload is meaningless) */
 	union {
 		bool b;

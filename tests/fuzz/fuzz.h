@@ -16,20 +16,20 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* An invariant of the code under test does not hold: report and abort (a finding). */
-#define FUZZ_CHECK(cond)                                                                          \
-	do {                                                                                      \
-		if (!(cond)) {                                                                    \
-			fprintf(stderr, "%s:%d: fuzz invariant failed: %s\n", __FILE__, __LINE__, \
-				#cond);                                                           \
-			abort();                                                                  \
-		}                                                                                 \
+#define FUZZ_CHECK(cond)                                                                           \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "%s:%d: fuzz invariant failed: %s\n", __FILE__, __LINE__,  \
+				#cond);                                                            \
+			abort();                                                                   \
+		}                                                                                  \
 	} while (0)
 
 /* The stream "s" as ingest sees it: user columns of every type, then arrival_timestamp. */
 static const tally_column fuzz_stream_cols[] = {
-	{"k", TALLY_T_INT4},         {"v", TALLY_T_FLOAT8},    {"name", TALLY_T_TEXT},
-	{"flag", TALLY_T_BOOL},      {"big", TALLY_T_INT8},    {"ts", TALLY_T_TIMESTAMPTZ},
-	{"small", TALLY_T_INT2},     {"r", TALLY_T_FLOAT4},    {"arrival_timestamp", TALLY_T_TIMESTAMPTZ},
+    {"k", TALLY_T_INT4},     {"v", TALLY_T_FLOAT8}, {"name", TALLY_T_TEXT},
+    {"flag", TALLY_T_BOOL},  {"big", TALLY_T_INT8}, {"ts", TALLY_T_TIMESTAMPTZ},
+    {"small", TALLY_T_INT2}, {"r", TALLY_T_FLOAT4}, {"arrival_timestamp", TALLY_T_TIMESTAMPTZ},
 };
 #define FUZZ_STREAM_NCOLS ((int)(sizeof fuzz_stream_cols / sizeof fuzz_stream_cols[0]))
 

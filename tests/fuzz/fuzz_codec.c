@@ -17,21 +17,21 @@
 #include "tally/node.h"
 
 static const tally_agg_spec agg_template[] = {
-	{TALLY_AGG_COUNT_STAR, TALLY_T_UNKNOWN, 0}, {TALLY_AGG_COUNT, TALLY_T_TEXT, 0},
-	{TALLY_AGG_SUM, TALLY_T_INT4, 0},           {TALLY_AGG_SUM, TALLY_T_INT8, 0},
-	{TALLY_AGG_SUM, TALLY_T_FLOAT8, 0},         {TALLY_AGG_SUM, TALLY_T_FLOAT4, 0},
-	{TALLY_AGG_AVG, TALLY_T_INT2, 0},           {TALLY_AGG_AVG, TALLY_T_INT8, 0},
-	{TALLY_AGG_AVG, TALLY_T_FLOAT8, 0},         {TALLY_AGG_MIN, TALLY_T_TEXT, 0},
-	{TALLY_AGG_MAX, TALLY_T_TEXT, 0},           {TALLY_AGG_MIN, TALLY_T_TIMESTAMPTZ, 0},
-	{TALLY_AGG_MAX, TALLY_T_FLOAT4, 0},         {TALLY_AGG_MIN, TALLY_T_INT8, 0},
-	{TALLY_AGG_MAX, TALLY_T_NUMERIC, 0},        {TALLY_AGG_SUM, TALLY_T_NUMERIC, 0},
+    {TALLY_AGG_COUNT_STAR, TALLY_T_UNKNOWN, 0}, {TALLY_AGG_COUNT, TALLY_T_TEXT, 0},
+    {TALLY_AGG_SUM, TALLY_T_INT4, 0},		{TALLY_AGG_SUM, TALLY_T_INT8, 0},
+    {TALLY_AGG_SUM, TALLY_T_FLOAT8, 0},		{TALLY_AGG_SUM, TALLY_T_FLOAT4, 0},
+    {TALLY_AGG_AVG, TALLY_T_INT2, 0},		{TALLY_AGG_AVG, TALLY_T_INT8, 0},
+    {TALLY_AGG_AVG, TALLY_T_FLOAT8, 0},		{TALLY_AGG_MIN, TALLY_T_TEXT, 0},
+    {TALLY_AGG_MAX, TALLY_T_TEXT, 0},		{TALLY_AGG_MIN, TALLY_T_TIMESTAMPTZ, 0},
+    {TALLY_AGG_MAX, TALLY_T_FLOAT4, 0},		{TALLY_AGG_MIN, TALLY_T_INT8, 0},
+    {TALLY_AGG_MAX, TALLY_T_NUMERIC, 0},	{TALLY_AGG_SUM, TALLY_T_NUMERIC, 0},
 };
 #define NAGG_TEMPLATE ((int)(sizeof agg_template / sizeof agg_template[0]))
 
 /* Which aggregates the groups carry: a few fixed lists, picked by the input. */
 static const int agg_lists[][5] = {
-	{0, -1},          {0, 2, 9, -1},     {1, 3, 4, 10, -1}, {5, 6, 7, 8, -1},
-	{11, 12, 13, -1}, {14, 15, 0, -1},   {9, 10, 9, -1},    {-1},
+    {0, -1},	      {0, 2, 9, -1},   {1, 3, 4, 10, -1}, {5, 6, 7, 8, -1},
+    {11, 12, 13, -1}, {14, 15, 0, -1}, {9, 10, 9, -1},	  {-1},
 };
 #define NLISTS ((int)(sizeof agg_lists / sizeof agg_lists[0]))
 
@@ -88,11 +88,12 @@ static void merge_groups(tally_rd *r, uint32_t ngroups, int list, tally_buf *b)
 			int drc = tally_agg_deserialize(&aggs[k], &sr, copy);
 			if (drc != 0 || tally_rd_left(&sr) != 0) {
 				fprintf(stderr, "fuzz_codec: %s(%s) state serializes to",
-					tally_agg_name(aggs[k].kind), tally_type_name(aggs[k].arg_type));
+					tally_agg_name(aggs[k].kind),
+					tally_type_name(aggs[k].arg_type));
 				for (size_t j = 0; j < b->len && j < 64; j++)
 					fprintf(stderr, " %02x", b->data[j]);
-				fprintf(stderr, " which does not read back (rc %d, %zu left)\n", drc,
-					tally_rd_left(&sr));
+				fprintf(stderr, " which does not read back (rc %d, %zu left)\n",
+					drc, tally_rd_left(&sr));
 			}
 			FUZZ_CHECK(drc == 0 && tally_rd_left(&sr) == 0);
 			/* Merging into an empty state gives the same state. */

@@ -93,7 +93,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int rc = 0;
 	while (off < len) {
 		uint64_t r = fuzz_rand(&seed);
-		size_t chunk = (r & 3) == 0 ? (size_t)(r >> 8) % 4096 + 1 : (size_t)(r >> 8) % 8 + 1;
+		size_t chunk =
+		    (r & 3) == 0 ? (size_t)(r >> 8) % 4096 + 1 : (size_t)(r >> 8) % 8 + 1;
 		if (chunk > len - off)
 			chunk = len - off;
 		uint64_t before = tally_copy_parser_rows(p);
@@ -105,7 +106,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		/* An empty chunk must be harmless too. */
 		if ((r & 0xf0) == 0x10)
-			FUZZ_CHECK(tally_copy_parser_feed(p, body + off, 0, on_row, &cc, &err) == 0);
+			FUZZ_CHECK(tally_copy_parser_feed(p, body + off, 0, on_row, &cc, &err) ==
+				   0);
 	}
 	if (rc == 0) {
 		tally_err_clear(&err);

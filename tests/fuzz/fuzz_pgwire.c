@@ -37,9 +37,15 @@ static void *h_open(void *server_ctx, tally_pg_conn *c, const char *user, const 
 	return s;
 }
 
-static void h_close(void *session) { free(session); }
+static void h_close(void *session)
+{
+	free(session);
+}
 
-static char h_txn(void *session) { return *(char *)session; }
+static char h_txn(void *session)
+{
+	return *(char *)session;
+}
 
 static void h_query(void *session, tally_pg_conn *c, const char *sql)
 {
@@ -188,8 +194,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int rc = exchange(fd, data, size);
 	close(fd);
 	if (rc != 0) {
-		fprintf(stderr, "fuzz_pgwire: server did not close the connection within 2 s "
-				"(input of %zu bytes)\n", size);
+		fprintf(stderr,
+			"fuzz_pgwire: server did not close the connection within 2 s "
+			"(input of %zu bytes)\n",
+			size);
 		if (abort_on_hang)
 			abort();
 	}
@@ -198,8 +206,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int64_t deadline = tally_mono_us() + DEADLINE_US;
 	while (tally_pg_server_nconns(srv) > 0) {
 		if (tally_mono_us() > deadline) {
-			fprintf(stderr, "fuzz_pgwire: %d connection(s) still open 2 s after their "
-					"clients left (input of %zu bytes)\n",
+			fprintf(stderr,
+				"fuzz_pgwire: %d connection(s) still open 2 s after their "
+				"clients left (input of %zu bytes)\n",
 				tally_pg_server_nconns(srv), size);
 			if (abort_on_hang)
 				abort();

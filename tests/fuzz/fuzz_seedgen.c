@@ -103,9 +103,9 @@ static tally_catalog *sample_catalog(int nviews)
 		exit(1);
 	}
 	static const char *queries[] = {
-		"SELECT k, count(*), sum(v), avg(big), min(name), max(ts) FROM s GROUP BY k",
-		"SELECT date_trunc('minute', ts) AS m, name, count(*) FROM s WHERE k > 0 GROUP BY 1, 2",
-		"SELECT count(*) FROM t",
+	    "SELECT k, count(*), sum(v), avg(big), min(name), max(ts) FROM s GROUP BY k",
+	    "SELECT date_trunc('minute', ts) AS m, name, count(*) FROM s WHERE k > 0 GROUP BY 1, 2",
+	    "SELECT count(*) FROM t",
 	};
 	for (int i = 0; i < nviews && i < 3; i++) {
 		tally_view_info v;
@@ -115,7 +115,8 @@ static tally_catalog *sample_catalog(int nviews)
 		v.query_text = (char *)queries[i];
 		v.num_shards = 1 + 2 * i;
 		v.num_replicas = i == 1 ? 1 : 0;
-		v.sharding_policy = i == 1 ? TALLY_POLICY_WRITE_OPTIMIZED : TALLY_POLICY_READ_OPTIMIZED;
+		v.sharding_policy =
+		    i == 1 ? TALLY_POLICY_WRITE_OPTIMIZED : TALLY_POLICY_READ_OPTIMIZED;
 		uint32_t prim[8], rep[8];
 		for (int s = 0; s < v.num_shards; s++) {
 			prim[s] = (uint32_t)(s % 3) + 1;
@@ -217,10 +218,14 @@ static void codec_seeds(void)
 	/* Raw group key of every type (reached through the header-less paths). */
 	tally_buf_reset(&key);
 	tally_buf_putc(&key, 0);
-	tally_value vals[] = {tally_bool(true), tally_int(TALLY_T_INT2, -5),
-			      tally_int(TALLY_T_INT4, 123456), tally_int(TALLY_T_INT8, INT64_MIN),
-			      tally_float(TALLY_T_FLOAT4, 1.5), tally_float(TALLY_T_FLOAT8, -0.0),
-			      tally_text("hello", 5), tally_int(TALLY_T_TIMESTAMPTZ, 1700000000000000ll),
+	tally_value vals[] = {tally_bool(true),
+			      tally_int(TALLY_T_INT2, -5),
+			      tally_int(TALLY_T_INT4, 123456),
+			      tally_int(TALLY_T_INT8, INT64_MIN),
+			      tally_float(TALLY_T_FLOAT4, 1.5),
+			      tally_float(TALLY_T_FLOAT8, -0.0),
+			      tally_text("hello", 5),
+			      tally_int(TALLY_T_TIMESTAMPTZ, 1700000000000000ll),
 			      tally_null(TALLY_T_TEXT)};
 	for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++)
 		tally_key_encode(&vals[i], &key);
@@ -260,7 +265,10 @@ static void pg_msg(tally_buf *b, char type, const void *p, size_t n)
 	tally_buf_append(b, p, n);
 }
 
-static void pg_str(tally_buf *b, const char *s) { tally_buf_append(b, s, strlen(s) + 1); }
+static void pg_str(tally_buf *b, const char *s)
+{
+	tally_buf_append(b, s, strlen(s) + 1);
+}
 
 static void pg_startup(tally_buf *b)
 {
@@ -278,7 +286,10 @@ static void pg_startup(tally_buf *b)
 	tally_buf_free(&m);
 }
 
-static void pg_query(tally_buf *b, const char *sql) { pg_msg(b, 'Q', sql, strlen(sql) + 1); }
+static void pg_query(tally_buf *b, const char *sql)
+{
+	pg_msg(b, 'Q', sql, strlen(sql) + 1);
+}
 
 static void pgwire_seeds(void)
 {

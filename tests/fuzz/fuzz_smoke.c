@@ -30,11 +30,9 @@ typedef struct target {
 } target;
 
 static const target targets[] = {
-	{"sql", fuzz_sql_one, 500000},
-	{"copy", fuzz_copy_one, 500000},
-	{"codec", fuzz_codec_one, 300000},
-	{"catalog", fuzz_catalog_one, 500000},
-	{"pgwire", fuzz_pgwire_one, 3000},
+    {"sql", fuzz_sql_one, 500000},     {"copy", fuzz_copy_one, 500000},
+    {"codec", fuzz_codec_one, 300000}, {"catalog", fuzz_catalog_one, 500000},
+    {"pgwire", fuzz_pgwire_one, 3000},
 };
 #define NTARGETS (sizeof targets / sizeof targets[0])
 #define SMOKE_MAX_INPUT (64u << 10)
@@ -58,7 +56,10 @@ static long cur_iter;
 static const uint8_t *cur_data;
 static size_t cur_len;
 
-static void put_str(int fd, const char *s) { (void)!write(fd, s, strlen(s)); }
+static void put_str(int fd, const char *s)
+{
+	(void)!write(fd, s, strlen(s));
+}
 
 static void on_crash(int sig)
 {
@@ -96,7 +97,10 @@ static uint64_t next(void)
 	return z ^ (z >> 31);
 }
 
-static size_t below(size_t n) { return n ? (size_t)(next() % n) : 0; }
+static size_t below(size_t n)
+{
+	return n ? (size_t)(next() % n) : 0;
+}
 
 static int cmp_input(const void *a, const void *b)
 {
@@ -131,8 +135,8 @@ static void load_dir(corpus *c, const char *root, const char *name)
 	closedir(d);
 }
 
-static const uint8_t interesting[] = {0, 1, 0x7f, 0x80, 0xff, '\n', '\r', '\t', '\\', '"', '\'',
-				      ',', '|', ';', '(', ')', '*', '-', '.', 'e', 'N', ' '};
+static const uint8_t interesting[] = {0,   1,	0x7f, 0x80, 0xff, '\n', '\r', '\t', '\\', '"', '\'',
+				      ',', '|', ';',  '(',  ')',  '*',	'-',  '.',  'e',  'N', ' '};
 
 /* Apply 1..4 random edits to buf (len *n, capacity SMOKE_MAX_INPUT). */
 static void mutate(uint8_t *buf, size_t *n, const corpus *c)
@@ -244,8 +248,10 @@ int main(int argc, char **argv)
 			write_at = atol(optarg);
 			break;
 		default:
-			fprintf(stderr, "usage: %s [-t target] [-n iterations] [-s seed] [-w iteration] "
-					"corpus_root...\n", argv[0]);
+			fprintf(stderr,
+				"usage: %s [-t target] [-n iterations] [-s seed] [-w iteration] "
+				"corpus_root...\n",
+				argv[0]);
 			return 2;
 		}
 	}

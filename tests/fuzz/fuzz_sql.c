@@ -12,9 +12,9 @@
 
 /* The relation read queries run against (a continuous view's output). */
 static const tally_column rel_cols[] = {
-	{"k", TALLY_T_INT4},   {"n", TALLY_T_INT8},  {"name", TALLY_T_TEXT},
-	{"total", TALLY_T_NUMERIC}, {"avg", TALLY_T_FLOAT8}, {"last", TALLY_T_TIMESTAMPTZ},
-	{"ok", TALLY_T_BOOL},  {"small", TALLY_T_INT2}, {"r", TALLY_T_FLOAT4},
+    {"k", TALLY_T_INT4},	{"n", TALLY_T_INT8},	 {"name", TALLY_T_TEXT},
+    {"total", TALLY_T_NUMERIC}, {"avg", TALLY_T_FLOAT8}, {"last", TALLY_T_TIMESTAMPTZ},
+    {"ok", TALLY_T_BOOL},	{"small", TALLY_T_INT2}, {"r", TALLY_T_FLOAT4},
 };
 #define REL_NCOLS ((int)(sizeof rel_cols / sizeof rel_cols[0]))
 #define REL_NROWS 4
@@ -147,14 +147,15 @@ static void run_view_plan(const tally_view_plan *p, tally_arena *a, tally_buf *b
 		}
 		if (failed)
 			continue;
-		tally_group *grp = tally_gtab_lookup(&t, b->data ? b->data : (const uint8_t *)"",
-						     (uint32_t)b->len,
-						     tally_group_hash(b->data, b->len), true);
+		tally_group *grp =
+		    tally_gtab_lookup(&t, b->data ? b->data : (const uint8_t *)"", (uint32_t)b->len,
+				      tally_group_hash(b->data, b->len), true);
 		if (!grp)
 			break;
 		for (int k = 0; k < p->naggs; k++) {
 			tally_value v = tally_null(TALLY_T_UNKNOWN);
-			if (p->agg_args[k] && tally_expr_eval(p->agg_args[k], row, &v, a, &err) != 0)
+			if (p->agg_args[k] &&
+			    tally_expr_eval(p->agg_args[k], row, &v, a, &err) != 0)
 				break;
 			tally_agg_update(&p->aggs[k], grp->states + (size_t)k * TALLY_AGG_SLOT, &v);
 		}
@@ -172,7 +173,8 @@ static void run_view_plan(const tally_view_plan *p, tally_arena *a, tally_buf *b
 		for (int k = 0; k < p->naggs; k++) {
 			tally_value v;
 			tally_err_clear(&err);
-			if (tally_agg_finalize(&p->aggs[k], grp->states + (size_t)k * TALLY_AGG_SLOT, &v,
+			if (tally_agg_finalize(&p->aggs[k],
+					       grp->states + (size_t)k * TALLY_AGG_SLOT, &v,
 					       &err) == 0)
 				format_values(&v, 1, b);
 		}
@@ -193,7 +195,8 @@ static void run_view(const tally_stmt *st, tally_arena *a, tally_buf *b)
 	FUZZ_CHECK(plan->nout >= 1);
 	for (int i = 0; i < plan->nout; i++)
 		FUZZ_CHECK(plan->out[i].index >= 0 &&
-			   plan->out[i].index < (plan->out[i].is_agg ? plan->naggs : plan->ngroups));
+			   plan->out[i].index <
+			       (plan->out[i].is_agg ? plan->naggs : plan->ngroups));
 	run_view_plan(plan, a, b);
 }
 

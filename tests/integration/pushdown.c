@@ -40,7 +40,8 @@ static bool node_down(void *p)
 {
 	down_ctx *d = p;
 	char sql[160];
-	snprintf(sql, sizeof sql, "SELECT state FROM pipeline_cluster.nodes WHERE name = '%s'", d->name);
+	snprintf(sql, sizeof sql, "SELECT state FROM pipeline_cluster.nodes WHERE name = '%s'",
+		 d->name);
 	PGresult *r = PQexec(d->conn, sql);
 	bool down = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
 		    strcmp(PQgetvalue(r, 0, 0), "down") == 0;
@@ -55,8 +56,10 @@ Test(pushdown, full_key_reads_one_shard, .fini = th_fini, .timeout = 120)
 	th_cluster *c = th_cluster_start(3, &o);
 	PGconn *co = th_connect(th_coord(c));
 	th_run(co, "CREATE STREAM s (k integer, g text, v bigint)");
-	th_runf(co, "CREATE CONTINUOUS VIEW v WITH (num_shards = %d, num_replicas = 0) AS "
-		    "SELECT k, g, count(*), sum(v) FROM s GROUP BY k, g", NSHARDS);
+	th_runf(co,
+		"CREATE CONTINUOUS VIEW v WITH (num_shards = %d, num_replicas = 0) AS "
+		"SELECT k, g, count(*), sum(v) FROM s GROUP BY k, g",
+		NSHARDS);
 	tally_buf data = {0};
 	for (int k = 0; k < NK; k++)
 		for (int i = 0; i <= k % 5; i++)
@@ -71,14 +74,20 @@ Test(pushdown, full_key_reads_one_shard, .fini = th_fini, .timeout = 120)
 		int64_t sum = 0;
 		for (int i = 0; i < n; i++)
 			sum += k * 10 + i;
-		cr_assert_eq(th_query_intf(co, "SELECT count FROM v WHERE k = %d AND g = '%s'", k, g), n);
-		cr_assert_eq(th_query_intf(co, "SELECT sum FROM v WHERE g = '%s' AND k = %d", g, k), sum);
-		cr_assert_eq(th_query_intf(co, "SELECT count(*) FROM v WHERE k = %d AND g = '%s'", k, k % 2 ? "b" : "a"), 0);
+		cr_assert_eq(
+		    th_query_intf(co, "SELECT count FROM v WHERE k = %d AND g = '%s'", k, g), n);
+		cr_assert_eq(th_query_intf(co, "SELECT sum FROM v WHERE g = '%s' AND k = %d", g, k),
+			     sum);
+		cr_assert_eq(th_query_intf(co, "SELECT count(*) FROM v WHERE k = %d AND g = '%s'",
+					   k, k % 2 ? "b" : "a"),
+			     0);
 	}
-	cr_assert_eq(th_query_int(co, "SELECT count(*) FROM v WHERE k = 7"), 1); /* partial key: full read */
+	cr_assert_eq(th_query_int(co, "SELECT count(*) FROM v WHERE k = 7"),
+		     1); /* partial key: full read */
 
 	/* Take w3 down for good and wait until the coordinator says so. */
-	PGresult *r = th_exec_ok(co, "SELECT shard_id, owner FROM pipeline_cluster.shards ORDER BY shard_id");
+	PGresult *r =
+	    th_exec_ok(co, "SELECT shard_id, owner FROM pipeline_cluster.shards ORDER BY shard_id");
 	cr_assert_eq(PQntuples(r), NSHARDS);
 	char owner[NSHARDS][16];
 	for (int i = 0; i < NSHARDS; i++)
@@ -109,7 +118,8 @@ Test(pushdown, full_key_reads_one_shard, .fini = th_fini, .timeout = 120)
 		cr_assert_gt(dead, 0);
 		r = th_exec_err(co, "SELECT * FROM v", "57P03");
 		cr_assert(strstr(PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY), "v_") != NULL,
-			  "the error names the shard: %s", PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY));
+			  "the error names the shard: %s",
+			  PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY));
 		PQclear(r);
 		th_run(co, "SET pipeline_cluster.skip_unavailable = on");
 		cr_assert_eq(th_query_int(co, "SELECT count(*) FROM v WHERE k >= 0"), live);

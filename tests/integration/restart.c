@@ -15,10 +15,12 @@
 /* "v_0:w1,v_0:w2,..." - every shard copy and its owner, in a stable order. */
 static char *placement(PGconn *conn)
 {
-	PGresult *r = th_exec_ok(conn, "SELECT shard, owner FROM pipeline_cluster.shards ORDER BY shard, owner");
+	PGresult *r = th_exec_ok(
+	    conn, "SELECT shard, owner FROM pipeline_cluster.shards ORDER BY shard, owner");
 	tally_buf b = {0};
 	for (int i = 0; i < PQntuples(r); i++)
-		tally_buf_printf(&b, "%s%s:%s", i ? "," : "", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1));
+		tally_buf_printf(&b, "%s%s:%s", i ? "," : "", PQgetvalue(r, i, 0),
+				 PQgetvalue(r, i, 1));
 	tally_buf_putc(&b, 0);
 	PQclear(r);
 	cr_assert_gt(b.len, 1, "no shards listed");
@@ -36,7 +38,9 @@ static bool workers_up(void *p)
 	PGconn *conn = th_try_connect(th_coord(u->c));
 	if (!conn)
 		return false;
-	PGresult *r = PQexec(conn, "SELECT count(*) FROM pipeline_cluster.nodes WHERE role = 'worker' AND state = 'up'");
+	PGresult *r = PQexec(
+	    conn,
+	    "SELECT count(*) FROM pipeline_cluster.nodes WHERE role = 'worker' AND state = 'up'");
 	bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && atoi(PQgetvalue(r, 0, 0)) == u->want;
 	PQclear(r);
 	PQfinish(conn);
@@ -48,7 +52,8 @@ Test(restart, coordinator_restart_keeps_the_cluster, .fini = th_fini, .timeout =
 	th_cluster *c = th_cluster_start(3, NULL);
 	PGconn *co = th_connect(th_coord(c));
 	th_run(co, "CREATE STREAM s (k integer, v double precision)");
-	th_run(co, "CREATE CONTINUOUS VIEW v WITH (num_shards = 4) AS SELECT k, count(*), sum(v) FROM s GROUP BY k");
+	th_run(co, "CREATE CONTINUOUS VIEW v WITH (num_shards = 4) AS SELECT k, count(*), sum(v) "
+		   "FROM s GROUP BY k");
 	th_run(co, "INSERT INTO s VALUES (1, 1.5), (2, 2.5), (1, 3)");
 	char *shards_before = placement(co);
 	PQfinish(co);
@@ -69,10 +74,12 @@ Test(restart, coordinator_restart_keeps_the_cluster, .fini = th_fini, .timeout =
 
 	th_restart_node(c, th_coord(c));
 	up_ctx u = {c, 3};
-	cr_assert(th_wait_until(workers_up, &u, 15000), "workers did not come back up at the coordinator");
+	cr_assert(th_wait_until(workers_up, &u, 15000),
+		  "workers did not come back up at the coordinator");
 
 	co = th_connect(th_coord(c));
-	cr_assert_eq(th_query_int(co, "SELECT count(*) FROM pipeline_cluster.views WHERE name = 'v'"), 1);
+	cr_assert_eq(
+	    th_query_int(co, "SELECT count(*) FROM pipeline_cluster.views WHERE name = 'v'"), 1);
 	char *shards_after = placement(co);
 	cr_assert_str_eq(shards_after, shards_before, "placement changed across the restart");
 	cr_assert_eq(th_query_int(co, "SELECT count FROM v WHERE k = 1"), 3);

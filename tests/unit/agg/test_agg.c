@@ -65,12 +65,12 @@ Test(agg, resolve_rejects_like_postgres, .timeout = 30)
 		tally_type t;
 		const char *msg;
 	} c[] = {
-		{TALLY_AGG_SUM, TALLY_T_TEXT, "function sum(text) does not exist"},
-		{TALLY_AGG_AVG, TALLY_T_BOOL, "function avg(boolean) does not exist"},
-		{TALLY_AGG_MIN, TALLY_T_BOOL, "function min(boolean) does not exist"},
-		{TALLY_AGG_MAX, TALLY_T_BOOL, "function max(boolean) does not exist"},
-		{TALLY_AGG_SUM, TALLY_T_TIMESTAMPTZ,
-		 "function sum(timestamp with time zone) does not exist"},
+	    {TALLY_AGG_SUM, TALLY_T_TEXT, "function sum(text) does not exist"},
+	    {TALLY_AGG_AVG, TALLY_T_BOOL, "function avg(boolean) does not exist"},
+	    {TALLY_AGG_MIN, TALLY_T_BOOL, "function min(boolean) does not exist"},
+	    {TALLY_AGG_MAX, TALLY_T_BOOL, "function max(boolean) does not exist"},
+	    {TALLY_AGG_SUM, TALLY_T_TIMESTAMPTZ,
+	     "function sum(timestamp with time zone) does not exist"},
 	};
 	for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
 		tally_agg_spec s = {c[i].k, c[i].t, TALLY_T_UNKNOWN};
@@ -151,12 +151,12 @@ Test(agg, avg_matches_postgres_numeric_division, .timeout = 30)
 		int n;
 		const char *want;
 	} c[] = {
-		{{1, 2}, 2, "1.5000000000000000"},
-		{{1, 2, 2}, 3, "1.6666666666666667"},
-		{{100000000000000000, 100000000000000001}, 2, "100000000000000001"},
-		{{-1, -2}, 2, "-1.5000000000000000"},
-		{{0, 0, 0}, 3, "0.00000000000000000000"},
-		{{1, 0, 0, 0}, 4, "0.25000000000000000000"},
+	    {{1, 2}, 2, "1.5000000000000000"},
+	    {{1, 2, 2}, 3, "1.6666666666666667"},
+	    {{100000000000000000, 100000000000000001}, 2, "100000000000000001"},
+	    {{-1, -2}, 2, "-1.5000000000000000"},
+	    {{0, 0, 0}, 3, "0.00000000000000000000"},
+	    {{1, 0, 0, 0}, 4, "0.25000000000000000000"},
 	};
 	for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
 		tally_agg_spec s = spec(TALLY_AGG_AVG, TALLY_T_INT8);
@@ -175,9 +175,9 @@ Test(agg, avg_matches_postgres_numeric_division, .timeout = 30)
 		int n;
 		const char *want;
 	} d[] = {
-		{{15, 225}, {1, 2}, 2, "1.8750000000000000"},
-		{{1, 2, 0}, {3, 3, 1}, 3, "0.00100000000000000000"},
-		{{123456789, 1}, {4, 4}, 2, "6172.8395000000000000"},
+	    {{15, 225}, {1, 2}, 2, "1.8750000000000000"},
+	    {{1, 2, 0}, {3, 3, 1}, 3, "0.00100000000000000000"},
+	    {{123456789, 1}, {4, 4}, 2, "6172.8395000000000000"},
 	};
 	for (size_t i = 0; i < sizeof d / sizeof d[0]; i++) {
 		tally_agg_spec s = spec(TALLY_AGG_AVG, TALLY_T_NUMERIC);
@@ -226,7 +226,8 @@ Test(agg, float_sum_avg_and_real_rounding, .timeout = 30)
 	tally_agg_update_f64(&a, sl.b, 2.0);
 	result_str(&a, sl.b, out, sizeof out);
 	cr_expect_str_eq(out, "1.5");
-	tally_agg_spec mx = spec(TALLY_AGG_MAX, TALLY_T_FLOAT8), mn = spec(TALLY_AGG_MIN, TALLY_T_FLOAT8);
+	tally_agg_spec mx = spec(TALLY_AGG_MAX, TALLY_T_FLOAT8),
+		       mn = spec(TALLY_AGG_MIN, TALLY_T_FLOAT8);
 	slot s2;
 	tally_agg_init(&mx, sl.b);
 	tally_agg_init(&mn, s2.b);
@@ -265,7 +266,8 @@ static tally_value random_value(tally_type t)
 	case TALLY_T_INT4:
 		return tally_int(t, (int32_t)r);
 	case TALLY_T_INT8:
-		return tally_int(t, rnd() % 3 ? (int64_t)rnd() : (rnd() & 1 ? INT64_MAX : INT64_MIN));
+		return tally_int(t,
+				 rnd() % 3 ? (int64_t)rnd() : (rnd() & 1 ? INT64_MAX : INT64_MIN));
 	case TALLY_T_FLOAT4:
 		/* dyadic values: every partial sum is exact, so any merge order gives one answer */
 		return tally_float(t, (double)((int32_t)(r % 20001) - 10000) / 8.0);
@@ -307,7 +309,7 @@ static void partial(const tally_agg_spec *s, const tally_value *vals, int lo, in
 
 Test(agg, merging_partials_split_any_way_equals_aggregating_at_once, .timeout = 60)
 {
-	tally_type types[] = {TALLY_T_INT2,   TALLY_T_INT4, TALLY_T_INT8,	 TALLY_T_FLOAT4,
+	tally_type types[] = {TALLY_T_INT2,   TALLY_T_INT4, TALLY_T_INT8,	TALLY_T_FLOAT4,
 			      TALLY_T_FLOAT8, TALLY_T_TEXT, TALLY_T_TIMESTAMPTZ};
 	tally_agg_kind kinds[] = {TALLY_AGG_COUNT_STAR, TALLY_AGG_COUNT, TALLY_AGG_SUM,
 				  TALLY_AGG_AVG,	TALLY_AGG_MIN,	 TALLY_AGG_MAX};
@@ -368,14 +370,15 @@ Test(agg, merging_partials_split_any_way_equals_aggregating_at_once, .timeout = 
 						tally_rd r;
 						tally_agg_serialize(&s, ps[order[p]].b, &b);
 						tally_rd_init(&r, b.data, b.len);
-						cr_assert_eq(tally_agg_merge_encoded(&s, acc.b, &r), 0);
+						cr_assert_eq(tally_agg_merge_encoded(&s, acc.b, &r),
+							     0);
 						tally_buf_free(&b);
 					}
 				}
 				result_str(&s, acc.b, got, sizeof got);
 				cr_assert_str_eq(got, want, "%s(%s) n=%d parts=%d",
-						 tally_agg_name(s.kind), tally_type_name(s.arg_type), n,
-						 np);
+						 tally_agg_name(s.kind),
+						 tally_type_name(s.arg_type), n, np);
 				for (int p = 0; p < np; p++)
 					tally_agg_release(&s, ps[p].b);
 				tally_agg_release(&s, acc.b);
@@ -392,8 +395,10 @@ Test(agg, at_once_result_matches_a_direct_computation, .timeout = 30)
 	int64_t xs[N];
 	__int128 sum = 0;
 	int64_t mn = INT64_MAX, mx = INT64_MIN;
-	tally_agg_spec ss = spec(TALLY_AGG_SUM, TALLY_T_INT8), smin = spec(TALLY_AGG_MIN, TALLY_T_INT8),
-		       smax = spec(TALLY_AGG_MAX, TALLY_T_INT8), sc = spec(TALLY_AGG_COUNT, TALLY_T_INT8);
+	tally_agg_spec ss = spec(TALLY_AGG_SUM, TALLY_T_INT8),
+		       smin = spec(TALLY_AGG_MIN, TALLY_T_INT8),
+		       smax = spec(TALLY_AGG_MAX, TALLY_T_INT8),
+		       sc = spec(TALLY_AGG_COUNT, TALLY_T_INT8);
 	slot a, b, c, d;
 	tally_agg_init(&ss, a.b);
 	tally_agg_init(&smin, b.b);
@@ -468,8 +473,8 @@ Test(agg, serialization_round_trips_and_rejects_truncation, .timeout = 30)
 					tally_rd_init(&r, b.data, cut);
 					cr_assert_neq(tally_agg_deserialize(&s, &r, back.b), 0,
 						      "%s(%s) accepted %zu of %zu bytes",
-						      tally_agg_name(s.kind), tally_type_name(s.arg_type),
-						      cut, b.len);
+						      tally_agg_name(s.kind),
+						      tally_type_name(s.arg_type), cut, b.len);
 					tally_agg_release(&s, back.b); /* must be releasable */
 					tally_rd_init(&r, b.data, cut);
 					cr_assert_neq(tally_agg_merge_encoded(&s, sl.b, &r), 0);

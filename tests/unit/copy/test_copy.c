@@ -10,10 +10,10 @@
 #include "tally/copy.h"
 
 static const tally_column cols[] = {
-	{"k", TALLY_T_INT4},
-	{"v", TALLY_T_FLOAT8},
-	{"name", TALLY_T_TEXT},
-	{"arrival_timestamp", TALLY_T_TIMESTAMPTZ},
+    {"k", TALLY_T_INT4},
+    {"v", TALLY_T_FLOAT8},
+    {"name", TALLY_T_TEXT},
+    {"arrival_timestamp", TALLY_T_TIMESTAMPTZ},
 };
 static const tally_relation rel = {"s", 4, cols};
 
@@ -109,7 +109,10 @@ static char *run_cuts(const opts *o, const char *in, size_t len, const size_t *c
 	return res;
 }
 
-static char *run(const opts *o, const char *in) { return run_cuts(o, in, strlen(in), NULL, 0, NULL); }
+static char *run(const opts *o, const char *in)
+{
+	return run_cuts(o, in, strlen(in), NULL, 0, NULL);
+}
 
 /* The same result for every single split point and for byte-at-a-time feeding. */
 static void check(const opts *o, const char *in, const char *want)
@@ -135,8 +138,7 @@ static void check(const opts *o, const char *in, const char *want)
 Test(copy, text_basic_rows, .timeout = 30)
 {
 	opts o = {0};
-	check(&o, "1\t2.5\tabc\n2\t-1e3\tdef\n",
-	      "[1]|[2.5]|[abc]|NULL\n[2]|[-1000]|[def]|NULL\n");
+	check(&o, "1\t2.5\tabc\n2\t-1e3\tdef\n", "[1]|[2.5]|[abc]|NULL\n[2]|[-1000]|[def]|NULL\n");
 	check(&o, "1\t2.5\tabc\r\n2\t3\tx\r\n", "[1]|[2.5]|[abc]|NULL\n[2]|[3]|[x]|NULL\n");
 	/* last line without newline is parsed at finish */
 	check(&o, "1\t2\ta\n3\t4\tb", "[1]|[2]|[a]|NULL\n[3]|[4]|[b]|NULL\n");
@@ -197,8 +199,9 @@ Test(copy, csv_header_delimiter_null_quote_escape, .timeout = 30)
 	check(&h, "k,v,name\n1,2,a\n", "[1]|[2]|[a]|NULL\n");
 	check(&h, "k,v,\"multi\nline header\"\n1,2,a\n", "[1]|[2]|[a]|NULL\n");
 	opts d = {.csv = true, .delim = '|', .null_string = "NA"};
-	check(&d, "1|NA|\n2|\"NA\"|x\n", "ERROR 22P02: invalid input syntax for type double "
-					   "precision: \"NA\" / COPY s, line 2, column v: \"NA\"");
+	check(&d, "1|NA|\n2|\"NA\"|x\n",
+	      "ERROR 22P02: invalid input syntax for type double "
+	      "precision: \"NA\" / COPY s, line 2, column v: \"NA\"");
 	check(&d, "1|NA|\n2|3|\"NA\"\n", "[1]|NULL|[]|NULL\n[2]|[3]|[NA]|NULL\n");
 	opts q = {.csv = true, .quote = '\'', .escape = '\\'};
 	check(&q, "1,2,'it\\'s, \\\\ fine'\n", "[1]|[2]|[it's, \\ fine]|NULL\n");
@@ -212,32 +215,40 @@ Test(copy, column_list_maps_fields_and_leaves_others_null, .timeout = 30)
 	opts o = {.ncols = 2, .colmap = {2, 0}};
 	check(&o, "abc\t5\n", "[5]|NULL|[abc]|NULL\n");
 	opts one = {.ncols = 1, .colmap = {1}};
-	check(&one, "1.5\n\n", "ERROR 22P02: invalid input syntax for type double precision: \"\" "
-			       "/ COPY s, line 2, column v: \"\"");
+	check(&one, "1.5\n\n",
+	      "ERROR 22P02: invalid input syntax for type double precision: \"\" "
+	      "/ COPY s, line 2, column v: \"\"");
 }
 
 Test(copy, errors_carry_postgres_context, .timeout = 30)
 {
 	opts o = {0};
-	check(&o, "1\t2.5\tabc\n2\tx\tq\n",
-	      "ERROR 22P02: invalid input syntax for type double precision: \"x\" / COPY s, line 2, "
-	      "column v: \"x\"");
-	check(&o, "1\t2.5\n", "ERROR 22P04: missing data for column \"name\" / COPY s, line 1: "
-			      "\"1\t2.5\"");
-	check(&o, "1\t2.5\tb\tc\n", "ERROR 22P04: extra data after last expected column / COPY s, "
-				    "line 1: \"1\t2.5\tb\tc\"");
-	check(&o, "99999999999\t1\ta\n", "ERROR 22003: value \"99999999999\" is out of range for "
-					  "type integer / COPY s, line 1, column k: "
-					  "\"99999999999\"");
+	check(
+	    &o, "1\t2.5\tabc\n2\tx\tq\n",
+	    "ERROR 22P02: invalid input syntax for type double precision: \"x\" / COPY s, line 2, "
+	    "column v: \"x\"");
+	check(&o, "1\t2.5\n",
+	      "ERROR 22P04: missing data for column \"name\" / COPY s, line 1: "
+	      "\"1\t2.5\"");
+	check(&o, "1\t2.5\tb\tc\n",
+	      "ERROR 22P04: extra data after last expected column / COPY s, "
+	      "line 1: \"1\t2.5\tb\tc\"");
+	check(&o, "99999999999\t1\ta\n",
+	      "ERROR 22003: value \"99999999999\" is out of range for "
+	      "type integer / COPY s, line 1, column k: "
+	      "\"99999999999\"");
 	opts c = {.csv = true, .header = true};
-	check(&c, "k,v,name\n1,2,\"ab\ncd\"\n3,zz,e\n",
-	      "ERROR 22P02: invalid input syntax for type double precision: \"zz\" / COPY s, line 4, "
-	      "column v: \"zz\"");
+	check(
+	    &c, "k,v,name\n1,2,\"ab\ncd\"\n3,zz,e\n",
+	    "ERROR 22P02: invalid input syntax for type double precision: \"zz\" / COPY s, line 4, "
+	    "column v: \"zz\"");
 	opts c2 = {.csv = true};
-	check(&c2, "1,2,\"abc\n", "ERROR 22P04: unterminated CSV quoted field / COPY s, line 2: "
-				  "\"1,2,\"abc\n\"");
-	check(&c2, "1,2,\"abc", "ERROR 22P04: unterminated CSV quoted field / COPY s, line 1: "
-				"\"1,2,\"abc\"");
+	check(&c2, "1,2,\"abc\n",
+	      "ERROR 22P04: unterminated CSV quoted field / COPY s, line 2: "
+	      "\"1,2,\"abc\n\"");
+	check(&c2, "1,2,\"abc",
+	      "ERROR 22P04: unterminated CSV quoted field / COPY s, line 1: "
+	      "\"1,2,\"abc\"");
 }
 
 Test(copy, long_values_are_cut_in_context, .timeout = 30)
@@ -290,7 +301,8 @@ Test(copy, random_rows_survive_random_chunking, .timeout = 60)
 				name[i] = pool[rand() % (sizeof pool - 1)];
 			}
 			name[nl] = 0;
-			tally_buf_printf(&in, "%d%c%d.5%c", r, o.csv ? ',' : '\t', r, o.csv ? ',' : '\t');
+			tally_buf_printf(&in, "%d%c%d.5%c", r, o.csv ? ',' : '\t', r,
+					 o.csv ? ',' : '\t');
 			if (o.csv) {
 				tally_buf_putc(&in, '"');
 				for (int i = 0; i < nl; i++) {
@@ -330,7 +342,8 @@ Test(copy, random_rows_survive_random_chunking, .timeout = 60)
 						cuts[j] = t;
 					}
 			char *got = run_cuts(&o, (const char *)in.data, in.len, cuts, nc, NULL);
-			cr_assert_str_eq(got, (const char *)want.data, "format %d trial %d", fmt, trial);
+			cr_assert_str_eq(got, (const char *)want.data, "format %d trial %d", fmt,
+					 trial);
 			free(got);
 		}
 		tally_buf_free(&in);
@@ -361,13 +374,18 @@ Test(copy, overlong_line_is_refused, .timeout = 30)
 Test(copy, invalid_utf8_is_rejected_like_postgres, .timeout = 30)
 {
 	opts o = {0};
-	check(&o, "1\t2\tab\xc3\x28" "cd\n",
-	      "ERROR 22021: invalid byte sequence for encoding \"UTF8\": 0xc3 0x28 / COPY s, line 1");
-	check(&o, "1\t2\tab\\xc3cd\n",
-	      "ERROR 22021: invalid byte sequence for encoding \"UTF8\": 0xc3 0x63 / COPY s, line 1: "
-	      "\"1\t2\tab\\xc3cd\"");
+	check(
+	    &o,
+	    "1\t2\tab\xc3\x28"
+	    "cd\n",
+	    "ERROR 22021: invalid byte sequence for encoding \"UTF8\": 0xc3 0x28 / COPY s, line 1");
+	check(
+	    &o, "1\t2\tab\\xc3cd\n",
+	    "ERROR 22021: invalid byte sequence for encoding \"UTF8\": 0xc3 0x63 / COPY s, line 1: "
+	    "\"1\t2\tab\\xc3cd\"");
 	check(&o, "1\t2\tab\\000cd\n",
 	      "ERROR 22021: invalid byte sequence for encoding \"UTF8\": 0x00 / COPY s, line 1: "
 	      "\"1\t2\tab\\000cd\"");
-	check(&o, "1\t2\t\xc3\xa9t\xc3\xa9 \\xe2\\x82\\xac\n", "[1]|[2]|[\xc3\xa9t\xc3\xa9 \xe2\x82\xac]|NULL\n");
+	check(&o, "1\t2\t\xc3\xa9t\xc3\xa9 \\xe2\\x82\\xac\n",
+	      "[1]|[2]|[\xc3\xa9t\xc3\xa9 \xe2\x82\xac]|NULL\n");
 }

@@ -29,7 +29,9 @@ Test(settings, set_normalises_and_rejects, .timeout = 10)
 	cr_assert(tally_settings_bool(&s, TALLY_SET_PRIMARY_ONLY));
 	cr_assert_neq(tally_settings_set(&s, &d, TALLY_SET_PRIMARY_ONLY, "maybe", &err), 0);
 	cr_assert_str_eq(err.sqlstate, TALLY_SQLSTATE_INVALID_PARAMETER);
-	cr_assert_str_eq(err.message, "invalid value for parameter \"pipeline_cluster.primary_only\": \"maybe\"");
+	cr_assert_str_eq(
+	    err.message,
+	    "invalid value for parameter \"pipeline_cluster.primary_only\": \"maybe\"");
 	cr_assert_eq(tally_settings_set(&s, &d, TALLY_SET_INSERT_LEVEL, "ASYNC", &err), 0);
 	cr_assert_str_eq(s.v[TALLY_SET_INSERT_LEVEL], "async");
 	cr_assert_neq(tally_settings_set(&s, &d, TALLY_SET_INSERT_LEVEL, "sometimes", &err), 0);
@@ -49,9 +51,9 @@ Test(settings, set_normalises_and_rejects, .timeout = 10)
 Test(group, merge_encoded_equals_direct, .timeout = 30)
 {
 	tally_agg_spec aggs[3] = {
-		{.kind = TALLY_AGG_COUNT_STAR, .arg_type = TALLY_T_UNKNOWN},
-		{.kind = TALLY_AGG_SUM, .arg_type = TALLY_T_INT8},
-		{.kind = TALLY_AGG_MAX, .arg_type = TALLY_T_INT8},
+	    {.kind = TALLY_AGG_COUNT_STAR, .arg_type = TALLY_T_UNKNOWN},
+	    {.kind = TALLY_AGG_SUM, .arg_type = TALLY_T_INT8},
+	    {.kind = TALLY_AGG_MAX, .arg_type = TALLY_T_INT8},
 	};
 	for (int i = 0; i < 3; i++)
 		cr_assert_eq(tally_agg_resolve(&aggs[i], NULL), 0);
@@ -70,7 +72,8 @@ Test(group, merge_encoded_equals_direct, .timeout = 30)
 		uint64_t h = tally_group_hash(key.data, key.len);
 		tally_gtab *targets[2] = {&direct, &part1};
 		for (int t = 0; t < 2; t++) {
-			tally_group *g = tally_gtab_lookup(targets[t], key.data, (uint32_t)key.len, h, true);
+			tally_group *g =
+			    tally_gtab_lookup(targets[t], key.data, (uint32_t)key.len, h, true);
 			cr_assert_not_null(g);
 			tally_agg_update(&aggs[0], g->states, NULL);
 			tally_agg_update(&aggs[1], g->states + TALLY_AGG_SLOT, &vv);
@@ -80,7 +83,8 @@ Test(group, merge_encoded_equals_direct, .timeout = 30)
 			tally_buf wire = {0};
 			for (size_t s = 0; s < part1.cap; s++)
 				if (part1.slots[s].g)
-					tally_group_put(&wire, part1.slots[s].g->key, part1.slots[s].g->keylen, aggs, 3,
+					tally_group_put(&wire, part1.slots[s].g->key,
+							part1.slots[s].g->keylen, aggs, 3,
 							part1.slots[s].g->states);
 			tally_rd r;
 			tally_rd_init(&r, wire.data, wire.len);
@@ -102,8 +106,12 @@ Test(group, merge_encoded_equals_direct, .timeout = 30)
 		cr_assert_not_null(m);
 		for (int k = 0; k < 3; k++) {
 			tally_value x, y;
-			cr_assert_eq(tally_agg_finalize(&aggs[k], g->states + k * TALLY_AGG_SLOT, &x, NULL), 0);
-			cr_assert_eq(tally_agg_finalize(&aggs[k], m->states + k * TALLY_AGG_SLOT, &y, NULL), 0);
+			cr_assert_eq(
+			    tally_agg_finalize(&aggs[k], g->states + k * TALLY_AGG_SLOT, &x, NULL),
+			    0);
+			cr_assert_eq(
+			    tally_agg_finalize(&aggs[k], m->states + k * TALLY_AGG_SLOT, &y, NULL),
+			    0);
 			cr_assert_eq(tally_value_cmp(&x, &y), 0, "aggregate %d differs", k);
 		}
 	}

@@ -46,31 +46,32 @@ static void check_goldens(const struct golden *g, size_t n)
 Test(types, integer_input_matches_postgres, .timeout = 30)
 {
 	static const struct golden g[] = {
-		{TALLY_T_INT4, " 12 ", "12"},
-		{TALLY_T_INT4, "-0", "0"},
-		{TALLY_T_INT4, "+5", "5"},
-		{TALLY_T_INT4, "2147483647", "2147483647"},
-		{TALLY_T_INT4, "-2147483648", "-2147483648"},
-		{TALLY_T_INT4, "2147483648",
-		 "ERROR 22003: value \"2147483648\" is out of range for type integer"},
-		{TALLY_T_INT4, "99999999999",
-		 "ERROR 22003: value \"99999999999\" is out of range for type integer"},
-		{TALLY_T_INT4, "abc", "ERROR 22P02: invalid input syntax for type integer: \"abc\""},
-		{TALLY_T_INT4, "", "ERROR 22P02: invalid input syntax for type integer: \"\""},
-		{TALLY_T_INT4, "1.5", "ERROR 22P02: invalid input syntax for type integer: \"1.5\""},
-		{TALLY_T_INT4, "0x10", "ERROR 22P02: invalid input syntax for type integer: \"0x10\""},
-		{TALLY_T_INT4, "1_000", "ERROR 22P02: invalid input syntax for type integer: \"1_000\""},
-		{TALLY_T_INT4, " - 1", "ERROR 22P02: invalid input syntax for type integer: \" - 1\""},
-		{TALLY_T_INT2, "32767", "32767"},
-		{TALLY_T_INT2, "-32768", "-32768"},
-		{TALLY_T_INT2, "32768",
-		 "ERROR 22003: value \"32768\" is out of range for type smallint"},
-		{TALLY_T_INT2, "x", "ERROR 22P02: invalid input syntax for type smallint: \"x\""},
-		{TALLY_T_INT8, "9223372036854775807", "9223372036854775807"},
-		{TALLY_T_INT8, "-9223372036854775808", "-9223372036854775808"},
-		{TALLY_T_INT8, "9223372036854775808",
-		 "ERROR 22003: value \"9223372036854775808\" is out of range for type bigint"},
-		{TALLY_T_INT8, "12x", "ERROR 22P02: invalid input syntax for type bigint: \"12x\""},
+	    {TALLY_T_INT4, " 12 ", "12"},
+	    {TALLY_T_INT4, "-0", "0"},
+	    {TALLY_T_INT4, "+5", "5"},
+	    {TALLY_T_INT4, "2147483647", "2147483647"},
+	    {TALLY_T_INT4, "-2147483648", "-2147483648"},
+	    {TALLY_T_INT4, "2147483648",
+	     "ERROR 22003: value \"2147483648\" is out of range for type integer"},
+	    {TALLY_T_INT4, "99999999999",
+	     "ERROR 22003: value \"99999999999\" is out of range for type integer"},
+	    {TALLY_T_INT4, "abc", "ERROR 22P02: invalid input syntax for type integer: \"abc\""},
+	    {TALLY_T_INT4, "", "ERROR 22P02: invalid input syntax for type integer: \"\""},
+	    {TALLY_T_INT4, "1.5", "ERROR 22P02: invalid input syntax for type integer: \"1.5\""},
+	    {TALLY_T_INT4, "0x10", "ERROR 22P02: invalid input syntax for type integer: \"0x10\""},
+	    {TALLY_T_INT4, "1_000",
+	     "ERROR 22P02: invalid input syntax for type integer: \"1_000\""},
+	    {TALLY_T_INT4, " - 1", "ERROR 22P02: invalid input syntax for type integer: \" - 1\""},
+	    {TALLY_T_INT2, "32767", "32767"},
+	    {TALLY_T_INT2, "-32768", "-32768"},
+	    {TALLY_T_INT2, "32768",
+	     "ERROR 22003: value \"32768\" is out of range for type smallint"},
+	    {TALLY_T_INT2, "x", "ERROR 22P02: invalid input syntax for type smallint: \"x\""},
+	    {TALLY_T_INT8, "9223372036854775807", "9223372036854775807"},
+	    {TALLY_T_INT8, "-9223372036854775808", "-9223372036854775808"},
+	    {TALLY_T_INT8, "9223372036854775808",
+	     "ERROR 22003: value \"9223372036854775808\" is out of range for type bigint"},
+	    {TALLY_T_INT8, "12x", "ERROR 22P02: invalid input syntax for type bigint: \"12x\""},
 	};
 	check_goldens(g, sizeof g / sizeof g[0]);
 }
@@ -78,43 +79,43 @@ Test(types, integer_input_matches_postgres, .timeout = 30)
 Test(types, float_output_is_shortest_like_postgres, .timeout = 30)
 {
 	static const struct golden g[] = {
-		{TALLY_T_FLOAT8, "0.1", "0.1"},
-		{TALLY_T_FLOAT8, "1e100", "1e+100"},
-		{TALLY_T_FLOAT8, "1.5e-7", "1.5e-07"},
-		{TALLY_T_FLOAT8, "123456789012345680", "1.2345678901234568e+17"},
-		{TALLY_T_FLOAT8, "1e15", "1e+15"},
-		{TALLY_T_FLOAT8, "1e14", "100000000000000"},
-		{TALLY_T_FLOAT8, "1e10", "10000000000"},
-		{TALLY_T_FLOAT8, "0.0001", "0.0001"},
-		{TALLY_T_FLOAT8, "0.00001", "1e-05"},
-		{TALLY_T_FLOAT8, "-0", "-0"},
-		{TALLY_T_FLOAT8, "5e-324", "5e-324"},
-		{TALLY_T_FLOAT8, "1.7976931348623157e308", "1.7976931348623157e+308"},
-		{TALLY_T_FLOAT8, "  12.5  ", "12.5"},
-		{TALLY_T_FLOAT8, "3.610897683334488e17", "3.6108976833344883e+17"},
-		{TALLY_T_FLOAT8, "0x10", "16"},
-		{TALLY_T_FLOAT8, "NaN", "NaN"},
-		{TALLY_T_FLOAT8, "nan", "NaN"},
-		{TALLY_T_FLOAT8, "Infinity", "Infinity"},
-		{TALLY_T_FLOAT8, "-INFINITY", "-Infinity"},
-		{TALLY_T_FLOAT8, " inf", "Infinity"},
-		{TALLY_T_FLOAT8, "-inf", "-Infinity"},
-		{TALLY_T_FLOAT8, "1e999",
-		 "ERROR 22003: \"1e999\" is out of range for type double precision"},
-		{TALLY_T_FLOAT8, "1e-400",
-		 "ERROR 22003: \"1e-400\" is out of range for type double precision"},
-		{TALLY_T_FLOAT8, "abc",
-		 "ERROR 22P02: invalid input syntax for type double precision: \"abc\""},
-		{TALLY_T_FLOAT8, "  ",
-		 "ERROR 22P02: invalid input syntax for type double precision: \"  \""},
-		{TALLY_T_FLOAT4, "0.1", "0.1"},
-		{TALLY_T_FLOAT4, "1e6", "1e+06"},
-		{TALLY_T_FLOAT4, "123456", "123456"},
-		{TALLY_T_FLOAT4, "12345678", "1.2345678e+07"},
-		{TALLY_T_FLOAT4, "72824784.47867934", "7.2824784e+07"},
-		{TALLY_T_FLOAT4, "3.4e38", "3.4e+38"},
-		{TALLY_T_FLOAT4, "1e39", "ERROR 22003: \"1e39\" is out of range for type real"},
-		{TALLY_T_FLOAT4, "1e-50", "ERROR 22003: \"1e-50\" is out of range for type real"},
+	    {TALLY_T_FLOAT8, "0.1", "0.1"},
+	    {TALLY_T_FLOAT8, "1e100", "1e+100"},
+	    {TALLY_T_FLOAT8, "1.5e-7", "1.5e-07"},
+	    {TALLY_T_FLOAT8, "123456789012345680", "1.2345678901234568e+17"},
+	    {TALLY_T_FLOAT8, "1e15", "1e+15"},
+	    {TALLY_T_FLOAT8, "1e14", "100000000000000"},
+	    {TALLY_T_FLOAT8, "1e10", "10000000000"},
+	    {TALLY_T_FLOAT8, "0.0001", "0.0001"},
+	    {TALLY_T_FLOAT8, "0.00001", "1e-05"},
+	    {TALLY_T_FLOAT8, "-0", "-0"},
+	    {TALLY_T_FLOAT8, "5e-324", "5e-324"},
+	    {TALLY_T_FLOAT8, "1.7976931348623157e308", "1.7976931348623157e+308"},
+	    {TALLY_T_FLOAT8, "  12.5  ", "12.5"},
+	    {TALLY_T_FLOAT8, "3.610897683334488e17", "3.6108976833344883e+17"},
+	    {TALLY_T_FLOAT8, "0x10", "16"},
+	    {TALLY_T_FLOAT8, "NaN", "NaN"},
+	    {TALLY_T_FLOAT8, "nan", "NaN"},
+	    {TALLY_T_FLOAT8, "Infinity", "Infinity"},
+	    {TALLY_T_FLOAT8, "-INFINITY", "-Infinity"},
+	    {TALLY_T_FLOAT8, " inf", "Infinity"},
+	    {TALLY_T_FLOAT8, "-inf", "-Infinity"},
+	    {TALLY_T_FLOAT8, "1e999",
+	     "ERROR 22003: \"1e999\" is out of range for type double precision"},
+	    {TALLY_T_FLOAT8, "1e-400",
+	     "ERROR 22003: \"1e-400\" is out of range for type double precision"},
+	    {TALLY_T_FLOAT8, "abc",
+	     "ERROR 22P02: invalid input syntax for type double precision: \"abc\""},
+	    {TALLY_T_FLOAT8, "  ",
+	     "ERROR 22P02: invalid input syntax for type double precision: \"  \""},
+	    {TALLY_T_FLOAT4, "0.1", "0.1"},
+	    {TALLY_T_FLOAT4, "1e6", "1e+06"},
+	    {TALLY_T_FLOAT4, "123456", "123456"},
+	    {TALLY_T_FLOAT4, "12345678", "1.2345678e+07"},
+	    {TALLY_T_FLOAT4, "72824784.47867934", "7.2824784e+07"},
+	    {TALLY_T_FLOAT4, "3.4e38", "3.4e+38"},
+	    {TALLY_T_FLOAT4, "1e39", "ERROR 22003: \"1e39\" is out of range for type real"},
+	    {TALLY_T_FLOAT4, "1e-50", "ERROR 22003: \"1e-50\" is out of range for type real"},
 	};
 	check_goldens(g, sizeof g / sizeof g[0]);
 }
@@ -123,7 +124,8 @@ Test(types, float_output_round_trips_random_bits, .timeout = 30)
 {
 	srand(7);
 	for (int i = 0; i < 20000; i++) {
-		uint64_t bits = ((uint64_t)rand() << 42) ^ ((uint64_t)rand() << 21) ^ (uint64_t)rand();
+		uint64_t bits =
+		    ((uint64_t)rand() << 42) ^ ((uint64_t)rand() << 21) ^ (uint64_t)rand();
 		double d;
 		memcpy(&d, &bits, 8);
 		if (!isfinite(d))
@@ -131,9 +133,8 @@ Test(types, float_output_round_trips_random_bits, .timeout = 30)
 		tally_value v = tally_float(TALLY_T_FLOAT8, d), back;
 		tally_buf b = {0};
 		tally_value_format(&v, &b);
-		cr_assert_eq(tally_value_parse(TALLY_T_FLOAT8, (const char *)b.data, b.len, &back,
-					       NULL),
-			     0);
+		cr_assert_eq(
+		    tally_value_parse(TALLY_T_FLOAT8, (const char *)b.data, b.len, &back, NULL), 0);
 		cr_assert(back.u.f == d, "%.17g printed as %.*s", d, (int)b.len, b.data);
 		tally_buf_free(&b);
 	}
@@ -142,18 +143,24 @@ Test(types, float_output_round_trips_random_bits, .timeout = 30)
 Test(types, boolean_input_prefixes, .timeout = 30)
 {
 	static const struct golden g[] = {
-		{TALLY_T_BOOL, "t", "t"},	  {TALLY_T_BOOL, "tr", "t"},
-		{TALLY_T_BOOL, "TRUE", "t"},	  {TALLY_T_BOOL, " yes ", "t"},
-		{TALLY_T_BOOL, "y", "t"},	  {TALLY_T_BOOL, "on", "t"},
-		{TALLY_T_BOOL, "1", "t"},	  {TALLY_T_BOOL, "f", "f"},
-		{TALLY_T_BOOL, "n", "f"},	  {TALLY_T_BOOL, "no", "f"},
-		{TALLY_T_BOOL, "of", "f"},	  {TALLY_T_BOOL, "OFF", "f"},
-		{TALLY_T_BOOL, "0", "f"},
-		{TALLY_T_BOOL, "o", "ERROR 22P02: invalid input syntax for type boolean: \"o\""},
-		{TALLY_T_BOOL, "2", "ERROR 22P02: invalid input syntax for type boolean: \"2\""},
-		{TALLY_T_BOOL, "truex",
-		 "ERROR 22P02: invalid input syntax for type boolean: \"truex\""},
-		{TALLY_T_BOOL, "", "ERROR 22P02: invalid input syntax for type boolean: \"\""},
+	    {TALLY_T_BOOL, "t", "t"},
+	    {TALLY_T_BOOL, "tr", "t"},
+	    {TALLY_T_BOOL, "TRUE", "t"},
+	    {TALLY_T_BOOL, " yes ", "t"},
+	    {TALLY_T_BOOL, "y", "t"},
+	    {TALLY_T_BOOL, "on", "t"},
+	    {TALLY_T_BOOL, "1", "t"},
+	    {TALLY_T_BOOL, "f", "f"},
+	    {TALLY_T_BOOL, "n", "f"},
+	    {TALLY_T_BOOL, "no", "f"},
+	    {TALLY_T_BOOL, "of", "f"},
+	    {TALLY_T_BOOL, "OFF", "f"},
+	    {TALLY_T_BOOL, "0", "f"},
+	    {TALLY_T_BOOL, "o", "ERROR 22P02: invalid input syntax for type boolean: \"o\""},
+	    {TALLY_T_BOOL, "2", "ERROR 22P02: invalid input syntax for type boolean: \"2\""},
+	    {TALLY_T_BOOL, "truex",
+	     "ERROR 22P02: invalid input syntax for type boolean: \"truex\""},
+	    {TALLY_T_BOOL, "", "ERROR 22P02: invalid input syntax for type boolean: \"\""},
 	};
 	check_goldens(g, sizeof g / sizeof g[0]);
 }
@@ -161,35 +168,35 @@ Test(types, boolean_input_prefixes, .timeout = 30)
 Test(types, timestamptz_input_output, .timeout = 30)
 {
 	static const struct golden g[] = {
-		{TALLY_T_TIMESTAMPTZ, "2024-01-02 03:04:05", "2024-01-02 03:04:05+00"},
-		{TALLY_T_TIMESTAMPTZ, "2024-01-02T03:04:05.123456Z", "2024-01-02 03:04:05.123456+00"},
-		{TALLY_T_TIMESTAMPTZ, "2024-01-02 03:04:05+02", "2024-01-02 01:04:05+00"},
-		{TALLY_T_TIMESTAMPTZ, "2024-01-02 03:04:05+05:30", "2024-01-01 21:34:05+00"},
-		{TALLY_T_TIMESTAMPTZ, "2024-01-02 03:04:05 +0530", "2024-01-01 21:34:05+00"},
-		{TALLY_T_TIMESTAMPTZ, "2024-01-02 03:04 -08", "2024-01-02 11:04:00+00"},
-		{TALLY_T_TIMESTAMPTZ, "2024-01-02", "2024-01-02 00:00:00+00"},
-		{TALLY_T_TIMESTAMPTZ, "  2024-01-02 03:04:05.000100  ", "2024-01-02 03:04:05.0001+00"},
-		{TALLY_T_TIMESTAMPTZ, "2024-01-02 24:00:00", "2024-01-03 00:00:00+00"},
-		{TALLY_T_TIMESTAMPTZ, "2024-01-02 23:59:60", "2024-01-03 00:00:00+00"},
-		{TALLY_T_TIMESTAMPTZ, "2024-02-29 12:00", "2024-02-29 12:00:00+00"},
-		{TALLY_T_TIMESTAMPTZ, "1969-12-31 23:59:59.999999", "1969-12-31 23:59:59.999999+00"},
-		{TALLY_T_TIMESTAMPTZ, "0001-01-01 00:00:00", "0001-01-01 00:00:00+00"},
-		{TALLY_T_TIMESTAMPTZ, "9999-12-31 23:59:59.999999", "9999-12-31 23:59:59.999999+00"},
-		{TALLY_T_TIMESTAMPTZ, "2024-01-02 03:04:05.1234565", "2024-01-02 03:04:05.123456+00"},
-		{TALLY_T_TIMESTAMPTZ, "2024-01-02 03:04:05.1234575", "2024-01-02 03:04:05.123458+00"},
-		{TALLY_T_TIMESTAMPTZ, "2024-01-02 3:4:5", "2024-01-02 03:04:05+00"},
-		{TALLY_T_TIMESTAMPTZ, "2024-1-2", "2024-01-02 00:00:00+00"},
-		{TALLY_T_TIMESTAMPTZ, "2024-01-02 03:04:05 UTC", "2024-01-02 03:04:05+00"},
-		{TALLY_T_TIMESTAMPTZ, "x",
-		 "ERROR 22007: invalid input syntax for type timestamp with time zone: \"x\""},
-		{TALLY_T_TIMESTAMPTZ, "epoch",
-		 "ERROR 22007: invalid input syntax for type timestamp with time zone: \"epoch\""},
-		{TALLY_T_TIMESTAMPTZ, "2024-02-30",
-		 "ERROR 22008: date/time field value out of range: \"2024-02-30\""},
-		{TALLY_T_TIMESTAMPTZ, "2024-13-01",
-		 "ERROR 22008: date/time field value out of range: \"2024-13-01\""},
-		{TALLY_T_TIMESTAMPTZ, "2024-01-02 24:00:01",
-		 "ERROR 22008: date/time field value out of range: \"2024-01-02 24:00:01\""},
+	    {TALLY_T_TIMESTAMPTZ, "2024-01-02 03:04:05", "2024-01-02 03:04:05+00"},
+	    {TALLY_T_TIMESTAMPTZ, "2024-01-02T03:04:05.123456Z", "2024-01-02 03:04:05.123456+00"},
+	    {TALLY_T_TIMESTAMPTZ, "2024-01-02 03:04:05+02", "2024-01-02 01:04:05+00"},
+	    {TALLY_T_TIMESTAMPTZ, "2024-01-02 03:04:05+05:30", "2024-01-01 21:34:05+00"},
+	    {TALLY_T_TIMESTAMPTZ, "2024-01-02 03:04:05 +0530", "2024-01-01 21:34:05+00"},
+	    {TALLY_T_TIMESTAMPTZ, "2024-01-02 03:04 -08", "2024-01-02 11:04:00+00"},
+	    {TALLY_T_TIMESTAMPTZ, "2024-01-02", "2024-01-02 00:00:00+00"},
+	    {TALLY_T_TIMESTAMPTZ, "  2024-01-02 03:04:05.000100  ", "2024-01-02 03:04:05.0001+00"},
+	    {TALLY_T_TIMESTAMPTZ, "2024-01-02 24:00:00", "2024-01-03 00:00:00+00"},
+	    {TALLY_T_TIMESTAMPTZ, "2024-01-02 23:59:60", "2024-01-03 00:00:00+00"},
+	    {TALLY_T_TIMESTAMPTZ, "2024-02-29 12:00", "2024-02-29 12:00:00+00"},
+	    {TALLY_T_TIMESTAMPTZ, "1969-12-31 23:59:59.999999", "1969-12-31 23:59:59.999999+00"},
+	    {TALLY_T_TIMESTAMPTZ, "0001-01-01 00:00:00", "0001-01-01 00:00:00+00"},
+	    {TALLY_T_TIMESTAMPTZ, "9999-12-31 23:59:59.999999", "9999-12-31 23:59:59.999999+00"},
+	    {TALLY_T_TIMESTAMPTZ, "2024-01-02 03:04:05.1234565", "2024-01-02 03:04:05.123456+00"},
+	    {TALLY_T_TIMESTAMPTZ, "2024-01-02 03:04:05.1234575", "2024-01-02 03:04:05.123458+00"},
+	    {TALLY_T_TIMESTAMPTZ, "2024-01-02 3:4:5", "2024-01-02 03:04:05+00"},
+	    {TALLY_T_TIMESTAMPTZ, "2024-1-2", "2024-01-02 00:00:00+00"},
+	    {TALLY_T_TIMESTAMPTZ, "2024-01-02 03:04:05 UTC", "2024-01-02 03:04:05+00"},
+	    {TALLY_T_TIMESTAMPTZ, "x",
+	     "ERROR 22007: invalid input syntax for type timestamp with time zone: \"x\""},
+	    {TALLY_T_TIMESTAMPTZ, "epoch",
+	     "ERROR 22007: invalid input syntax for type timestamp with time zone: \"epoch\""},
+	    {TALLY_T_TIMESTAMPTZ, "2024-02-30",
+	     "ERROR 22008: date/time field value out of range: \"2024-02-30\""},
+	    {TALLY_T_TIMESTAMPTZ, "2024-13-01",
+	     "ERROR 22008: date/time field value out of range: \"2024-13-01\""},
+	    {TALLY_T_TIMESTAMPTZ, "2024-01-02 24:00:01",
+	     "ERROR 22008: date/time field value out of range: \"2024-01-02 24:00:01\""},
 	};
 	check_goldens(g, sizeof g / sizeof g[0]);
 }
@@ -201,17 +208,17 @@ Test(types, numeric_avg_uses_postgres_division_scale, .timeout = 30)
 		int64_t count;
 		const char *want;
 	} c[] = {
-		{3, 2, "1.5000000000000000"},
-		{5, 3, "1.6666666666666667"},
-		{200000000000000001, 2, "100000000000000001"},
-		{-3, 2, "-1.5000000000000000"},
-		{0, 3, "0.00000000000000000000"},
-		{(__int128)INT64_MAX * 3, 3, "9223372036854775807"},
-		{1, 7, "0.14285714285714285714"},
-		{12345, 7, "1763.5714285714285714"},
-		{-5, 2, "-2.5000000000000000"},
-		{2, 3, "0.66666666666666666667"},
-		{1, 1000000000000000000, "0.000000000000000001000000000000000000"},
+	    {3, 2, "1.5000000000000000"},
+	    {5, 3, "1.6666666666666667"},
+	    {200000000000000001, 2, "100000000000000001"},
+	    {-3, 2, "-1.5000000000000000"},
+	    {0, 3, "0.00000000000000000000"},
+	    {(__int128)INT64_MAX * 3, 3, "9223372036854775807"},
+	    {1, 7, "0.14285714285714285714"},
+	    {12345, 7, "1763.5714285714285714"},
+	    {-5, 2, "-2.5000000000000000"},
+	    {2, 3, "0.66666666666666666667"},
+	    {1, 1000000000000000000, "0.000000000000000001000000000000000000"},
 	};
 	for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
 		tally_value v;
@@ -231,30 +238,30 @@ Test(types, date_trunc_units, .timeout = 30)
 	static const struct {
 		const char *unit, *in, *want;
 	} c[] = {
-		{"microseconds", "2024-05-17 13:45:12.345678", "2024-05-17 13:45:12.345678+00"},
-		{"milliseconds", "2024-05-17 13:45:12.345678", "2024-05-17 13:45:12.345+00"},
-		{"second", "2024-05-17 13:45:12.345678", "2024-05-17 13:45:12+00"},
-		{"MINUTE", "2024-05-17 13:45:12.345678", "2024-05-17 13:45:00+00"},
-		{"hour", "2024-05-17 13:45:12.345678", "2024-05-17 13:00:00+00"},
-		{"day", "2024-05-17 13:45:12.345678", "2024-05-17 00:00:00+00"},
-		{"week", "2024-05-17 13:45:12.345678", "2024-05-13 00:00:00+00"},
-		{"month", "2024-05-17 13:45:12.345678", "2024-05-01 00:00:00+00"},
-		{"quarter", "2024-05-17 13:45:12.345678", "2024-04-01 00:00:00+00"},
-		{"year", "2024-05-17 13:45:12.345678", "2024-01-01 00:00:00+00"},
-		{"decade", "2024-05-17 13:45:12.345678", "2020-01-01 00:00:00+00"},
-		{"century", "2024-05-17 13:45:12.345678", "2001-01-01 00:00:00+00"},
-		{"millennium", "2024-05-17 13:45:12.345678", "2001-01-01 00:00:00+00"},
-		{"week", "1970-01-01", "1969-12-29 00:00:00+00"},
-		{"century", "2000-06-01", "1901-01-01 00:00:00+00"},
-		{"millennium", "2000-06-01", "1001-01-01 00:00:00+00"},
-		{"decade", "1969-12-31 23:00", "1960-01-01 00:00:00+00"},
-		{"second", "1969-12-31 23:59:59.5", "1969-12-31 23:59:59+00"},
+	    {"microseconds", "2024-05-17 13:45:12.345678", "2024-05-17 13:45:12.345678+00"},
+	    {"milliseconds", "2024-05-17 13:45:12.345678", "2024-05-17 13:45:12.345+00"},
+	    {"second", "2024-05-17 13:45:12.345678", "2024-05-17 13:45:12+00"},
+	    {"MINUTE", "2024-05-17 13:45:12.345678", "2024-05-17 13:45:00+00"},
+	    {"hour", "2024-05-17 13:45:12.345678", "2024-05-17 13:00:00+00"},
+	    {"day", "2024-05-17 13:45:12.345678", "2024-05-17 00:00:00+00"},
+	    {"week", "2024-05-17 13:45:12.345678", "2024-05-13 00:00:00+00"},
+	    {"month", "2024-05-17 13:45:12.345678", "2024-05-01 00:00:00+00"},
+	    {"quarter", "2024-05-17 13:45:12.345678", "2024-04-01 00:00:00+00"},
+	    {"year", "2024-05-17 13:45:12.345678", "2024-01-01 00:00:00+00"},
+	    {"decade", "2024-05-17 13:45:12.345678", "2020-01-01 00:00:00+00"},
+	    {"century", "2024-05-17 13:45:12.345678", "2001-01-01 00:00:00+00"},
+	    {"millennium", "2024-05-17 13:45:12.345678", "2001-01-01 00:00:00+00"},
+	    {"week", "1970-01-01", "1969-12-29 00:00:00+00"},
+	    {"century", "2000-06-01", "1901-01-01 00:00:00+00"},
+	    {"millennium", "2000-06-01", "1001-01-01 00:00:00+00"},
+	    {"decade", "1969-12-31 23:00", "1960-01-01 00:00:00+00"},
+	    {"second", "1969-12-31 23:59:59.5", "1969-12-31 23:59:59+00"},
 	};
 	for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
 		tally_value v;
 		int64_t t;
-		cr_assert_eq(tally_value_parse(TALLY_T_TIMESTAMPTZ, c[i].in, strlen(c[i].in), &v, NULL),
-			     0);
+		cr_assert_eq(
+		    tally_value_parse(TALLY_T_TIMESTAMPTZ, c[i].in, strlen(c[i].in), &v, NULL), 0);
 		cr_assert_eq(tally_ts_trunc(c[i].unit, strlen(c[i].unit), v.u.ts, &t, NULL), 0);
 		v.u.ts = t;
 		tally_buf b = {0};
@@ -267,7 +274,8 @@ Test(types, date_trunc_units, .timeout = 30)
 	int64_t t;
 	cr_assert_neq(tally_ts_trunc("foo", 3, 0, &t, &e), 0);
 	cr_expect_str_eq(e.sqlstate, "22023");
-	cr_expect_str_eq(e.message, "unit \"foo\" not recognized for type timestamp with time zone");
+	cr_expect_str_eq(e.message,
+			 "unit \"foo\" not recognized for type timestamp with time zone");
 }
 
 static const char *cast_str(tally_value v, tally_type t)
@@ -284,8 +292,8 @@ static const char *cast_str(tally_value v, tally_type t)
 	} else {
 		tally_buf b = {0};
 		tally_value_format(&r, &b);
-		snprintf(out, sizeof out, "%s:%.*s", tally_type_name((tally_type)r.type), (int)b.len,
-			 b.data);
+		snprintf(out, sizeof out, "%s:%.*s", tally_type_name((tally_type)r.type),
+			 (int)b.len, b.data);
 		tally_buf_free(&b);
 	}
 	tally_arena_free(&a);
@@ -338,7 +346,8 @@ Test(types, compare_is_a_total_order, .timeout = 30)
 	tally_value a = tally_int(TALLY_T_INT4, 3), b = tally_float(TALLY_T_FLOAT8, 3.5);
 	cr_expect_lt(tally_value_cmp(&a, &b), 0);
 	cr_expect_gt(tally_value_cmp(&b, &a), 0);
-	tally_value nan = tally_float(TALLY_T_FLOAT8, NAN), inf = tally_float(TALLY_T_FLOAT8, INFINITY);
+	tally_value nan = tally_float(TALLY_T_FLOAT8, NAN),
+		    inf = tally_float(TALLY_T_FLOAT8, INFINITY);
 	cr_expect_gt(tally_value_cmp(&nan, &inf), 0);
 	cr_expect_eq(tally_value_cmp(&nan, &nan), 0);
 	tally_value z = tally_float(TALLY_T_FLOAT8, 0.0), nz = tally_float(TALLY_T_FLOAT8, -0.0);
@@ -348,7 +357,8 @@ Test(types, compare_is_a_total_order, .timeout = 30)
 	cr_expect_lt(tally_value_cmp(&s2, &s3), 0);
 	tally_value hi = tally_text("\xff", 1);
 	cr_expect_gt(tally_value_cmp(&hi, &s3), 0); /* bytewise, unsigned */
-	tally_value big = tally_int(TALLY_T_INT8, INT64_MAX), small = tally_int(TALLY_T_INT8, INT64_MIN);
+	tally_value big = tally_int(TALLY_T_INT8, INT64_MAX),
+		    small = tally_int(TALLY_T_INT8, INT64_MIN);
 	cr_expect_gt(tally_value_cmp(&big, &small), 0);
 	tally_value n;
 	memset(&n, 0, sizeof n);
@@ -382,7 +392,8 @@ static void key_roundtrip(tally_value v)
 	/* every truncated prefix is rejected */
 	for (size_t cut = 0; cut < b.len; cut++) {
 		tally_rd_init(&r, b.data, cut);
-		cr_assert_neq(tally_key_decode(&r, &back), 0, "prefix %zu of %zu accepted", cut, b.len);
+		cr_assert_neq(tally_key_decode(&r, &back), 0, "prefix %zu of %zu accepted", cut,
+			      b.len);
 	}
 	tally_buf_free(&b);
 }
