@@ -1369,7 +1369,7 @@ static int parse_coldefs(parser *p, tally_stmt *st)
 		    is_kw(p, "like"))
 			return not_supported(p, cur(p)->cpos, "table constraints on streams", NULL);
 		int npos = cur(p)->cpos;
-		const char *name;
+		const char *name = NULL;
 		if (parse_ident(p, &name))
 			return -1;
 		tally_type ty;
@@ -1467,7 +1467,7 @@ static int parse_view_options(parser *p, tally_stmt *st, bool *materialize)
 		return -1;
 	for (;;) {
 		int pos = cur(p)->cpos;
-		const char *name;
+		const char *name = NULL;
 		if (parse_label(p, &name))
 			return -1;
 		const char *val = NULL;
@@ -1707,7 +1707,7 @@ static int parse_namelist(parser *p, int *n, char (**out)[TALLY_NAME_MAX], int *
 			cap *= 2;
 		}
 		pv[k] = cur(p)->cpos;
-		const char *name;
+		const char *name = NULL;
 		if (parse_ident(p, &name))
 			return -1;
 		tally_strlcpy(v[k], name, TALLY_NAME_MAX);
@@ -1897,7 +1897,7 @@ static int parse_copy(parser *p, tally_stmt *st)
 		adv(p);
 		for (;;) {
 			int opos = cur(p)->cpos;
-			const char *name;
+			const char *name = NULL;
 			if (parse_label(p, &name))
 				return -1;
 			if (strcmp(name, "format") == 0) {
@@ -2080,13 +2080,13 @@ static int parse_copy(parser *p, tally_stmt *st)
 
 static int parse_setting_name(parser *p, tally_stmt *st)
 {
-	const char *a1;
+	const char *a1 = NULL;
 	if (parse_label(p, &a1))
 		return -1;
 	char buf[160];
 	snprintf(buf, sizeof buf, "%s", a1);
 	while (accept(p, TK_DOT)) {
-		const char *a2;
+		const char *a2 = NULL;
 		if (parse_label(p, &a2))
 			return -1;
 		size_t l = strlen(buf);
