@@ -616,8 +616,12 @@ int tally_coord_start(tally_coord **out, const tally_node_config *cfg)
 	pthread_mutex_init(&c->stop_mu, NULL);
 	pthread_cond_init(&c->stop_cv, NULL);
 	c->cat = tally_xcalloc(1, sizeof *c->cat);
-	c->cat->epoch = 1;
-	c->cat->next_id = 1;
+	/* A new cluster's epochs and stream/view ids start at its creation time (microseconds):
+	 * a coordinator that lost its catalog file and starts over is then always newer than
+	 * the maps workers still hold (they take its map and drop their old shards), and it
+	 * never reuses the id of an old view for a new one. */
+	c->cat->epoch = (uint64_t)tally_now_us();
+	c->cat->next_id = (uint64_t)tally_now_us();
 	tally_node_role role = {.ddl = coord_ddl, .handle = coord_handle, .ctx = c};
 	/* Load before listening, so no worker registers against an empty catalog. */
 	if (catalog_load(c, cfg->dir) != 0) {

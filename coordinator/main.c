@@ -18,7 +18,7 @@ int main(int argc, char **argv)
 	tally_strlcpy(cfg.name, "coordinator", sizeof cfg.name);
 	tally_strlcpy(cfg.host, "127.0.0.1", sizeof cfg.host);
 	cfg.sql_port = 6432;
-	cfg.rpc_threads = 8;
+	cfg.rpc_threads = 32; /* map pushes may wait on a slow worker; heartbeats must not */
 	tally_settings_defaults(&cfg.defaults);
 	int rc = tally_node_parse_args(argc, argv, &cfg, usage);
 	if (rc)

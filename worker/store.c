@@ -24,6 +24,7 @@ struct tally_store {
 	pthread_rwlock_t mu;
 	shard **shards;
 	int n, cap;
+	uint64_t synced_epoch; /* epoch of the last map tally_store_sync applied */
 };
 
 tally_store *tally_store_alloc(void)
@@ -62,8 +63,11 @@ static shard *find(tally_store *st, uint64_t view_id, uint32_t sh)
 }
 
 /* Find (and with create, make) a shard copy. Returns with st->mu read-locked: the caller
- * releases it when done with the shard, so tally_store_sync cannot free it underneath. */
-static shard *get_locked(tally_store *st, const tally_view_rt *v, uint32_t sh, bool create)
+ * releases it when done with the shard, so tally_store_sync cannot free it underneath. A
+ * request decided on a map older than the last sync does not create shards: its view may be
+ * the one that sync just dropped. */
+static shard *get_locked(tally_store *st, const tally_view_rt *v, uint64_t epoch, uint32_t sh,
+			 bool create)
 {
 	pthread_rwlock_rdlock(&st->mu);
 	shard *s = find(st, v->info->id, sh);
@@ -72,7 +76,7 @@ static shard *get_locked(tally_store *st, const tally_view_rt *v, uint32_t sh, b
 	pthread_rwlock_unlock(&st->mu);
 	pthread_rwlock_wrlock(&st->mu);
 	s = find(st, v->info->id, sh);
-	if (!s) {
+	if (!s && epoch >= st->synced_epoch) {
 		s = tally_xcalloc(1, sizeof *s);
 		s->view_id = v->info->id;
 		s->shard = sh;
@@ -90,22 +94,22 @@ static shard *get_locked(tally_store *st, const tally_view_rt *v, uint32_t sh, b
 	}
 	pthread_rwlock_unlock(&st->mu);
 	pthread_rwlock_rdlock(&st->mu);
-	return find(st, v->info->id, sh); /* NULL only if dropped in between */
+	return find(st, v->info->id, sh); /* NULL if the view is gone */
 }
 
-/* Walk a batch's groups without changing anything: every key and state must decode. */
-static int validate(const tally_view_rt *v, uint32_t ngroups, tally_rd r)
+/* Walk a batch's groups without changing anything: every key and state must decode with the
+ * shard's own aggregates. */
+static int validate(const tally_agg_spec *aggs, int naggs, uint32_t ngroups, tally_rd r)
 {
-	const tally_view_plan *p = v->plan;
 	_Alignas(16) uint8_t slot[TALLY_AGG_SLOT];
 	for (uint32_t i = 0; i < ngroups; i++) {
 		const uint8_t *key;
 		uint32_t keylen;
 		if (tally_rd_str(&r, &key, &keylen, TALLY_GROUP_KEY_MAX) != 0)
 			return -1;
-		for (int k = 0; k < p->naggs; k++) {
-			int rc = tally_agg_deserialize(&p->aggs[k], &r, slot);
-			tally_agg_release(&p->aggs[k], slot);
+		for (int k = 0; k < naggs; k++) {
+			int rc = tally_agg_deserialize(&aggs[k], &r, slot);
+			tally_agg_release(&aggs[k], slot);
 			if (rc != 0)
 				return -1;
 		}
@@ -113,14 +117,10 @@ static int validate(const tally_view_rt *v, uint32_t ngroups, tally_rd r)
 	return tally_msg_done(&r);
 }
 
-int tally_store_apply(tally_store *st, const tally_view_rt *v, const tally_msg_apply *a,
-		      tally_rd *r, tally_err *err)
+int tally_store_apply(tally_store *st, const tally_view_rt *v, uint64_t epoch,
+		      const tally_msg_apply *a, tally_rd *r, tally_err *err)
 {
-	if (validate(v, a->ngroups, *r) != 0)
-		return tally_err_set(err, TALLY_SQLSTATE_PROTOCOL,
-				     "malformed batch for shard %s_%u", v->info->name,
-				     a->target_shard);
-	shard *s = get_locked(st, v, a->target_shard, true);
+	shard *s = get_locked(st, v, epoch, a->target_shard, true);
 	if (!s) {
 		pthread_rwlock_unlock(&st->mu);
 		return tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE,
@@ -128,12 +128,28 @@ int tally_store_apply(tally_store *st, const tally_view_rt *v, const tally_msg_a
 	}
 	pthread_mutex_lock(&s->mu);
 	int rc = 0;
-	for (uint32_t i = 0; i < a->ngroups; i++) {
+	/* All checks before the first merge, so a refused batch changes nothing: the shard and
+	 * the map agree on the view's aggregates, every group decodes, the table has room. */
+	if (s->naggs != v->plan->naggs ||
+	    memcmp(s->aggs, v->plan->aggs, (size_t)s->naggs * sizeof *s->aggs) != 0)
+		rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
+				   "shard %s_%u holds another definition of the view",
+				   v->info->name, a->target_shard);
+	else if (validate(s->aggs, s->naggs, a->ngroups, *r) != 0)
+		rc = tally_err_set(err, TALLY_SQLSTATE_PROTOCOL, "malformed batch for shard %s_%u",
+				   v->info->name, a->target_shard);
+	else if (tally_gtab_reserve(&s->groups, a->ngroups) != 0)
+		rc = tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
+				   "out of memory applying to shard %s_%u", v->info->name,
+				   a->target_shard);
+	for (uint32_t i = 0; rc == 0 && i < a->ngroups; i++) {
 		if (tally_group_merge_encoded(&s->groups, r) != 0) {
+			/* only an allocation of a new group's entry can fail here */
+			tally_log_error("shard %s_%u: out of memory in the middle of a batch",
+					v->info->name, a->target_shard);
 			rc = tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
 					   "out of memory applying to shard %s_%u", v->info->name,
 					   a->target_shard);
-			break;
 		}
 	}
 	pthread_mutex_unlock(&s->mu);
@@ -144,7 +160,7 @@ int tally_store_apply(tally_store *st, const tally_view_rt *v, const tally_msg_a
 void tally_store_read(tally_store *st, const tally_view_rt *v, uint32_t sh, const uint8_t *key,
 		      uint32_t keylen, tally_buf *reply)
 {
-	shard *s = get_locked(st, v, sh, false);
+	shard *s = get_locked(st, v, 0, sh, false);
 	if (!s) {
 		pthread_rwlock_unlock(&st->mu);
 		tally_buf_put_u32(reply, 0);
@@ -188,6 +204,8 @@ uint64_t tally_store_groups(tally_store *st, uint64_t view_id, uint32_t sh)
 void tally_store_sync(tally_store *st, const tally_map *m)
 {
 	pthread_rwlock_wrlock(&st->mu);
+	if (m->cat->epoch > st->synced_epoch)
+		st->synced_epoch = m->cat->epoch;
 	int j = 0;
 	for (int i = 0; i < st->n; i++) {
 		if (tally_catalog_view_by_id(m->cat, st->shards[i]->view_id))

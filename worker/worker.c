@@ -74,12 +74,15 @@ static int do_register(tally_worker *w)
 	int rc = coord_call(w, &req, &c, 2000);
 	if (rc == 0) {
 		uint32_t id;
+		/* The id is set before the map is installed: a request that finds this node the
+		 * primary in the new map must also find the id that says so. */
 		if (c.hdr.type != TALLY_MSG_REGISTER_OK || tally_rd_u32(&c.body, &id) != 0 ||
-		    install_from(w, &c.body) != 0 || tally_msg_done(&c.body) != 0) {
+		    (__atomic_store_n(&n->node_id, id, __ATOMIC_RELEASE),
+		     install_from(w, &c.body)) != 0 ||
+		    tally_msg_done(&c.body) != 0) {
 			tally_log_warn("malformed REGISTER reply from the coordinator");
 			rc = -1;
 		} else {
-			n->node_id = id;
 			tally_log_info(
 			    "registered with the coordinator as node %u (incarnation %llu)", id,
 			    (unsigned long long)n->incarnation);
@@ -99,7 +102,7 @@ static int do_heartbeat(tally_worker *w)
 	tally_node *n = &w->node;
 	tally_buf req = {0};
 	tally_msg_begin(&req, TALLY_MSG_HEARTBEAT, tally_node_next_req(n), tally_node_epoch(n));
-	tally_msg_heartbeat hb = {.node_id = n->node_id,
+	tally_msg_heartbeat hb = {.node_id = tally_node_id(n),
 				  .incarnation = n->incarnation,
 				  .known_epoch = tally_node_epoch(n),
 				  .mem_bytes = 0};
@@ -213,11 +216,11 @@ static void handle_apply(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, t
 		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_INTERNAL,
 				      "%s", v->error);
 	} else if (a.target_shard >= (uint32_t)v->info->num_shards ||
-		   v->info->primary[a.target_shard] != n->node_id) {
+		   v->info->primary[a.target_shard] != tally_node_id(n)) {
 		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_UNAVAILABLE,
 				      "node %s is not the primary of shard %s_%u", n->cfg.name,
 				      v->info->name, a.target_shard);
-	} else if (tally_store_apply(w->store, v, &a, r, &err) != 0) {
+	} else if (tally_store_apply(w->store, v, m->cat->epoch, &a, r, &err) != 0) {
 		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, err.sqlstate, "%s",
 				      err.message);
 	} else {
@@ -252,6 +255,16 @@ static void handle_read(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, ta
 		tally_msg_begin(reply, TALLY_MSG_READ_OK, h->req_id, m->cat->epoch);
 		tally_store_read(w->store, v, q.shard, q.has_key ? q.key : NULL, q.keylen, reply);
 		tally_msg_end(reply);
+		if (reply->len > TALLY_MSG_MAX) {
+			/* the reader's socket would drop it and the reader wait for nothing */
+			size_t len = reply->len;
+			tally_buf_reset(reply);
+			tally_rpc_reply_error(
+			    reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_PROGRAM_LIMIT,
+			    "shard %s_%u is too large to read in one message (%zu bytes, "
+			    "the limit is %u)",
+			    v->info->name, q.shard, len, TALLY_MSG_MAX);
+		}
 	}
 	tally_map_put(m);
 }
@@ -292,10 +305,16 @@ static int worker_ddl(tally_node *n, const char *sql, const tally_settings *s, c
 	tally_buf_put_str(&req, nrep, (uint32_t)strlen(nrep));
 	tally_msg_end(&req);
 	tally_rpc_call c;
-	int rc = coord_call(w, &req, &c, (int)tally_settings_ms(s, TALLY_SET_RPC_TIMEOUT));
+	/* The coordinator answers once every live worker has the new map: allow for its pushes
+	 * (2 s to send, 2 s to hear back) on top of the session's rpc_timeout. */
+	int rc = coord_call(w, &req, &c, (int)tally_settings_ms(s, TALLY_SET_RPC_TIMEOUT) + 5000);
 	if (rc != 0) {
 		tally_err_set(err, c.sqlstate[0] ? c.sqlstate : TALLY_SQLSTATE_UNAVAILABLE,
 			      "could not run DDL on the coordinator: %s", c.errmsg);
+		if (strstr(c.errmsg, "in time"))
+			tally_err_hint(
+			    err, "The coordinator may still have applied the statement: check "
+				 "pipeline_cluster.streams and pipeline_cluster.views.");
 	} else if (c.hdr.type != TALLY_MSG_DDL_OK) {
 		rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
 				   "unexpected reply to DDL from the coordinator");

@@ -11,10 +11,11 @@ typedef struct tally_store tally_store;
 
 tally_store *tally_store_alloc(void);
 void tally_store_free(tally_store *st);
-/* Apply one APPLY batch (r positioned at its groups). The batch is validated completely
- * before anything is merged, so a malformed batch changes nothing. Returns 0, or -1 with err. */
-int tally_store_apply(tally_store *st, const tally_view_rt *v, const tally_msg_apply *a,
-		      tally_rd *r, tally_err *err);
+/* Apply one APPLY batch (r positioned at its groups), decided on the map of this epoch. The
+ * batch is checked completely (aggregates, every group decodes, room in the table) before
+ * anything is merged, so a refused batch changes nothing. Returns 0, or -1 with err. */
+int tally_store_apply(tally_store *st, const tally_view_rt *v, uint64_t epoch,
+		      const tally_msg_apply *a, tally_rd *r, tally_err *err);
 /* Append READ_OK's body for one shard (u32 ngroups + groups) to reply: every group, or with
  * key only the group with that encoded key (if the shard has it). */
 void tally_store_read(tally_store *st, const tally_view_rt *v, uint32_t shard, const uint8_t *key,

@@ -60,6 +60,14 @@ static int gtab_grow(tally_gtab *t)
 	return 0;
 }
 
+int tally_gtab_reserve(tally_gtab *t, size_t extra)
+{
+	while ((t->count + extra) * 2 > t->cap)
+		if (gtab_grow(t) != 0)
+			return -1;
+	return 0;
+}
+
 tally_group *tally_gtab_lookup(tally_gtab *t, const uint8_t *key, uint32_t keylen, uint64_t hash,
 			       bool create)
 {

@@ -163,7 +163,7 @@ static uint32_t write_opt_shard(tally_node *n, const tally_view_info *v)
 	uint32_t start = __atomic_fetch_add(&rot, 1, __ATOMIC_RELAXED);
 	for (int i = 0; i < v->num_shards; i++) {
 		uint32_t s = (start + (uint32_t)i) % (uint32_t)v->num_shards;
-		if (n->node_id != 0 && v->primary[s] == n->node_id)
+		if (tally_node_id(n) != 0 && v->primary[s] == tally_node_id(n))
 			return s;
 	}
 	return start % (uint32_t)v->num_shards;
@@ -172,12 +172,16 @@ static uint32_t write_opt_shard(tally_node *n, const tally_view_info *v)
 int tally_ingest_commit(tally_ingest *g, tally_err *err)
 {
 	tally_node *n = g->node;
-	const tally_catalog *cat = g->map->cat;
 	int nbatches = 0; /* at most one per (view, shard) */
 	for (int vi = 0; vi < g->nviews; vi++)
 		nbatches += g->views[vi].rt->info->num_shards;
 	if (nbatches == 0 || g->nrows == 0)
 		return 0;
+	/* A statement may run for minutes (a long COPY): route with the map of now. A view
+	 * dropped meanwhile is skipped (its rows have nowhere to go); node addresses and states
+	 * are today's. Placements of a view never change while it exists. */
+	tally_map *cur = tally_node_map(n);
+	const tally_catalog *cat = cur->cat;
 	tally_buf *reqs = tally_xcalloc((size_t)nbatches, sizeof *reqs);
 	uint32_t *ngroups = tally_xcalloc((size_t)nbatches, sizeof *ngroups);
 	tally_rpc_call *calls = tally_xcalloc((size_t)nbatches, sizeof *calls);
@@ -192,13 +196,13 @@ int tally_ingest_commit(tally_ingest *g, tally_err *err)
 		uint32_t S = (uint32_t)v->num_shards;
 		int vbase = base;
 		base += (int)S;
-		if (iv->groups.count == 0)
+		if (iv->groups.count == 0 || !tally_catalog_view_by_id(cat, v->id))
 			continue;
 		for (uint32_t s = 0; s < S; s++) {
 			tally_msg_begin(&reqs[vbase + (int)s], TALLY_MSG_APPLY,
 					tally_node_next_req(n), cat->epoch);
 			tally_msg_apply a = {
-			    .origin = n->node_id,
+			    .origin = tally_node_id(n),
 			    .home_shard = s,
 			    .seq = 0, /* taken below, only for batches that are sent */
 			    .view_id = v->id,
@@ -282,6 +286,7 @@ int tally_ingest_commit(tally_ingest *g, tally_err *err)
 	free(shardname);
 	free(call_view);
 	free(call_shard);
+	tally_map_put(cur);
 	return rc;
 }
 

@@ -279,7 +279,8 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 					row[3] = tally_int(TALLY_T_INT2, s);
 					row[4] = text_val(a, c == 0 ? "primary" : "replica");
 					row[5] = text_val(a, policy_name(v->sharding_policy));
-					row[6] = tally_bool(n->node_id != 0 && id == n->node_id);
+					row[6] = tally_bool(tally_node_id(n) != 0 &&
+							    id == tally_node_id(n));
 					row[7] = tally_bool(true);
 					row[8] = tally_bool(ni && ni->state == TALLY_NODE_UP);
 					row[9] = tally_int(TALLY_T_INT4, id);
@@ -353,8 +354,8 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 				     : tally_null(TALLY_T_TIMESTAMPTZ);
 			row[8] = tally_int(TALLY_T_INT4, prim);
 			row[9] = tally_int(TALLY_T_INT4, repl);
-			row[10] = ni->id == n->node_id ? tally_int(TALLY_T_INT8, self_rss())
-						       : tally_null(TALLY_T_INT8);
+			row[10] = ni->id == tally_node_id(n) ? tally_int(TALLY_T_INT8, self_rss())
+							     : tally_null(TALLY_T_INT8);
 		}
 		*rows = out;
 		*nrows = (size_t)cat->nnodes + 1;

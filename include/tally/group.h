@@ -36,6 +36,9 @@ void tally_gtab_fini(tally_gtab *t);
  * found (create=false) or out of memory / arena limit (create=true). */
 tally_group *tally_gtab_lookup(tally_gtab *t, const uint8_t *key, uint32_t keylen, uint64_t hash,
 			       bool create);
+/* Make room for extra more groups without growing the slot array later (so a batch either
+ * fits before its first group is merged or fails untouched). -1 if out of memory. */
+int tally_gtab_reserve(tally_gtab *t, size_t extra);
 /* XXH3_64bits of the encoded key: the group hash. */
 uint64_t tally_group_hash(const uint8_t *key, size_t len);
 /* Read one encoded group (as tally_group_put writes it) and merge it in. -1 malformed input,

@@ -178,7 +178,7 @@ typedef struct tally_node_config {
 struct tally_node {
 	tally_node_config cfg;
 	tally_node_role role;
-	uint32_t node_id; /* 0 for the coordinator */
+	uint32_t node_id; /* 0 for the coordinator; set once registered (atomic: tally_node_id) */
 	uint64_t incarnation;
 	tally_pg_server *pg;
 	tally_rpc_server *rpcsrv;
@@ -200,6 +200,11 @@ tally_map *tally_node_map(tally_node *n);
  * frees it otherwise). Returns true if installed. */
 bool tally_node_install_map(tally_node *n, tally_catalog *cat);
 uint64_t tally_node_epoch(tally_node *n);
+/* This node's id in the cluster (0 for the coordinator and before a worker registered). */
+static inline uint32_t tally_node_id(const tally_node *n)
+{
+	return __atomic_load_n(&n->node_id, __ATOMIC_ACQUIRE);
+}
 uint64_t tally_node_next_req(tally_node *n);
 /* Next batch seq for (view, home shard) from this origin: 1, 2, 3, ... per pair (DESIGN §3),
  * so the home primary can later keep "highest contiguous seq" per origin. Taken once per

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 /* "v_0:w1,v_0:w2,..." - every shard copy and its owner, in a stable order. */
 static char *placement(PGconn *conn)
@@ -96,6 +97,65 @@ Test(restart, coordinator_restart_keeps_the_cluster, .fini = th_fini, .timeout =
 	free(shards_before);
 	free(shards_after);
 	PQfinish(w2);
+	PQfinish(co);
+	th_cluster_stop(c);
+}
+
+typedef struct gone_ctx {
+	th_cluster *c;
+	int worker;
+} gone_ctx;
+
+/* The worker has taken the new cluster's map: the old view is gone there. */
+static bool old_view_gone(void *p)
+{
+	gone_ctx *g = p;
+	PGconn *conn = th_try_connect(th_worker(g->c, g->worker));
+	if (!conn)
+		return false;
+	PGresult *r = PQexec(conn, "SELECT count(*) FROM pipeline_cluster.views WHERE name = 'v'");
+	bool gone = PQresultStatus(r) == PGRES_TUPLES_OK && atoi(PQgetvalue(r, 0, 0)) == 0;
+	PQclear(r);
+	PQfinish(conn);
+	return gone;
+}
+
+/* A coordinator that lost its catalog file starts a new cluster: the workers must follow it
+ * (its epochs are newer) and drop the old shards, and a new view reusing the old name must
+ * not inherit their groups. */
+Test(restart, coordinator_without_catalog_starts_over_cleanly, .fini = th_fini, .timeout = 120)
+{
+	th_cluster *c = th_cluster_start(2, NULL);
+	PGconn *co = th_connect(th_coord(c));
+	th_run(co, "CREATE STREAM s (k integer, v integer)");
+	th_run(co, "CREATE CONTINUOUS VIEW v AS SELECT k, count(*), sum(v) FROM s GROUP BY k");
+	th_run(co, "INSERT INTO s VALUES (1, 10), (2, 20), (1, 30)");
+	PQfinish(co);
+
+	th_kill_node(c, th_coord(c), SIGTERM);
+	char path[600];
+	snprintf(path, sizeof path, "%s/catalog", th_coord(c)->dir);
+	cr_assert_eq(unlink(path), 0, "no catalog file at %s", path);
+	th_restart_node(c, th_coord(c));
+	up_ctx u = {c, 2};
+	cr_assert(th_wait_until(workers_up, &u, 15000), "workers did not join the new cluster");
+	for (int i = 1; i <= 2; i++) {
+		gone_ctx g = {c, i};
+		cr_assert(th_wait_until(old_view_gone, &g, 10000), "w%d kept the old map", i);
+	}
+
+	co = th_connect(th_coord(c));
+	th_run(co, "CREATE STREAM s (k integer, x double precision)");
+	th_run(co, "CREATE CONTINUOUS VIEW v AS SELECT k, count(*), avg(x) FROM s GROUP BY k");
+	PGconn *w1 = th_connect(th_worker(c, 1));
+	th_run(w1, "INSERT INTO s VALUES (1, 1.5), (3, 2.5)");
+	cr_assert_eq(th_query_int(co, "SELECT count(*) FROM v"), 2,
+		     "old groups leaked into the new view");
+	cr_assert_eq(th_query_int(co, "SELECT count FROM v WHERE k = 1"), 1);
+	char *avg = th_query_str(w1, "SELECT avg FROM v WHERE k = 3");
+	cr_assert_str_eq(avg, "2.5");
+	free(avg);
+	PQfinish(w1);
 	PQfinish(co);
 	th_cluster_stop(c);
 }
