@@ -21,7 +21,8 @@ typedef struct session {
 	tally_settings settings;
 	char txn; /* 'I', 'T', 'E' */
 	tally_arena arena;
-	tally_buf out; /* formatting buffer for DataRows */
+	tally_buf out;	      /* formatting buffer for DataRows */
+	tally_arena describe; /* what session_describe hands out, until its next call */
 } session;
 
 static void *session_open(void *server_ctx, tally_pg_conn *c, const char *user, const char *db,
@@ -43,6 +44,7 @@ static void session_close(void *p)
 {
 	session *s = p;
 	tally_arena_free(&s->arena);
+	tally_arena_free(&s->describe);
 	tally_buf_free(&s->out);
 	free(s);
 }
@@ -249,72 +251,73 @@ out:
 	return rc;
 }
 
+/* What a SELECT reads: a system view (its rows are built here), a continuous view (*view set;
+ * its rows come from tally_read_view), or nothing (no FROM: *relp NULL). */
+static int select_source(session *s, tally_map *m, const char *from, tally_arena *a,
+			 tally_relation *rel, const tally_relation **relp,
+			 const tally_view_rt **view, tally_value **rows, size_t *nrows,
+			 tally_err *err)
+{
+	*relp = NULL;
+	*view = NULL;
+	*rows = NULL;
+	*nrows = 0;
+	if (!from)
+		return 0;
+	int sv = tally_sysview(s->node, m, from, a, rel, rows, nrows, err);
+	if (sv < 0)
+		return -1;
+	if (sv == 1) {
+		*relp = rel;
+		return 0;
+	}
+	const tally_view_rt *v = tally_map_view(m, from);
+	if (!v) {
+		if (tally_catalog_stream(m->cat, from)) {
+			tally_err_set(err, TALLY_SQLSTATE_WRONG_OBJECT_TYPE, "\"%s\" is a stream",
+				      from);
+			return tally_err_hint(
+			    err, "Streams can only be read by a continuous view's FROM clause.");
+		}
+		return tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE,
+				     "relation \"%s\" does not exist", from);
+	}
+	if (!v->ok)
+		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "%s", v->error);
+	*relp = &v->out_rel;
+	*view = v;
+	return 0;
+}
+
 static int run_select(session *s, tally_pg_conn *c, const tally_stmt *st, tally_err *err)
 {
 	tally_map *m = tally_node_map(s->node);
 	int rc = -1;
 	tally_relation rel;
-	tally_value *rows = NULL;
-	size_t nrows = 0;
-	tally_err warning;
-	tally_err_clear(&warning);
-	const char *from = st->u.select.from;
-	const tally_relation *relp = NULL;
-	if (from) {
-		int sv = tally_sysview(s->node, m, from, &s->arena, &rel, &rows, &nrows, err);
-		if (sv < 0)
-			goto out;
-		if (sv == 1) {
-			relp = &rel;
-		} else {
-			const tally_view_rt *v = tally_map_view(m, from);
-			if (!v) {
-				if (tally_catalog_stream(m->cat, from)) {
-					tally_err_set(err, TALLY_SQLSTATE_WRONG_OBJECT_TYPE,
-						      "\"%s\" is a stream", from);
-					tally_err_hint(err, "Streams can only be read by a "
-							    "continuous view's FROM clause.");
-				} else {
-					tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE,
-						      "relation \"%s\" does not exist", from);
-				}
-				goto out;
-			}
-			if (!v->ok) {
-				tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "%s", v->error);
-				goto out;
-			}
-			relp = &v->out_rel;
-			tally_select_plan *plan;
-			if (tally_select_analyze(st->u.select.query, relp, &s->arena, &plan, err) !=
-			    0)
-				goto out;
-			tally_buf key = {0};
-			int pinned = tally_read_pushdown_key(v, plan, &key);
-			int rr = tally_read_view(s->node, m, v, &s->settings,
-						 pinned ? key.data : NULL, (uint32_t)key.len,
-						 &s->arena, &rows, &nrows, &warning, err);
-			tally_buf_free(&key);
-			if (rr != 0)
-				goto out;
-			if (warning.sqlstate[0])
-				tally_pg_send_error(c, &warning);
-			tally_select_set_settings(plan, setting_cb, s);
-			tally_value *res;
-			size_t nres;
-			if (tally_select_exec(plan, rows, nrows, &s->arena, &res, &nres, err) != 0)
-				goto out;
-			rc = send_rows(s, c, tally_select_ncols(plan), tally_select_cols(plan), res,
-				       nres);
-			goto out;
-		}
-	}
+	const tally_relation *relp;
+	const tally_view_rt *v;
+	tally_value *rows, *res;
+	size_t nrows, nres;
 	tally_select_plan *plan;
-	if (tally_select_analyze(st->u.select.query, relp, &s->arena, &plan, err) != 0)
+	if (select_source(s, m, st->u.select.from, &s->arena, &rel, &relp, &v, &rows, &nrows,
+			  err) != 0 ||
+	    tally_select_analyze(st->u.select.query, relp, &s->arena, &plan, err) != 0)
 		goto out;
+	if (v) {
+		tally_err warning;
+		tally_err_clear(&warning);
+		tally_buf key = {0};
+		int pinned = tally_read_pushdown_key(v, plan, &key);
+		int rr =
+		    tally_read_view(s->node, m, v, &s->settings, pinned ? key.data : NULL,
+				    (uint32_t)key.len, &s->arena, &rows, &nrows, &warning, err);
+		tally_buf_free(&key);
+		if (rr != 0)
+			goto out;
+		if (warning.sqlstate[0])
+			tally_pg_send_error(c, &warning);
+	}
 	tally_select_set_settings(plan, setting_cb, s);
-	tally_value *res;
-	size_t nres;
 	if (tally_select_exec(plan, rows, nrows, &s->arena, &res, &nres, err) != 0)
 		goto out;
 	rc = send_rows(s, c, tally_select_ncols(plan), tally_select_cols(plan), res, nres);
@@ -360,6 +363,15 @@ static int run_set(session *s, tally_pg_conn *c, const tally_stmt *st, tally_err
 	return tally_pg_send_command_complete(c, st->kind == TALLY_STMT_RESET ? "RESET" : "SET");
 }
 
+/* SHOW's column name: the setting's name, with PostgreSQL's spelling of the two it
+ * capitalises. */
+static const char *show_column(int id)
+{
+	return id == TALLY_SET_TIMEZONE	   ? "TimeZone"
+	       : id == TALLY_SET_DATESTYLE ? "DateStyle"
+					   : tally_settings_name(id);
+}
+
 static int run_show(session *s, tally_pg_conn *c, const tally_stmt *st, tally_err *err)
 {
 	if (st->u.set.all || strcasecmp(st->u.set.name, "all") == 0) {
@@ -388,11 +400,7 @@ static int run_show(session *s, tally_pg_conn *c, const tally_stmt *st, tally_er
 				     "unrecognized configuration parameter \"%s\"", st->u.set.name);
 	tally_column col;
 	memset(&col, 0, sizeof col);
-	tally_strlcpy(col.name,
-		      id == TALLY_SET_TIMEZONE	  ? "TimeZone"
-		      : id == TALLY_SET_DATESTYLE ? "DateStyle"
-						  : tally_settings_name(id),
-		      TALLY_NAME_MAX);
+	tally_strlcpy(col.name, show_column(id), TALLY_NAME_MAX);
 	col.type = TALLY_T_TEXT;
 	tally_value v = tally_text(s->settings.v[id], (uint32_t)strlen(s->settings.v[id]));
 	/* SHOW's tag is "SHOW", not "SELECT 1": send the pieces by hand */
@@ -522,9 +530,119 @@ static void session_query(void *p, tally_pg_conn *c, const char *sql)
 		tally_pg_send_empty_query(c);
 }
 
+/* The statement text with every $n parameter (outside quotes and comments) replaced by NULL,
+ * in arena a: enough to parse and type a prepared statement without its values. */
+static char *params_as_null(const char *sql, tally_arena *a)
+{
+	tally_buf b = {0};
+	const char *p = sql;
+	while (*p) {
+		if (*p == '\'' || *p == '"') { /* quoted: copy through the closing quote */
+			char q = *p;
+			tally_buf_putc(&b, (uint8_t)*p++);
+			while (*p && *p != q)
+				tally_buf_putc(&b, (uint8_t)*p++);
+			if (*p)
+				tally_buf_putc(&b, (uint8_t)*p++);
+		} else if (p[0] == '-' && p[1] == '-') {
+			while (*p && *p != '\n')
+				tally_buf_putc(&b, (uint8_t)*p++);
+		} else if (p[0] == '/' && p[1] == '*') {
+			const char *e = strstr(p + 2, "*/");
+			size_t n = e ? (size_t)(e + 2 - p) : strlen(p);
+			tally_buf_append(&b, p, n);
+			p += n;
+		} else if (*p == '$' && p[1] >= '0' && p[1] <= '9') {
+			p++;
+			while (*p >= '0' && *p <= '9')
+				p++;
+			tally_buf_append(&b, "NULL", 4);
+		} else {
+			tally_buf_putc(&b, (uint8_t)*p++);
+		}
+	}
+	char *out = tally_arena_strndup(a, b.data ? (const char *)b.data : "", b.len);
+	tally_buf_free(&b);
+	return out;
+}
+
+/* pgwire's describe hook: parse and analyze, never run, never touch the transaction. */
+static int session_describe(void *p, const char *sql, const tally_pg_col **cols, int *ncols,
+			    tally_err *err)
+{
+	session *s = p;
+	tally_arena *a = &s->describe;
+	tally_arena_reset(a);
+	tally_stmt *stmts;
+	int n, found = -1;
+	const char *text = params_as_null(sql, a);
+	if (!text)
+		return tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY, "out of memory");
+	if (tally_sql_parse(text, a, &stmts, &n, err) != 0)
+		return -1;
+	for (int i = 0; i < n; i++) {
+		if (stmts[i].kind == TALLY_STMT_EMPTY)
+			continue;
+		if (found >= 0)
+			return tally_err_set(
+			    err, TALLY_SQLSTATE_SYNTAX,
+			    "cannot insert multiple commands into a prepared statement");
+		found = i;
+	}
+	if (found < 0)
+		return 0;
+	const tally_stmt *st = &stmts[found];
+	if (st->kind == TALLY_STMT_SHOW) {
+		int id = tally_settings_lookup(st->u.set.name);
+		bool all = st->u.set.all || strcasecmp(st->u.set.name, "all") == 0;
+		if (!all && id < 0)
+			return tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_OBJECT,
+					     "unrecognized configuration parameter \"%s\"",
+					     st->u.set.name);
+		static const char *const all_names[] = {"name", "setting", "description"};
+		int nc = all ? 3 : 1;
+		tally_pg_col *c = tally_arena_alloc(a, (size_t)nc * sizeof *c);
+		for (int i = 0; i < nc; i++) {
+			c[i].name = all ? all_names[i] : show_column(id);
+			c[i].type_oid = TALLY_OID_TEXT;
+			c[i].typlen = -1;
+		}
+		*cols = c;
+		*ncols = nc;
+		return 1;
+	}
+	if (st->kind != TALLY_STMT_SELECT)
+		return 0;
+	tally_map *m = tally_node_map(s->node);
+	tally_relation rel;
+	const tally_relation *relp;
+	const tally_view_rt *v;
+	tally_value *rows;
+	size_t nrows;
+	tally_select_plan *plan;
+	int rc = -1;
+	if (select_source(s, m, st->u.select.from, a, &rel, &relp, &v, &rows, &nrows, err) == 0 &&
+	    tally_select_analyze(st->u.select.query, relp, a, &plan, err) == 0) {
+		int nc = tally_select_ncols(plan);
+		const tally_column *sc = tally_select_cols(plan);
+		tally_pg_col *c = tally_arena_alloc(a, (size_t)(nc ? nc : 1) * sizeof *c);
+		for (int i = 0; i < nc; i++) {
+			c[i].name = sc[i].name;
+			c[i].type_oid = tally_type_oid(sc[i].type);
+			c[i].typlen = tally_type_len(sc[i].type);
+		}
+		*cols = c;
+		*ncols = nc;
+		rc = 1;
+	}
+	tally_map_put(m);
+	return rc;
+}
+
 const tally_pg_handlers tally_session_handlers = {
     .session_open = session_open,
     .query = session_query,
+    .describe = session_describe,
     .txn_status = session_txn,
     .session_close = session_close,
 };

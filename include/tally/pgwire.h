@@ -27,6 +27,12 @@
 typedef struct tally_pg_server tally_pg_server;
 typedef struct tally_pg_conn tally_pg_conn;
 
+typedef struct tally_pg_col {
+	const char *name;
+	uint32_t type_oid;
+	int16_t typlen;
+} tally_pg_col;
+
 typedef struct tally_pg_handlers {
 	/* A client finished startup. Return the session pointer, or NULL after filling err to
 	 * refuse it (sent as FATAL). Runs on the connection's thread. */
@@ -35,6 +41,15 @@ typedef struct tally_pg_handlers {
 	/* Run a query string (one or more statements). The handler sends results with the
 	 * tally_pg_send_* functions; errors with tally_pg_send_error. */
 	void (*query)(void *session, tally_pg_conn *c, const char *sql);
+	/* Describe a statement text without running it or touching session state (extended
+	 * protocol: checked at Parse, answered at Describe). $n parameters appear in sql as
+	 * written. Returns 1 with the result columns in *cols (*ncols of them; names and cols
+	 * valid until the next call on this session), 0 if the statement returns no rows
+	 * (NoData), -1 with err filled if it cannot be prepared (a syntax error, more than one
+	 * statement: 42601 cannot insert multiple commands into a prepared statement, an
+	 * unknown relation ...). May be NULL: then every statement is described as NoData. */
+	int (*describe)(void *session, const char *sql, const tally_pg_col **cols, int *ncols,
+			tally_err *err);
 	/* Transaction status for ReadyForQuery: 'I' idle, 'T' in transaction, 'E' failed. */
 	char (*txn_status)(void *session);
 	void (*session_close)(void *session);
@@ -54,12 +69,6 @@ int tally_pg_server_nconns(const tally_pg_server *s);
 void tally_pg_server_close(tally_pg_server *s);
 
 /* ---- responses (call only from the query callback, on the connection's thread) ------------ */
-
-typedef struct tally_pg_col {
-	const char *name;
-	uint32_t type_oid;
-	int16_t typlen;
-} tally_pg_col;
 
 int tally_pg_send_row_description(tally_pg_conn *c, int ncols, const tally_pg_col *cols);
 /* vals[i] NULL = SQL NULL; lens[i] the byte length. */

@@ -95,7 +95,8 @@ static void h_query(void *session, tally_pg_conn *c, const char *sql)
 	tally_pg_send_command_complete(c, "SELECT 1");
 }
 
-static const tally_pg_handlers handlers = {h_open, h_query, h_txn, h_close};
+static const tally_pg_handlers handlers = {
+    .session_open = h_open, .query = h_query, .txn_status = h_txn, .session_close = h_close};
 
 static tally_pg_server *srv; /* one server for the process, started once */
 static int srv_port;
