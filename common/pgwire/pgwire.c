@@ -8,11 +8,14 @@
  * an output buffer (result helpers build messages directly into it; it is flushed past 64 KiB,
  * before every blocking read and at ReadyForQuery).
  *
- * The extended protocol is mapped onto the handler's single `query` callback: Bind substitutes
- * text parameters as quoted literals; the portal's query runs at the first Describe (in
- * "capture" mode, its output kept in a per-portal buffer so RowDescription can be answered
- * before Execute) or at Execute (output streamed, RowDescription dropped). After an error the
- * loop skips extended-protocol messages until Sync, as PostgreSQL does.
+ * The extended protocol is mapped onto the handler's callbacks: Parse checks the text with
+ * `describe`, Describe answers from `describe` (statement text with $n as written, or the
+ * portal's bound text) without running anything, and Bind substitutes text parameters as
+ * quoted literals for `query`, which runs at the first Execute. Without a row limit its output
+ * is streamed (the RowDescription is kept in the portal for later Describes, not sent); with a
+ * limit it is buffered in the portal (at most PG_PORTAL_MAX bytes) and handed out max_rows
+ * DataRows per Execute, with PortalSuspended between. After an error the loop ignores every
+ * message until Sync, as PostgreSQL does.
  *
  * Finished connection threads park themselves on a dead list and poke the wake pipe; the
  * accept thread joins them. tally_pg_server_close shuts every socket down and joins all.
@@ -48,12 +51,19 @@
 #define PG_FLUSH_AT (64u << 10)
 #define PG_MAX_PARAMS 65535
 #define PG_STARTUP_TIMEOUT_S 60
+#define PG_PORTAL_MAX (256u << 20) /* buffered output of one row-limited portal */
 
 typedef enum pg_out_mode {
 	PG_OUT_DIRECT,	/* simple query: everything goes to the client */
-	PG_OUT_CAPTURE, /* extended: output kept in the running portal's buffer */
-	PG_OUT_EXEC,	/* extended Execute without Describe: streamed, RowDescription dropped */
+	PG_OUT_EXEC,	/* Execute without a row limit: streamed to the client */
+	PG_OUT_CAPTURE, /* Execute with a row limit: kept in the portal's buffer */
 } pg_out_mode;
+
+typedef enum pg_desc {
+	PG_DESC_NONE,	/* no Describe before the query ran */
+	PG_DESC_ROWS,	/* Describe answered the RowDescription in rd */
+	PG_DESC_NODATA, /* Describe answered NoData */
+} pg_desc;
 
 typedef struct pg_stmt {
 	struct pg_stmt *next;
@@ -66,15 +76,18 @@ typedef struct pg_stmt {
 typedef struct pg_portal {
 	struct pg_portal *next;
 	char *name;
-	char *sql;   /* final text, parameters substituted */
-	bool ran;    /* the query callback has run */
-	bool done;   /* results were sent by Execute */
-	bool failed; /* an ERROR/FATAL was produced */
-	bool err_before_rd;
-	tally_buf res; /* captured output */
-	long rd_off;   /* offset of the captured RowDescription, -1 = none */
-	size_t rd_len;
-	char tag[64]; /* last CommandComplete tag, for a repeated Execute */
+	char *sql;	/* final text, parameters substituted */
+	bool ran;	/* the query callback has run */
+	bool done;	/* every result was sent */
+	bool suspended; /* an Execute stopped at its row limit (PortalSuspended sent) */
+	bool t_passed;	/* described as NoData, yet the query sent rows: its T went out */
+	bool empty;	/* the query was empty (EmptyQueryResponse) */
+	bool overflow;	/* buffered output passed PG_PORTAL_MAX */
+	pg_desc desc;
+	tally_buf rd;	/* the RowDescription message answered by every Describe; empty = NoData */
+	tally_buf res;	/* buffered output of a row-limited Execute */
+	size_t res_off; /* next message of res to send */
+	char tag[64];	/* last CommandComplete tag, for a continued or repeated Execute */
 } pg_portal;
 
 struct tally_pg_conn {
@@ -94,12 +107,11 @@ struct tally_pg_conn {
 	uint8_t mtype;
 	const uint8_t *mdata;
 	size_t mlen;
-	bool pending; /* mtype/mdata hold a message not yet processed */
 
 	tally_buf out;
 	tally_buf qbuf; /* the current simple query's text */
 	pg_out_mode mode;
-	pg_portal *cap;	 /* capture / exec target */
+	pg_portal *cap;	 /* the portal whose query is running (extended protocol) */
 	bool ext_active; /* running a query for the extended protocol */
 	bool err_sent;	 /* an ERROR/FATAL was sent during the current query */
 	bool skip_sync;	 /* extended error: ignore messages until Sync */
@@ -107,7 +119,6 @@ struct tally_pg_conn {
 
 	pg_stmt *stmts;
 	pg_portal *portals;
-	pg_portal scratch; /* statement Describe dry runs */
 };
 
 struct tally_pg_server {
@@ -170,13 +181,32 @@ static int out_raw(tally_pg_conn *c, const void *p, size_t n)
 	return 0;
 }
 
-/* Where the next result message goes, or NULL when it is to be dropped. */
-static tally_buf *out_target(tally_pg_conn *c)
+static void build_error(tally_buf *b, const tally_err *e);
+
+/* A row-limited portal's buffered output grew too large: it is replaced by the error. */
+static void portal_overflow(tally_pg_conn *c)
+{
+	pg_portal *p = c->cap;
+	tally_buf_free(&p->res);
+	tally_err e;
+	tally_err_set(&e, "54000", "result of the portal is too large");
+	build_error(&p->res, &e);
+	p->overflow = true;
+	c->err_sent = true;
+}
+
+/* Where the next result message (about `need` bytes) goes, or NULL when it is dropped. */
+static tally_buf *out_target(tally_pg_conn *c, size_t need)
 {
 	if (c->ext_active && c->err_sent)
 		return NULL; /* the statement failed: nothing more until Sync */
-	if (c->mode == PG_OUT_CAPTURE)
+	if (c->mode == PG_OUT_CAPTURE) {
+		if (c->cap->res.len + need > PG_PORTAL_MAX) {
+			portal_overflow(c);
+			return NULL;
+		}
 		return &c->cap->res;
+	}
 	return &c->out;
 }
 
@@ -291,17 +321,8 @@ static void proto_error(tally_pg_conn *c, tally_severity sev, const char *sqlsta
 
 /* ---- public result helpers ---------------------------------------------------------------- */
 
-int tally_pg_send_row_description(tally_pg_conn *c, int ncols, const tally_pg_col *cols)
+static void build_row_description(tally_buf *b, int ncols, const tally_pg_col *cols)
 {
-	if (c->dead)
-		return -1;
-	if (ncols < 0 || ncols > 65535)
-		return -1;
-	if (c->mode == PG_OUT_EXEC)
-		return 0;
-	tally_buf *b = out_target(c);
-	if (!b)
-		return 0;
 	size_t at = msg_begin(b, 'T');
 	tally_buf_put_u16(b, (uint16_t)ncols);
 	for (int i = 0; i < ncols; i++) {
@@ -316,10 +337,38 @@ int tally_pg_send_row_description(tally_pg_conn *c, int ncols, const tally_pg_co
 		tally_buf_append(b, f, sizeof f);
 	}
 	msg_end(b, at);
-	if (c->mode == PG_OUT_CAPTURE && c->cap->rd_off < 0) {
-		c->cap->rd_off = (long)at;
-		c->cap->rd_len = b->len - at;
+}
+
+int tally_pg_send_row_description(tally_pg_conn *c, int ncols, const tally_pg_col *cols)
+{
+	if (c->dead)
+		return -1;
+	if (ncols < 0 || ncols > 65535)
+		return -1;
+	pg_portal *p = c->cap;
+	if (p) {
+		/* Execute: the client learnt the columns from Describe, or never asked (as JDBC,
+		 * which describes the statement). The first RowDescription is kept for later
+		 * Describes; it goes out only when Describe answered NoData, so that rows are
+		 * never sent to a client that was not told their columns. */
+		if (c->err_sent)
+			return 0;
+		bool pass = p->desc == PG_DESC_NODATA && !p->t_passed;
+		if (p->rd.len == 0 && (p->desc == PG_DESC_NONE || pass))
+			build_row_description(&p->rd, ncols, cols);
+		if (!pass)
+			return 0;
+		p->t_passed = true;
+		tally_buf *b = out_target(c, p->rd.len);
+		if (!b)
+			return 0;
+		tally_buf_append(b, p->rd.data, p->rd.len);
+		return msg_done(c, b);
 	}
+	tally_buf *b = out_target(c, 0);
+	if (!b)
+		return 0;
+	build_row_description(b, ncols, cols);
 	return msg_done(c, b);
 }
 
@@ -330,14 +379,16 @@ int tally_pg_send_data_row(tally_pg_conn *c, int ncols, const char *const *vals,
 		return -1;
 	if (ncols < 0 || ncols > 65535)
 		return -1;
-	tally_buf *b = out_target(c);
-	if (!b)
-		return 0;
 	size_t total = 7 + 4 * (size_t)ncols;
 	for (int i = 0; i < ncols; i++)
 		if (vals[i])
 			total += lens[i];
-	if (total - 1 > UINT32_MAX || tally_buf_reserve(b, total) != 0)
+	if (total - 1 > UINT32_MAX)
+		return -1;
+	tally_buf *b = out_target(c, total);
+	if (!b)
+		return c->cap && c->cap->overflow ? -1 : 0;
+	if (tally_buf_reserve(b, total) != 0)
 		return -1;
 	uint8_t *p = b->data + b->len;
 	p[0] = 'D';
@@ -362,9 +413,9 @@ int tally_pg_send_command_complete(tally_pg_conn *c, const char *tag)
 {
 	if (c->dead)
 		return -1;
-	if (c->cap)
+	tally_buf *b = out_target(c, 0);
+	if (b && c->cap)
 		tally_strlcpy(c->cap->tag, tag, sizeof c->cap->tag);
-	tally_buf *b = out_target(c);
 	if (!b)
 		return 0;
 	size_t at = msg_begin(b, 'C');
@@ -377,9 +428,11 @@ int tally_pg_send_empty_query(tally_pg_conn *c)
 {
 	if (c->dead)
 		return -1;
-	tally_buf *b = out_target(c);
+	tally_buf *b = out_target(c, 0);
 	if (!b)
 		return 0;
+	if (c->cap)
+		c->cap->empty = true;
 	size_t at = msg_begin(b, 'I');
 	msg_end(b, at);
 	return msg_done(c, b);
@@ -389,18 +442,13 @@ int tally_pg_send_error(tally_pg_conn *c, const tally_err *e)
 {
 	if (c->dead)
 		return -1;
-	tally_buf *b = out_target(c);
+	tally_buf *b = out_target(c, 0);
 	if (!b)
 		return 0;
 	bool is_err = e->severity == TALLY_SEV_ERROR || e->severity == TALLY_SEV_FATAL;
 	build_error(b, e);
 	if (is_err) {
 		c->err_sent = true;
-		if (c->cap) {
-			c->cap->failed = true;
-			if (c->cap->rd_off < 0)
-				c->cap->err_before_rd = true;
-		}
 		if (e->severity == TALLY_SEV_FATAL)
 			c->fatal = true;
 	}
@@ -411,7 +459,7 @@ int tally_pg_send_parameter_status(tally_pg_conn *c, const char *name, const cha
 {
 	if (c->dead)
 		return -1;
-	tally_buf *b = out_target(c);
+	tally_buf *b = out_target(c, 0);
 	if (!b)
 		return 0;
 	size_t at = msg_begin(b, 'S');
@@ -470,10 +518,6 @@ static int rd_need(tally_pg_conn *c, size_t n)
 /* Read one typed message into c->mtype/mdata/mlen (valid until the next read). */
 static int read_msg(tally_pg_conn *c)
 {
-	if (c->pending) {
-		c->pending = false;
-		return 0;
-	}
 	if (c->rstart == c->rend) {
 		c->rstart = c->rend = 0;
 		if (c->rcap > PG_RBUF_KEEP) {
@@ -587,33 +631,6 @@ int tally_pg_copy_read(tally_pg_conn *c, const char **data, size_t *len, tally_e
 			return -1;
 		}
 	}
-}
-
-/* The handler returned in the middle of a COPY: drop the client's data up to CopyDone or
- * CopyFail; any other message is kept for the main loop. */
-static void copy_drain(tally_pg_conn *c)
-{
-	while (c->in_copy && !c->dead) {
-		if (read_msg(c)) {
-			c->dead = true;
-			break;
-		}
-		switch (c->mtype) {
-		case 'd':
-		case 'H':
-		case 'S':
-			break;
-		case 'c':
-		case 'f':
-			c->in_copy = false;
-			break;
-		default:
-			c->in_copy = false;
-			c->pending = true;
-			break;
-		}
-	}
-	c->in_copy = false;
 }
 
 /* ---- extended protocol -------------------------------------------------------------------- */
@@ -785,6 +802,7 @@ static void portal_free(pg_portal *p)
 {
 	free(p->name);
 	free(p->sql);
+	tally_buf_free(&p->rd);
 	tally_buf_free(&p->res);
 	free(p);
 }
@@ -794,6 +812,18 @@ static void portal_drop(tally_pg_conn *c, const char *name)
 	for (pg_portal **pp = &c->portals; *pp; pp = &(*pp)->next) {
 		if (strcmp((*pp)->name, name) == 0) {
 			pg_portal *p = *pp;
+			*pp = p->next;
+			portal_free(p);
+			return;
+		}
+	}
+}
+
+/* A portal whose query failed is gone, as in PostgreSQL. */
+static void portal_unlink(tally_pg_conn *c, pg_portal *p)
+{
+	for (pg_portal **pp = &c->portals; *pp; pp = &(*pp)->next) {
+		if (*pp == p) {
 			*pp = p->next;
 			portal_free(p);
 			return;
@@ -827,23 +857,69 @@ static void ext_error(tally_pg_conn *c, const char *sqlstate, const char *fmt, .
 	c->skip_sync = true;
 }
 
-/* Run a portal's query with output to the portal's buffer (capture) or streamed (exec). */
-static void portal_run(tally_pg_conn *c, pg_portal *p, pg_out_mode mode)
+/* The same with an error from the handler. */
+static void ext_error_from(tally_pg_conn *c, tally_err *e)
+{
+	if (!e->sqlstate[0])
+		tally_err_set(e, TALLY_SQLSTATE_INTERNAL, "could not describe the statement");
+	if (e->severity != TALLY_SEV_FATAL)
+		e->severity = TALLY_SEV_ERROR;
+	if (!c->dead)
+		build_error(&c->out, e);
+	if (e->severity == TALLY_SEV_FATAL) {
+		c->fatal = true;
+		out_flush(c);
+	}
+	c->skip_sync = true;
+}
+
+/*
+ * Ask the handler to describe a statement text without running it. Returns 1 with the
+ * RowDescription message appended to rd (when rd is set), 0 for NoData (also when there is no
+ * describe callback), -1 with err filled.
+ */
+static int describe_sql(tally_pg_conn *c, const char *sql, tally_buf *rd, tally_err *err)
+{
+	tally_pg_server *s = c->srv;
+	memset(err, 0, sizeof *err);
+	if (!s->h.describe)
+		return 0;
+	const tally_pg_col *cols = NULL;
+	int ncols = 0;
+	int rc = s->h.describe(c->session, sql, &cols, &ncols, err);
+	if (rc < 0)
+		return -1;
+	if (rc == 0)
+		return 0;
+	if (ncols < 0 || ncols > 65535 || (ncols > 0 && !cols)) {
+		tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "invalid description of %d columns",
+			      ncols);
+		return -1;
+	}
+	if (rd)
+		build_row_description(rd, ncols, cols);
+	return 1;
+}
+
+/* Run a portal's query, streamed (exec) or into the portal's buffer (capture). Returns true
+ * when it failed (an ERROR or FATAL was produced). */
+static bool portal_run(tally_pg_conn *c, pg_portal *p, pg_out_mode mode)
 {
 	tally_pg_server *s = c->srv;
 	p->ran = true;
-	p->rd_off = -1;
-	p->rd_len = 0;
 	p->res.len = 0;
+	p->res_off = 0;
 	c->mode = mode;
 	c->cap = p;
 	c->ext_active = true;
 	c->err_sent = false;
 	s->h.query(c->session, c, p->sql);
+	bool failed = c->err_sent;
 	c->mode = PG_OUT_DIRECT;
 	c->cap = NULL;
 	c->ext_active = false;
 	c->err_sent = false;
+	return failed;
 }
 
 static void ext_parse(tally_pg_conn *c, tally_rd *r)
@@ -862,6 +938,11 @@ static void ext_parse(tally_pg_conn *c, tally_rd *r)
 	int maxp = sql_params(sql, NULL, 0, NULL, NULL);
 	if (maxp < 0) {
 		ext_error(c, "42P02", "there is no parameter $%d", PG_MAX_PARAMS + 1);
+		return;
+	}
+	tally_err err;
+	if (describe_sql(c, sql, NULL, &err) < 0) {
+		ext_error_from(c, &err);
 		return;
 	}
 	if (!name[0])
@@ -979,39 +1060,9 @@ static void ext_bind(tally_pg_conn *c, tally_rd *r)
 	pg_portal *p = tally_xcalloc(1, sizeof *p);
 	p->name = tally_xstrdup(pname);
 	p->sql = (char *)sql.data;
-	p->rd_off = -1;
 	p->next = c->portals;
 	c->portals = p;
 	send_simple(c, '2', NULL, 0);
-}
-
-/* First keyword of a statement, lower-cased, for deciding whether a dry run is harmless. */
-static bool sql_is_query(const char *s)
-{
-	for (;;) {
-		while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r' || *s == '(')
-			s++;
-		if (s[0] == '-' && s[1] == '-') {
-			while (*s && *s != '\n')
-				s++;
-			continue;
-		}
-		if (s[0] == '/' && s[1] == '*') {
-			const char *e = strstr(s + 2, "*/");
-			if (!e)
-				return false;
-			s = e + 2;
-			continue;
-		}
-		break;
-	}
-	static const char *const kw[] = {"select", "show", "values", "table"};
-	for (size_t i = 0; i < sizeof kw / sizeof kw[0]; i++) {
-		size_t n = strlen(kw[i]);
-		if (strncasecmp(s, kw[i], n) == 0 && !ident_char((unsigned char)s[n]))
-			return true;
-	}
-	return false;
 }
 
 static void ext_describe(tally_pg_conn *c, tally_rd *r)
@@ -1023,10 +1074,18 @@ static void ext_describe(tally_pg_conn *c, tally_rd *r)
 			    "invalid Describe message");
 		return;
 	}
+	tally_err err;
 	if (kind == 'S') {
 		pg_stmt *st = stmt_find(c, name);
 		if (!st) {
 			ext_error(c, "26000", "prepared statement \"%s\" does not exist", name);
+			return;
+		}
+		tally_buf rd = {0};
+		int rc = describe_sql(c, st->sql, &rd, &err);
+		if (rc < 0) {
+			tally_buf_free(&rd);
+			ext_error_from(c, &err);
 			return;
 		}
 		size_t at = msg_begin(&c->out, 't');
@@ -1034,27 +1093,11 @@ static void ext_describe(tally_pg_conn *c, tally_rd *r)
 		for (int i = 0; i < st->nparams; i++)
 			tally_buf_put_u32(&c->out, st->types[i] ? st->types[i] : TALLY_OID_TEXT);
 		msg_end(&c->out, at);
-		bool have_rd = false;
-		if (sql_is_query(st->sql)) {
-			/* Dry run with NULL parameters, only for read-only statements. */
-			tally_buf sql = {0};
-			const char **vals = tally_xcalloc((size_t)st->nparams + 1, sizeof *vals);
-			sql_params(st->sql, &sql, st->nparams, vals, NULL);
-			free(vals);
-			pg_portal *p = &c->scratch;
-			p->sql = (char *)sql.data;
-			p->failed = p->err_before_rd = false;
-			portal_run(c, p, PG_OUT_CAPTURE);
-			if (!c->dead && p->rd_off >= 0 && !p->err_before_rd) {
-				tally_buf_append(&c->out, p->res.data + p->rd_off, p->rd_len);
-				have_rd = true;
-			}
-			tally_buf_free(&p->res);
-			free(p->sql);
-			p->sql = NULL;
-		}
-		if (!have_rd)
+		if (rc == 1)
+			out_raw(c, rd.data, rd.len);
+		else
 			send_simple(c, 'n', NULL, 0);
+		tally_buf_free(&rd);
 		return;
 	}
 	pg_portal *p = portal_find(c, name);
@@ -1062,21 +1105,68 @@ static void ext_describe(tally_pg_conn *c, tally_rd *r)
 		ext_error(c, "34000", "portal \"%s\" does not exist", name);
 		return;
 	}
-	if (!p->ran)
-		portal_run(c, p, PG_OUT_CAPTURE);
-	if (c->dead)
-		return;
-	if (p->err_before_rd) {
-		out_raw(c, p->res.data, p->res.len);
-		p->done = true;
-		tally_buf_free(&p->res);
-		c->skip_sync = true;
-		return;
+	/* Before the first Execute the handler describes the bound text; after it, the answer
+	 * is the RowDescription the query sent (or the earlier Describe's). */
+	if (!p->ran && p->desc == PG_DESC_NONE) {
+		int rc = describe_sql(c, p->sql, &p->rd, &err);
+		if (rc < 0) {
+			p->rd.len = 0;
+			ext_error_from(c, &err);
+			return;
+		}
+		p->desc = rc == 1 ? PG_DESC_ROWS : PG_DESC_NODATA;
 	}
-	if (p->rd_off >= 0)
-		out_raw(c, p->res.data + p->rd_off, p->rd_len);
+	if (p->rd.len)
+		out_raw(c, p->rd.data, p->rd.len);
 	else
 		send_simple(c, 'n', NULL, 0);
+}
+
+/* A command tag with its row count (the last word, when it is a number) replaced by n. */
+static void tag_with_count(char *out, size_t cap, const char *tag, uint64_t n)
+{
+	const char *sp = strrchr(tag, ' ');
+	if (sp && sp[1] && strspn(sp + 1, "0123456789") == strlen(sp + 1)) {
+		int keep = (int)(sp - tag);
+		snprintf(out, cap, "%.*s %llu", keep, tag, (unsigned long long)n);
+	} else {
+		tally_strlcpy(out, tag, cap);
+	}
+}
+
+/* Send a row-limited portal's buffered output from where the last Execute stopped: at most
+ * maxrows DataRows then PortalSuspended, or the rest with the completion. */
+static void portal_emit(tally_pg_conn *c, pg_portal *p, uint32_t maxrows)
+{
+	uint64_t sent = 0;
+	while (p->res_off < p->res.len && !c->dead) {
+		const uint8_t *m = p->res.data + p->res_off;
+		uint8_t type = m[0];
+		size_t len = 1 + (size_t)tally_be32(m + 1);
+		p->res_off += len;
+		if (type == 'C' && p->suspended) {
+			/* as PostgreSQL: the count of the rows this Execute sent */
+			char tag[64];
+			tag_with_count(tag, sizeof tag, p->tag, sent);
+			send_simple(c, 'C', tag, strlen(tag) + 1);
+		} else {
+			out_raw(c, m, len);
+		}
+		if (type == 'E') {
+			c->skip_sync = true;
+			portal_unlink(c, p);
+			return;
+		}
+		if (type == 'D' && maxrows && ++sent == maxrows) {
+			/* as PostgreSQL, even when no row is left */
+			p->suspended = true;
+			send_simple(c, 's', NULL, 0);
+			return;
+		}
+	}
+	p->done = true;
+	p->res_off = 0;
+	tally_buf_free(&p->res);
 }
 
 static void ext_execute(tally_pg_conn *c, tally_rd *r)
@@ -1092,28 +1182,40 @@ static void ext_execute(tally_pg_conn *c, tally_rd *r)
 		ext_error(c, "34000", "portal \"%s\" does not exist", name);
 		return;
 	}
-	if (!p->ran) {
-		portal_run(c, p, PG_OUT_EXEC);
+	if (!p->ran && maxrows == 0) {
+		bool failed = portal_run(c, p, PG_OUT_EXEC);
 		p->done = true;
-	} else if (!p->done) {
-		/* captured output without the RowDescription already sent by Describe */
-		if (p->rd_off >= 0) {
-			out_raw(c, p->res.data, (size_t)p->rd_off);
-			size_t after = (size_t)p->rd_off + p->rd_len;
-			out_raw(c, p->res.data + after, p->res.len - after);
-		} else {
-			out_raw(c, p->res.data, p->res.len);
+		if (failed) {
+			c->skip_sync = true;
+			portal_unlink(c, p);
 		}
-		p->done = true;
-		tally_buf_free(&p->res);
-	} else if (!p->failed) {
-		if (p->tag[0])
-			send_simple(c, 'C', p->tag, strlen(p->tag) + 1);
-		else
-			send_simple(c, 'I', NULL, 0);
+		return;
 	}
-	if (p->failed)
-		c->skip_sync = true;
+	if (!p->ran) {
+		portal_run(c, p, PG_OUT_CAPTURE);
+		if (c->dead)
+			return;
+		if (c->fatal) {
+			out_raw(c, p->res.data, p->res.len);
+			tally_buf_free(&p->res);
+			return;
+		}
+	}
+	if (!p->done) {
+		portal_emit(c, p, maxrows);
+		return;
+	}
+	/* Already complete: as PostgreSQL, a query says it fetched nothing more and a command
+	 * cannot run twice. */
+	if (p->empty) {
+		send_simple(c, 'I', NULL, 0);
+	} else if (p->rd.len) {
+		char tag[64];
+		tag_with_count(tag, sizeof tag, p->tag[0] ? p->tag : "SELECT 0", 0);
+		send_simple(c, 'C', tag, strlen(tag) + 1);
+	} else {
+		ext_error(c, "55000", "portal \"%s\" cannot be run", p->name);
+	}
 }
 
 static void ext_close(tally_pg_conn *c, tally_rd *r)
@@ -1240,7 +1342,8 @@ static int conn_startup(tally_pg_conn *c)
 			db = user;
 		if ((code & 0xFFFF) != 0 || nunknown) {
 			size_t at = msg_begin(&c->out, 'v');
-			tally_buf_put_u32(&c->out, 0);
+			/* newest version supported, as PostgreSQL: 3.0 */
+			tally_buf_put_u32(&c->out, PG_PROTO_30);
 			tally_buf_put_u32(&c->out, (uint32_t)nunknown);
 			if (unknown.len)
 				tally_buf_append(&c->out, unknown.data, unknown.len);
@@ -1304,8 +1407,10 @@ static void conn_loop(tally_pg_conn *c)
 		uint8_t t = c->mtype;
 		tally_rd r;
 		tally_rd_init(&r, c->mdata, c->mlen);
-		if (c->skip_sync &&
-		    (t == 'P' || t == 'B' || t == 'D' || t == 'E' || t == 'C' || t == 'H'))
+		/* After an extended-protocol error every message up to Sync is ignored, a simple
+		 * Query too (PostgreSQL's ignore_till_sync); unknown types still end the
+		 * connection. */
+		if (c->skip_sync && t && strchr("QPBDECHdcf", t))
 			continue;
 		switch (t) {
 		case 'Q': {
@@ -1319,12 +1424,13 @@ static void conn_loop(tally_pg_conn *c)
 			c->qbuf.len = 0;
 			tally_buf_append(&c->qbuf, q, (size_t)(r.p + r.off - (const uint8_t *)q));
 			const char *sql = (const char *)c->qbuf.data;
-			c->skip_sync = false;
 			c->mode = PG_OUT_DIRECT;
 			c->err_sent = false;
 			s->h.query(c->session, c, sql);
-			if (c->in_copy)
-				copy_drain(c);
+			/* The handler gave up in the middle of a COPY (its ErrorResponse is out):
+			 * as PostgreSQL, ReadyForQuery follows at once and the client's remaining
+			 * CopyData/CopyDone/CopyFail are ignored below. */
+			c->in_copy = false;
 			if (c->qbuf.cap > PG_RBUF_KEEP)
 				tally_buf_free(&c->qbuf);
 			if (c->dead || c->fatal)
@@ -1378,7 +1484,6 @@ static void conn_free_state(tally_pg_conn *c)
 	c->rbuf = NULL;
 	tally_buf_free(&c->out);
 	tally_buf_free(&c->qbuf);
-	tally_buf_free(&c->scratch.res);
 }
 
 static void *conn_main(void *arg)
@@ -1452,7 +1557,6 @@ static void accept_one(tally_pg_server *s)
 	tally_pg_conn *c = tally_xcalloc(1, sizeof *c);
 	c->srv = s;
 	c->fd = fd;
-	c->scratch.rd_off = -1;
 	char host[46], serv[8];
 	if (getnameinfo((struct sockaddr *)&ss, sl, host, sizeof host, serv, sizeof serv,
 			NI_NUMERICHOST | NI_NUMERICSERV) == 0)

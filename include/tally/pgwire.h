@@ -6,8 +6,10 @@
  * protocol 3.0 StartupMessage with any user/database, trust authentication), then the
  * message loop. Simple Query strings go to the handler's `query` callback; the extended
  * protocol (Parse/Bind/Describe/Execute/Sync/Close/Flush) is mapped onto the same callback
- * by substituting text-format parameters as quoted literals. ReadyForQuery is sent by the
- * loop with the session's transaction status.
+ * by substituting text-format parameters as quoted literals, with Parse and Describe answered
+ * by the `describe` callback (nothing runs before Execute). An Execute with a row limit
+ * buffers the portal's output (at most 256 MiB, else 54000) and hands it out in parts with
+ * PortalSuspended. ReadyForQuery is sent by the loop with the session's transaction status.
  *
  * Limits: a message longer than TALLY_PG_MSG_MAX or a malformed message ends the connection
  * with a FATAL 08P01 ErrorResponse; the server goes on.

@@ -2,8 +2,10 @@
  * test_pgwire.c - the protocol 3.0 server driven by libpq and by raw sockets.
  *
  * A small handler stands in for the SQL layer: it echoes the query text as a one-column row,
- * and recognises a few commands (`rows N`, `error`, `warn`, `copy`, `copyfail N`, `insert ...`,
- * `begin`/`commit`, `fatal`) to exercise every response path.
+ * and recognises a few commands (`rows N`, `big N`, `error`, `warn`, `copy`, `copyfail N`,
+ * `insert ...`, `begin`/`commit`, `fatal`) to exercise every response path. Its describe
+ * callback knows the same commands, refuses several statements and `selec ...`, and counts
+ * nothing: the query callback counts its calls, so tests can see that Describe runs nothing.
  */
 #include "tally/pgwire.h"
 
@@ -26,7 +28,7 @@ typedef struct test_session {
 	char txn;
 } test_session;
 
-static atomic_int n_open, n_close;
+static atomic_int n_open, n_close, n_query;
 
 static void *t_open(void *ctx, tally_pg_conn *c, const char *user, const char *db, tally_err *err)
 {
@@ -67,6 +69,7 @@ static void t_query(void *session, tally_pg_conn *c, const char *sql)
 {
 	test_session *s = session;
 	tally_err e;
+	atomic_fetch_add(&n_query, 1);
 	if (strspn(sql, " \t\n;") == strlen(sql)) {
 		tally_pg_send_empty_query(c);
 	} else if (strncmp(sql, "rows ", 5) == 0) {
@@ -88,7 +91,25 @@ static void t_query(void *session, tally_pg_conn *c, const char *sql)
 		tally_err_detail(&e, "some detail");
 		tally_err_hint(&e, "some hint");
 		e.position = 1;
+		if (s->txn == 'T')
+			s->txn = 'E'; /* as a real session: the transaction is aborted */
 		tally_pg_send_error(c, &e);
+	} else if (strncmp(sql, "big ", 4) == 0) {
+		/* N rows of 1 MiB each */
+		long n = atol(sql + 4);
+		tally_pg_col col = {"blob", 25, -1};
+		tally_pg_send_row_description(c, 1, &col);
+		uint32_t len = 1u << 20;
+		char *blob = malloc(len);
+		memset(blob, 'b', len);
+		const char *v = blob;
+		long i = 0;
+		for (; i < n; i++)
+			if (tally_pg_send_data_row(c, 1, &v, &len) != 0)
+				break;
+		free(blob);
+		if (i == n)
+			tally_pg_send_command_complete(c, "SELECT 1");
 	} else if (strcmp(sql, "fatal") == 0) {
 		tally_err_set(&e, TALLY_SQLSTATE_INTERNAL, "going away");
 		e.severity = TALLY_SEV_FATAL;
@@ -136,7 +157,59 @@ static void t_query(void *session, tally_pg_conn *c, const char *sql)
 	}
 }
 
-static const tally_pg_handlers handlers = {t_open, t_query, t_txn, t_close};
+static int t_describe(void *session, const char *sql, const tally_pg_col **cols, int *ncols,
+		      tally_err *err)
+{
+	(void)session;
+	static const tally_pg_col echo_col[1] = {{"echo", 25, -1}};
+	static const tally_pg_col rows_cols[2] = {{"n", 23, 4}, {"maybe", 25, -1}};
+	static const tally_pg_col big_col[1] = {{"blob", 25, -1}};
+	const char *semi = strchr(sql, ';');
+	if (semi && semi[strspn(semi, " \t\n;")] != 0) {
+		tally_err_set(err, TALLY_SQLSTATE_SYNTAX,
+			      "cannot insert multiple commands into a prepared statement");
+		return -1;
+	}
+	if (strncmp(sql, "selec ", 6) == 0) {
+		tally_err_set(err, TALLY_SQLSTATE_SYNTAX, "syntax error at or near \"selec\"");
+		err->position = 1;
+		return -1;
+	}
+	static const char *const nodata[] = {"insert", "begin", "commit",      "copy",
+					     "error",  "fatal", "select error"};
+	if (strspn(sql, " \t\n;") == strlen(sql))
+		return 0;
+	for (size_t i = 0; i < sizeof nodata / sizeof nodata[0]; i++)
+		if (strncmp(sql, nodata[i], strlen(nodata[i])) == 0)
+			return 0;
+	if (strncmp(sql, "rows ", 5) == 0) {
+		*cols = rows_cols;
+		*ncols = 2;
+	} else if (strncmp(sql, "big ", 4) == 0) {
+		*cols = big_col;
+		*ncols = 1;
+	} else {
+		*cols = echo_col;
+		*ncols = 1;
+	}
+	return 1;
+}
+
+static const tally_pg_handlers handlers = {
+    .session_open = t_open,
+    .query = t_query,
+    .describe = t_describe,
+    .txn_status = t_txn,
+    .session_close = t_close,
+};
+
+/* The same without a describe callback: every statement is described as NoData. */
+static const tally_pg_handlers handlers_nodesc = {
+    .session_open = t_open,
+    .query = t_query,
+    .txn_status = t_txn,
+    .session_close = t_close,
+};
 
 /* ---- fixtures ------------------------------------------------------------------------------ */
 
@@ -147,6 +220,7 @@ static void start(void)
 {
 	atomic_store(&n_open, 0);
 	atomic_store(&n_close, 0);
+	atomic_store(&n_query, 0);
 	cr_assert_eq(tally_pg_server_open("127.0.0.1", 0, &handlers, NULL, &srv), 0);
 	port = tally_pg_server_port(srv);
 	cr_assert_gt(port, 0);
@@ -858,4 +932,577 @@ Test(pgwire, gss_and_ssl_requests_answered_n)
 	cr_assert_eq(tally_pg_server_nconns(srv), 1);
 	close(fd);
 	check_server_alive();
+}
+
+/* ---- extended protocol over raw sockets: message sequences as PostgreSQL 15 sends them ----- */
+
+static void m_put(tally_buf *b, char type, const void *body, size_t n)
+{
+	uint8_t hdr[5] = {(uint8_t)type};
+	tally_put_be32(hdr + 1, (uint32_t)(n + 4));
+	tally_buf_append(b, hdr, 5);
+	if (n)
+		tally_buf_append(b, body, n);
+}
+
+static void m_parse(tally_buf *b, const char *stmt, const char *sql)
+{
+	tally_buf t = {0};
+	tally_buf_append(&t, stmt, strlen(stmt) + 1);
+	tally_buf_append(&t, sql, strlen(sql) + 1);
+	tally_buf_put_u16(&t, 0);
+	m_put(b, 'P', t.data, t.len);
+	tally_buf_free(&t);
+}
+
+static void m_bind(tally_buf *b, const char *portal, const char *stmt)
+{
+	tally_buf t = {0};
+	tally_buf_append(&t, portal, strlen(portal) + 1);
+	tally_buf_append(&t, stmt, strlen(stmt) + 1);
+	tally_buf_put_u16(&t, 0); /* formats */
+	tally_buf_put_u16(&t, 0); /* parameters */
+	tally_buf_put_u16(&t, 0); /* result formats */
+	m_put(b, 'B', t.data, t.len);
+	tally_buf_free(&t);
+}
+
+static void m_describe(tally_buf *b, char kind, const char *name)
+{
+	tally_buf t = {0};
+	tally_buf_putc(&t, (uint8_t)kind);
+	tally_buf_append(&t, name, strlen(name) + 1);
+	m_put(b, 'D', t.data, t.len);
+	tally_buf_free(&t);
+}
+
+static void m_execute(tally_buf *b, const char *portal, uint32_t maxrows)
+{
+	tally_buf t = {0};
+	tally_buf_append(&t, portal, strlen(portal) + 1);
+	tally_buf_put_u32(&t, maxrows);
+	m_put(b, 'E', t.data, t.len);
+	tally_buf_free(&t);
+}
+
+static void m_query(tally_buf *b, const char *sql)
+{
+	m_put(b, 'Q', sql, strlen(sql) + 1);
+}
+
+static void m_sync(tally_buf *b)
+{
+	m_put(b, 'S', NULL, 0);
+}
+
+static void m_send(int fd, tally_buf *b)
+{
+	raw_send(fd, b->data, b->len);
+	b->len = 0;
+}
+
+/* What came back up to ReadyForQuery: message types, CommandComplete tags and SQLSTATEs, each
+ * joined by '|'. */
+typedef struct reply {
+	char types[256];
+	char tags[512];
+	char codes[256];
+	char status;
+} reply;
+
+typedef struct reader {
+	int fd;
+	uint8_t *buf;
+	size_t len, cap;
+	size_t used; /* bytes of the message last returned, still at the front */
+} reader;
+
+static void reader_init(reader *rd, int fd)
+{
+	rd->fd = fd;
+	rd->cap = 1u << 20;
+	rd->buf = malloc(rd->cap);
+	rd->len = 0;
+	rd->used = 0;
+}
+
+/* Next message; false on EOF or timeout (the socket has a 5 s receive timeout). */
+static bool reader_next(reader *rd, uint8_t *type, const uint8_t **body, size_t *n)
+{
+	if (rd->used) {
+		memmove(rd->buf, rd->buf + rd->used, rd->len - rd->used);
+		rd->len -= rd->used;
+		rd->used = 0;
+	}
+	for (;;) {
+		if (rd->len >= 5) {
+			size_t m = 1 + tally_be32(rd->buf + 1);
+			cr_assert_lt(m, 64u << 20);
+			if (m > rd->cap) {
+				rd->cap = m;
+				rd->buf = realloc(rd->buf, rd->cap);
+			}
+			if (rd->len >= m) {
+				*type = rd->buf[0];
+				*body = rd->buf + 5;
+				*n = m - 5;
+				rd->used = m;
+				return true;
+			}
+		}
+		ssize_t r = recv(rd->fd, rd->buf + rd->len, rd->cap - rd->len, 0);
+		if (r <= 0)
+			return false;
+		rd->len += (size_t)r;
+	}
+}
+
+static const char *err_field(const uint8_t *body, size_t n, char field)
+{
+	for (size_t i = 0; i < n && body[i];) {
+		const char *v = (const char *)body + i + 1;
+		if (body[i] == field)
+			return v;
+		i += 2 + strlen(v);
+	}
+	return "";
+}
+
+static void read_reply(reader *rd, reply *out)
+{
+	memset(out, 0, sizeof *out);
+	for (;;) {
+		uint8_t t;
+		const uint8_t *body;
+		size_t n;
+		cr_assert(reader_next(rd, &t, &body, &n), "no ReadyForQuery; got \"%s\"",
+			  out->types);
+		size_t l = strlen(out->types);
+		cr_assert_lt(l, sizeof out->types - 1);
+		out->types[l] = (char)t;
+		if (t == 'C') {
+			if (out->tags[0])
+				strcat(out->tags, "|");
+			strncat(out->tags, (const char *)body, 64);
+		} else if (t == 'E') {
+			if (out->codes[0])
+				strcat(out->codes, "|");
+			strcat(out->codes, err_field(body, n, 'C'));
+		} else if (t == 'Z') {
+			out->status = (char)body[0];
+			return;
+		}
+	}
+}
+
+/* No message arrives for a while (an extra ReadyForQuery would). */
+static bool reader_quiet(reader *rd)
+{
+	if (rd->len > rd->used)
+		return false;
+	struct pollfd pf = {.fd = rd->fd, .events = POLLIN};
+	return poll(&pf, 1, 300) == 0;
+}
+
+static int raw_session(reader *rd)
+{
+	int fd = raw_connect();
+	raw_startup(fd);
+	reader_init(rd, fd);
+	return fd;
+}
+
+static void raw_session_end(reader *rd)
+{
+	close(rd->fd);
+	free(rd->buf);
+	check_server_alive();
+}
+
+/* Review defect: the second Describe of an executed portal read freed memory. PostgreSQL
+ * answers RowDescription every time, also when Execute came first. */
+Test(pgwire, describe_portal_again_after_execute)
+{
+	reader rd;
+	raw_session(&rd);
+	tally_buf b = {0};
+	reply rp;
+	m_parse(&b, "", "rows 2");
+	m_bind(&b, "", "");
+	m_describe(&b, 'P', "");
+	m_execute(&b, "", 0);
+	m_describe(&b, 'P', "");
+	m_describe(&b, 'P', "");
+	m_sync(&b);
+	m_send(rd.fd, &b);
+	read_reply(&rd, &rp);
+	cr_assert_str_eq(rp.types, "12TDDCTTZ");
+	cr_assert_str_eq(rp.tags, "SELECT 2");
+	/* Execute first, then Describe: still the RowDescription */
+	m_parse(&b, "", "hello");
+	m_bind(&b, "", "");
+	m_execute(&b, "", 0);
+	m_describe(&b, 'P', "");
+	m_sync(&b);
+	m_send(rd.fd, &b);
+	read_reply(&rd, &rp);
+	cr_assert_str_eq(rp.types, "12DCTZ");
+	/* a command describes as NoData before and after */
+	m_parse(&b, "", "insert 1");
+	m_bind(&b, "", "");
+	m_describe(&b, 'P', "");
+	m_execute(&b, "", 0);
+	m_describe(&b, 'P', "");
+	m_sync(&b);
+	m_send(rd.fd, &b);
+	read_reply(&rd, &rp);
+	cr_assert_str_eq(rp.types, "12nCnZ");
+	tally_buf_free(&b);
+	raw_session_end(&rd);
+}
+
+/* Review defect: Describe ran the statement (side effects, and a failure aborted the user's
+ * transaction). Describe now asks the describe callback only. */
+Test(pgwire, describe_runs_nothing)
+{
+	PGconn *c = connect_pg();
+	PQclear(PQexec(c, "begin"));
+	cr_assert_eq(PQtransactionStatus(c), PQTRANS_INTRANS);
+	int before = atomic_load(&n_query);
+	PGresult *r = PQprepare(c, "e", "select error", 0, NULL);
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQresultErrorMessage(r));
+	PQclear(r);
+	r = PQdescribePrepared(c, "e");
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQresultErrorMessage(r));
+	cr_assert_eq(PQnfields(r), 0);
+	PQclear(r);
+	r = PQprepare(c, "i", "insert $1", 0, NULL);
+	PQclear(r);
+	r = PQdescribePrepared(c, "i");
+	cr_assert_eq(PQnparams(r), 1);
+	cr_assert_eq(PQparamtype(r, 0), 25);
+	cr_assert_eq(PQnfields(r), 0);
+	PQclear(r);
+	r = PQprepare(c, "q", "rows $1", 0, NULL);
+	PQclear(r);
+	r = PQdescribePrepared(c, "q");
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQresultErrorMessage(r));
+	cr_assert_eq(PQnfields(r), 2);
+	cr_assert_str_eq(PQfname(r, 1), "maybe");
+	cr_assert_eq(PQftype(r, 0), 23);
+	PQclear(r);
+	cr_assert_eq(atomic_load(&n_query), before, "Describe ran the query");
+	cr_assert_eq(PQtransactionStatus(c), PQTRANS_INTRANS);
+	/* several statements are refused at Parse, so nothing runs */
+	r = PQprepare(c, "m", "hello; insert 1", 0, NULL);
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
+	cr_assert_str_eq(PQresultErrorField(r, PG_DIAG_SQLSTATE), "42601");
+	cr_assert_str_eq(PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY),
+			 "cannot insert multiple commands into a prepared statement");
+	PQclear(r);
+	cr_assert_eq(atomic_load(&n_query), before);
+	PQclear(PQexec(c, "commit"));
+	PQfinish(c);
+
+	/* a portal is described from its bound text; Execute then runs it once */
+	reader rd;
+	raw_session(&rd);
+	tally_buf b = {0};
+	reply rp;
+	before = atomic_load(&n_query);
+	m_parse(&b, "", "hello");
+	m_bind(&b, "", "");
+	m_describe(&b, 'P', "");
+	m_sync(&b);
+	m_send(rd.fd, &b);
+	read_reply(&rd, &rp);
+	cr_assert_str_eq(rp.types, "12TZ");
+	cr_assert_eq(atomic_load(&n_query), before);
+	m_parse(&b, "", "hello");
+	m_bind(&b, "", "");
+	m_describe(&b, 'P', "");
+	m_execute(&b, "", 0);
+	m_sync(&b);
+	m_send(rd.fd, &b);
+	read_reply(&rd, &rp);
+	cr_assert_str_eq(rp.types, "12TDCZ");
+	cr_assert_eq(atomic_load(&n_query), before + 1);
+	tally_buf_free(&b);
+	raw_session_end(&rd);
+}
+
+/* Review defect: Parse accepted anything. */
+Test(pgwire, parse_checks_the_statement)
+{
+	PGconn *c = connect_pg();
+	int before = atomic_load(&n_query);
+	PGresult *r = PQexecParams(c, "hello; insert 2", 0, NULL, NULL, NULL, NULL, 0);
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
+	cr_assert_str_eq(PQresultErrorField(r, PG_DIAG_SQLSTATE), "42601");
+	cr_assert_str_eq(PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY),
+			 "cannot insert multiple commands into a prepared statement");
+	PQclear(r);
+	r = PQprepare(c, "bad", "selec 1", 0, NULL);
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
+	cr_assert_str_eq(PQresultErrorField(r, PG_DIAG_SQLSTATE), "42601");
+	cr_assert_str_eq(PQresultErrorField(r, PG_DIAG_STATEMENT_POSITION), "1");
+	PQclear(r);
+	/* the failed Parse left no statement behind */
+	r = PQdescribePrepared(c, "bad");
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
+	cr_assert_str_eq(PQresultErrorField(r, PG_DIAG_SQLSTATE), "26000");
+	PQclear(r);
+	cr_assert_eq(atomic_load(&n_query), before);
+	/* a trailing semicolon is one statement */
+	r = PQexecParams(c, "hello;", 0, NULL, NULL, NULL, NULL, 0);
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQresultErrorMessage(r));
+	PQclear(r);
+	expect_echo(c, "simple protocol may still send several; statements");
+	PQfinish(c);
+}
+
+/* Review defect: a simple Query sent while skipping to Sync ran and got its own
+ * ReadyForQuery. PostgreSQL ignores it. */
+Test(pgwire, query_ignored_while_skipping_to_sync)
+{
+	reader rd;
+	raw_session(&rd);
+	tally_buf b = {0};
+	reply rp;
+	int before = atomic_load(&n_query);
+	m_parse(&b, "", "selec 1");
+	m_query(&b, "hello");
+	m_bind(&b, "", "");
+	m_execute(&b, "", 0);
+	m_put(&b, 'H', NULL, 0);
+	m_sync(&b);
+	m_send(rd.fd, &b);
+	read_reply(&rd, &rp);
+	cr_assert_str_eq(rp.types, "EZ");
+	cr_assert_str_eq(rp.codes, "42601");
+	cr_assert(reader_quiet(&rd), "a second ReadyForQuery arrived");
+	cr_assert_eq(atomic_load(&n_query), before);
+	m_query(&b, "after");
+	m_send(rd.fd, &b);
+	read_reply(&rd, &rp);
+	cr_assert_str_eq(rp.types, "TDCZ");
+	tally_buf_free(&b);
+	raw_session_end(&rd);
+}
+
+/* Review defect: after an error in the middle of COPY IN the server waited for CopyDone
+ * before ReadyForQuery; PostgreSQL sends it at once and ignores the rest of the data. */
+Test(pgwire, copy_error_ready_at_once)
+{
+	reader rd;
+	raw_session(&rd);
+	tally_buf b = {0};
+	reply rp;
+	m_query(&b, "copyfail 10");
+	m_send(rd.fd, &b);
+	uint8_t t;
+	const uint8_t *body;
+	size_t n;
+	cr_assert(reader_next(&rd, &t, &body, &n));
+	cr_assert_eq(t, 'G');
+	m_put(&b, 'd', "0123456789abcdef\n", 17);
+	m_send(rd.fd, &b);
+	/* no CopyDone sent yet */
+	read_reply(&rd, &rp);
+	cr_assert_str_eq(rp.types, "EZ");
+	cr_assert_str_eq(rp.codes, "22P04");
+	cr_assert_eq(rp.status, 'I');
+	/* the client's late data, its CopyDone and a CopyFail are ignored */
+	m_put(&b, 'd', "more\n", 5);
+	m_put(&b, 'c', NULL, 0);
+	m_put(&b, 'f', "x", 2);
+	m_query(&b, "after copy");
+	m_send(rd.fd, &b);
+	read_reply(&rd, &rp);
+	cr_assert_str_eq(rp.types, "TDCZ");
+	cr_assert(reader_quiet(&rd));
+	tally_buf_free(&b);
+	raw_session_end(&rd);
+}
+
+/* The same with libpq, which only reads the error at PQputCopyEnd/PQgetResult. */
+Test(pgwire, copy_error_libpq_small)
+{
+	PGconn *c = connect_pg();
+	PGresult *r = PQexec(c, "copyfail 3");
+	cr_assert_eq(PQresultStatus(r), PGRES_COPY_IN);
+	PQclear(r);
+	cr_assert_eq(PQputCopyData(c, "1,2\n", 4), 1);
+	cr_assert_eq(PQputCopyData(c, "3,4\n", 4), 1);
+	cr_assert_eq(PQputCopyEnd(c, NULL), 1);
+	r = PQgetResult(c);
+	cr_assert_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
+	cr_assert_str_eq(PQresultErrorField(r, PG_DIAG_SQLSTATE), "22P04");
+	PQclear(r);
+	cr_assert_null(PQgetResult(c));
+	cr_assert_eq(PQtransactionStatus(c), PQTRANS_IDLE);
+	expect_echo(c, "after failed copy");
+	PQfinish(c);
+}
+
+/* Review defect: NegotiateProtocolVersion said the newest minor version was 0. */
+Test(pgwire, negotiate_protocol_version_says_3_0)
+{
+	int fd = raw_connect();
+	uint8_t pkt[64];
+	const char kv[] = "user\0raw\0_pq_.foo\0bar\0\0";
+	size_t n = 8 + sizeof kv - 1;
+	tally_put_be32(pkt, (uint32_t)n);
+	tally_put_be32(pkt + 4, 196609); /* 3.1 */
+	memcpy(pkt + 8, kv, sizeof kv - 1);
+	raw_send(fd, pkt, n);
+	reader rd;
+	reader_init(&rd, fd);
+	uint8_t t;
+	const uint8_t *body;
+	size_t len;
+	cr_assert(reader_next(&rd, &t, &body, &len));
+	cr_assert_eq(t, 'v');
+	cr_assert_geq(len, 8);
+	cr_assert_eq(tally_be32(body), 196608);
+	cr_assert_eq(tally_be32(body + 4), 1);
+	cr_assert_str_eq((const char *)body + 8, "_pq_.foo");
+	reply rp;
+	read_reply(&rd, &rp);
+	cr_assert_eq(rp.status, 'I');
+	raw_session_end(&rd);
+}
+
+/* Review defect: Execute ignored max_rows. Sequences and tags as PostgreSQL 15. */
+Test(pgwire, execute_row_limit_suspends)
+{
+	reader rd;
+	raw_session(&rd);
+	tally_buf b = {0};
+	reply rp;
+	m_parse(&b, "", "rows 5");
+	m_bind(&b, "p", "");
+	m_execute(&b, "p", 2);
+	m_describe(&b, 'P', "p");
+	m_execute(&b, "p", 2);
+	m_execute(&b, "p", 2);
+	m_execute(&b, "p", 2);
+	m_execute(&b, "p", 0);
+	m_sync(&b);
+	m_send(rd.fd, &b);
+	read_reply(&rd, &rp);
+	cr_assert_str_eq(rp.types, "12DDsTDDsDCCCZ");
+	cr_assert_str_eq(rp.tags, "SELECT 1|SELECT 0|SELECT 0");
+	/* exactly max_rows rows: suspended, then an empty completion */
+	m_parse(&b, "", "rows 2");
+	m_bind(&b, "", "");
+	m_execute(&b, "", 2);
+	m_execute(&b, "", 2);
+	m_sync(&b);
+	m_send(rd.fd, &b);
+	read_reply(&rd, &rp);
+	cr_assert_str_eq(rp.types, "12DDsCZ");
+	cr_assert_str_eq(rp.tags, "SELECT 0");
+	/* fewer rows than the limit: the whole result with its own tag */
+	m_parse(&b, "", "rows 2");
+	m_bind(&b, "", "");
+	m_execute(&b, "", 3);
+	m_execute(&b, "", 3);
+	m_sync(&b);
+	m_send(rd.fd, &b);
+	read_reply(&rd, &rp);
+	cr_assert_str_eq(rp.types, "12DDCCZ");
+	cr_assert_str_eq(rp.tags, "SELECT 2|SELECT 0");
+	/* a finished command cannot run again */
+	m_parse(&b, "", "insert 1");
+	m_bind(&b, "", "");
+	m_execute(&b, "", 0);
+	m_execute(&b, "", 0);
+	m_execute(&b, "", 0);
+	m_sync(&b);
+	m_send(rd.fd, &b);
+	read_reply(&rd, &rp);
+	cr_assert_str_eq(rp.types, "12CEZ");
+	cr_assert_str_eq(rp.codes, "55000");
+	/* an error after some rows comes out when the rows before it were fetched */
+	m_parse(&b, "", "error");
+	m_bind(&b, "", "");
+	m_execute(&b, "", 1);
+	m_execute(&b, "", 1);
+	m_sync(&b);
+	m_send(rd.fd, &b);
+	read_reply(&rd, &rp);
+	cr_assert_str_eq(rp.types, "12EZ");
+	cr_assert_str_eq(rp.codes, "42601");
+	/* an unnamed portal outside a transaction is gone after Sync */
+	m_parse(&b, "", "rows 3");
+	m_bind(&b, "", "");
+	m_execute(&b, "", 1);
+	m_sync(&b);
+	m_execute(&b, "", 1);
+	m_sync(&b);
+	m_send(rd.fd, &b);
+	read_reply(&rd, &rp);
+	cr_assert_str_eq(rp.types, "12DsZ");
+	read_reply(&rd, &rp);
+	cr_assert_str_eq(rp.types, "EZ");
+	cr_assert_str_eq(rp.codes, "34000");
+	tally_buf_free(&b);
+	raw_session_end(&rd);
+}
+
+/* A row-limited portal buffers its result; past 256 MiB it fails with 54000. */
+Test(pgwire, execute_row_limit_buffer_bounded, .timeout = 60)
+{
+	reader rd;
+	raw_session(&rd);
+	tally_buf b = {0};
+	reply rp;
+	m_parse(&b, "", "big 300");
+	m_bind(&b, "", "");
+	m_execute(&b, "", 1);
+	m_sync(&b);
+	m_send(rd.fd, &b);
+	read_reply(&rd, &rp);
+	cr_assert_str_eq(rp.types, "12EZ");
+	cr_assert_str_eq(rp.codes, "54000");
+	/* under the bound it works, in parts */
+	m_parse(&b, "", "big 3");
+	m_bind(&b, "", "");
+	m_execute(&b, "", 2);
+	m_execute(&b, "", 2);
+	m_sync(&b);
+	m_send(rd.fd, &b);
+	read_reply(&rd, &rp);
+	cr_assert_str_eq(rp.types, "12DDsDCZ");
+	cr_assert_str_eq(rp.tags, "SELECT 1");
+	tally_buf_free(&b);
+	raw_session_end(&rd);
+}
+
+/* Without a describe callback every statement describes as NoData; libpq still gets the
+ * rows because the RowDescription then comes with Execute. */
+Test(pgwire, no_describe_callback)
+{
+	stop();
+	cr_assert_eq(tally_pg_server_open("127.0.0.1", 0, &handlers_nodesc, NULL, &srv), 0);
+	port = tally_pg_server_port(srv);
+	PGconn *c = connect_pg();
+	const char *vals[1] = {"x"};
+	PGresult *r = PQexecParams(c, "select $1", 1, NULL, vals, NULL, NULL, 0);
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQresultErrorMessage(r));
+	cr_assert_str_eq(PQgetvalue(r, 0, 0), "select 'x'");
+	PQclear(r);
+	r = PQprepare(c, "s", "rows 2", 0, NULL);
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK);
+	PQclear(r);
+	r = PQdescribePrepared(c, "s");
+	cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK);
+	cr_assert_eq(PQnfields(r), 0);
+	PQclear(r);
+	r = PQexecPrepared(c, "s", 0, NULL, NULL, NULL, 0);
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQresultErrorMessage(r));
+	cr_assert_eq(PQntuples(r), 2);
+	PQclear(r);
+	PQfinish(c);
 }
