@@ -9,7 +9,13 @@
  * straight into the input, escaped fields are decoded into a per-record scratch buffer reserved
  * up front (so earlier fields never move), and each field is converted with tally_value_parse
  * for its target column. Errors carry PostgreSQL's wording and, in err->detail, its CONTEXT line
- * `COPY s, line N, column c: "value"`. Line numbers count physical lines, as PostgreSQL does.
+ * `COPY s, line N, column c: "value"`.
+ *
+ * As in PostgreSQL (copyfromparse.c): the first line's end (\n, \r\n or \r) fixes the line-end
+ * style and any other unescaped (text) or unquoted (CSV) line end is an error; "\." ends the
+ * data (anywhere in text format, only at the start of a record in CSV); line numbers count one
+ * line per record, plus, in CSV, each quoted \n of a \n file (\r otherwise, and in the first
+ * record, whose style is not known yet while it is read).
  */
 #include "tally/copy.h"
 
@@ -23,6 +29,15 @@ enum {
 	SC_OUT, /* CSV: outside quotes */
 	SC_IN,	/* CSV: inside quotes */
 	SC_IN_PEND, /* CSV: inside quotes, just saw the escape character */
+};
+
+/* Line-end style, decided by the first line as PostgreSQL does; any other line end is an
+ * error (unless escaped in text format or quoted in CSV). */
+enum {
+	EOL_UNKNOWN = 0,
+	EOL_NL,
+	EOL_CR,
+	EOL_CRNL,
 };
 
 typedef struct field {
@@ -50,9 +65,14 @@ struct tally_copy_parser {
 	field *fields;	   /* up to nlisted + 1 */
 	tally_buf carry;   /* partial record */
 	int scan_state;	   /* scanner state at the end of carry */
-	uint32_t carry_nl; /* newlines inside carry (CSV quoted fields) */
+	uint32_t carry_nl; /* lines counted inside carry (CSV quoted line ends) */
+	size_t carry_bs;   /* backslashes ending carry (text format) */
+	int eol;	   /* EOL_* */
+	bool cr_pending;   /* first line: carry ends with an unescaped \r, \r\n or \r alone? */
+	char term[2];	   /* line end of the record being parsed (for "\." checks) */
+	uint32_t term_len;
 	tally_buf scratch; /* decoded fields of the current record */
-	uint64_t lineno;   /* physical lines consumed before the current record */
+	uint64_t lineno;   /* lines (as PostgreSQL counts them) up to the last record parsed */
 	uint64_t rows;
 	bool header_pending;
 	bool done; /* saw \. */
@@ -341,15 +361,74 @@ static int utf8_error(tally_err *err, const char *s, uint32_t n, long at)
 	return tally_err_set(err, "22021", "invalid byte sequence for encoding \"UTF8\": %s", hex);
 }
 
+/* ---- line ends and the end-of-data marker ------------------------------------------------- */
+
+/* A line-end character that does not match the style of the first line (PostgreSQL's wording,
+ * hint and context: the line number without the line). */
+static int eol_error(const tally_copy_parser *p, tally_err *err, char c, uint64_t line)
+{
+	if (c == '\r') {
+		tally_err_set(err, TALLY_SQLSTATE_BAD_COPY, "%s carriage return found in data",
+			      p->csv ? "unquoted" : "literal");
+		tally_err_hint(err, "%s",
+			       p->csv ? "Use quoted CSV field to represent carriage return."
+				      : "Use \"\\r\" to represent carriage return.");
+	} else {
+		tally_err_set(err, TALLY_SQLSTATE_BAD_COPY, "%s newline found in data",
+			      p->csv ? "unquoted" : "literal");
+		tally_err_hint(err, "%s",
+			       p->csv ? "Use quoted CSV field to represent newline."
+				      : "Use \"\\n\" to represent newline.");
+	}
+	return tally_err_detail(err, "COPY %s, line %llu", p->stream, (unsigned long long)line);
+}
+
+/* PostgreSQL's test of what follows a "\." (anywhere in text format, at the start of a record
+ * in CSV): it reads the bytes rec[k..len), then the record's line end (p->term), then NULs at
+ * the end of the data. Returns 1 for the end-of-data marker, 0 when the bytes are ordinary
+ * data (CSV only: text format has no other meaning for "\."), -1 with err set. */
+static int marker_check(const tally_copy_parser *p, const char *rec, uint32_t k, uint32_t len,
+			uint64_t line, tally_err *err)
+{
+	const char *msg = NULL;
+	char c[2];
+	for (int i = 0; i < 2; i++, k++)
+		c[i] = k < len ? rec[k] : (k - len < p->term_len ? p->term[k - len] : '\0');
+	char c2 = c[0];
+	if (p->eol == EOL_CRNL) {
+		if (c[0] == '\n')
+			msg = "end-of-copy marker does not match previous newline style";
+		else if (c[0] != '\r')
+			msg = "end-of-copy marker corrupt";
+		c2 = c[1];
+	}
+	if (!msg && c2 != '\r' && c2 != '\n')
+		msg = "end-of-copy marker corrupt";
+	if (msg && p->csv)
+		return 0;
+	if (!msg && (((p->eol == EOL_NL || p->eol == EOL_CRNL) && c2 != '\n') ||
+		     (p->eol == EOL_CR && c2 != '\r')))
+		msg = "end-of-copy marker does not match previous newline style";
+	if (msg) {
+		tally_err_set(err, TALLY_SQLSTATE_BAD_COPY, "%s", msg);
+		return tally_err_detail(err, "COPY %s, line %llu", p->stream,
+					(unsigned long long)line);
+	}
+	return 1;
+}
+
 /* ---- record parsing ----------------------------------------------------------------------- */
 
-/* Split rec[0..len) into fields; returns the number of fields, or -1 for an unterminated quote
- * (CSV). Stops counting beyond nlisted + 1 (that is already "extra data"). */
-static int split_text(tally_copy_parser *p, const char *rec, uint32_t len)
+/* Split rec[0..*lenp) into fields; returns the number of fields (counting stops beyond
+ * nlisted + 1: that is already "extra data"), or -1 with err set for a line-end character of
+ * another style than the first line's or a bad "\.". A valid "\." ends the data: the record
+ * stops there (*lenp is cut) and p->done is set. */
+static int split_text(tally_copy_parser *p, const char *rec, uint32_t *lenp, uint64_t line,
+		      tally_err *err)
 {
 	int nf = 0, maxf = p->nlisted + 1;
-	uint32_t i = 0;
-	const char d = p->delim;
+	uint32_t i = 0, len = *lenp;
+	const char d = p->delim, bad = p->eol == EOL_CR ? '\n' : '\r';
 	for (;;) {
 		uint32_t start = i;
 		bool esc = false;
@@ -358,12 +437,21 @@ static int split_text(tally_copy_parser *p, const char *rec, uint32_t len)
 			if (c == d)
 				break;
 			if (c == '\\') {
+				if (i + 1 < len && rec[i + 1] == '.') {
+					if (marker_check(p, rec, i + 2, len, line, err) < 0)
+						return -1;
+					*lenp = len = i;
+					p->done = true;
+					break;
+				}
 				esc = true;
 				i += 2;
 				if (i > len)
 					i = len;
 				continue;
 			}
+			if (c == bad)
+				return eol_error(p, err, c, line);
 			i++;
 		}
 		if (nf < maxf) {
@@ -380,11 +468,17 @@ static int split_text(tally_copy_parser *p, const char *rec, uint32_t len)
 	return nf;
 }
 
-static int split_csv(tally_copy_parser *p, const char *rec, uint32_t len)
+static long csv_scan(const tally_copy_parser *p, const char *s, size_t n, int *state, uint32_t *nl);
+
+/* As split_text for CSV; -2 for an unterminated quote. `first` is the record's first line
+ * (for errors: PostgreSQL counts the lines passed so far). */
+static int split_csv(tally_copy_parser *p, const char *rec, uint32_t len, uint64_t first,
+		     tally_err *err)
 {
 	int nf = 0, maxf = p->nlisted + 1;
 	uint32_t i = 0;
 	const char d = p->delim, q = p->quote, e = p->escape;
+	const char bad = p->eol == EOL_CR ? '\n' : '\r';
 	for (;;) {
 		uint32_t start = i;
 		bool quoted = false, in = false;
@@ -404,10 +498,16 @@ static int split_csv(tally_copy_parser *p, const char *rec, uint32_t len)
 				break;
 			if (c == q)
 				in = quoted = true;
+			else if (c == bad) {
+				int st = SC_OUT;
+				uint32_t nl = 0;
+				csv_scan(p, rec, i, &st, &nl);
+				return eol_error(p, err, c, first + nl);
+			}
 			i++;
 		}
 		if (in)
-			return -1;
+			return -2;
 		if (nf < maxf) {
 			p->fields[nf].off = start;
 			p->fields[nf].len = i - start;
@@ -422,24 +522,16 @@ static int split_csv(tally_copy_parser *p, const char *rec, uint32_t len)
 	return nf;
 }
 
-/* Parse one complete record (line end stripped). `nl` is the number of newlines inside it
- * (CSV quoted fields); `raw_len` includes the line end, for error display. */
+/* Parse one complete record (line end stripped; p->term says what ended it). `nl` is the
+ * number of lines PostgreSQL counts inside it (CSV quoted line ends); `bare_nl`: it ended with
+ * a \n lacking the \r of a \r\n file. */
 static int parse_record(tally_copy_parser *p, const char *rec, uint32_t len, uint32_t nl,
-			tally_copy_row_fn fn, void *ctx, tally_err *err)
+			bool bare_nl, tally_copy_row_fn fn, void *ctx, tally_err *err)
 {
-	uint64_t line = p->lineno + 1 + nl;
+	uint64_t first = p->lineno + 1, line = first + nl;
 	int nf;
 
 	p->lineno = line;
-	if (p->header_pending) {
-		p->header_pending = false;
-		return 0;
-	}
-	/* end-of-data marker: a line holding only \. */
-	if (len == 2 && rec[0] == '\\' && rec[1] == '.') {
-		p->done = true;
-		return 0;
-	}
 	if (needs_utf8_check(rec, len)) {
 		long at = utf8_invalid_at(rec, len);
 		if (at >= 0) {
@@ -449,7 +541,27 @@ static int parse_record(tally_copy_parser *p, const char *rec, uint32_t len, uin
 			return -1;
 		}
 	}
-	nf = p->csv ? split_csv(p, rec, len) : split_text(p, rec, len);
+	/* CSV: "\." is the end-of-data marker only at the start of a record */
+	if (p->csv && len >= 2 && rec[0] == '\\' && rec[1] == '.') {
+		int m = marker_check(p, rec, 2, len, first, err);
+		if (m < 0)
+			return -1;
+		if (m > 0) {
+			p->done = true;
+			return 0;
+		}
+	}
+	nf = p->csv ? split_csv(p, rec, len, first, err) : split_text(p, rec, &len, line, err);
+	if (nf == -1)
+		return -1;
+	if (bare_nl)
+		return eol_error(p, err, '\n', line);
+	if (p->done && len == 0) /* "\." alone */
+		return 0;
+	if (p->header_pending) {
+		p->header_pending = false;
+		return 0;
+	}
 	if (nf < 0) {
 		tally_err_set(err, TALLY_SQLSTATE_BAD_COPY, "unterminated CSV quoted field");
 		ctx_line(p, err, line, rec, len);
@@ -510,8 +622,9 @@ static int parse_record(tally_copy_parser *p, const char *rec, uint32_t len, uin
 
 /* ---- record boundaries -------------------------------------------------------------------- */
 
-/* Text format: is the newline at s[i] escaped by an odd run of backslashes before it? `pre`
- * is the number of backslashes ending the carried prefix (when the run reaches s[0]). */
+/* Text format: is the character at s[i] escaped by an odd run of backslashes before it?
+ * `pre_run` is the number of backslashes ending the carried prefix (when the run reaches
+ * s[0]). */
 static bool text_nl_escaped(const char *s, size_t i, size_t pre_run)
 {
 	size_t run = 0;
@@ -522,26 +635,21 @@ static bool text_nl_escaped(const char *s, size_t i, size_t pre_run)
 	return (run & 1) != 0;
 }
 
-static size_t trailing_backslashes(const tally_buf *b)
-{
-	size_t run = 0;
-	while (run < b->len && b->data[b->len - 1 - run] == '\\')
-		run++;
-	return run;
-}
-
-/* CSV: advance the scanner over s[0..n); return the index of the record-ending newline or -1.
- * *state and *nl (newlines passed inside quotes) are updated. */
+/* CSV: advance the scanner over s[0..n); return the index of the line-end character ending
+ * the record or -1. *state and *nl (line ends inside quotes that PostgreSQL counts: \n in a
+ * \n file, \r otherwise, including while the first line's style is not known) are updated. */
 static long csv_scan(const tally_copy_parser *p, const char *s, size_t n, int *state, uint32_t *nl)
 {
 	int st = *state;
 	const char q = p->quote, e = p->escape;
+	const char t1 = p->eol == EOL_CR ? '\r' : '\n', t2 = p->eol == EOL_UNKNOWN ? '\r' : t1;
+	const char cnt = p->eol == EOL_NL ? '\n' : '\r';
 	for (size_t i = 0; i < n; i++) {
 		char c = s[i];
 	again:
 		switch (st) {
 		case SC_OUT:
-			if (c == '\n') {
+			if (c == t1 || c == t2) {
 				*state = SC_OUT;
 				return (long)i;
 			}
@@ -553,7 +661,7 @@ static long csv_scan(const tally_copy_parser *p, const char *s, size_t n, int *s
 				st = SC_IN_PEND;
 			else if (c == q)
 				st = SC_OUT;
-			else if (c == '\n')
+			else if (c == cnt)
 				(*nl)++;
 			break;
 		case SC_IN_PEND:
@@ -581,42 +689,104 @@ static int carry_append(tally_copy_parser *p, const char *s, size_t n, tally_err
 				     "COPY line %llu is longer than the limit of %u bytes",
 				     (unsigned long long)(p->lineno + 1), TALLY_COPY_LINE_MAX);
 	tally_buf_append(&p->carry, s, n);
+	/* backslashes ending the carry, kept up to date so that the next chunk need not look
+	 * back over the whole carry (a long run would make that quadratic) */
+	size_t run = 0;
+	while (run < n && s[n - 1 - run] == '\\')
+		run++;
+	p->carry_bs = run == n ? p->carry_bs + n : run;
 	return 0;
 }
 
-/* Strip a line end's \r (when it is not escaped data) and parse the record. */
-static int finish_record(tally_copy_parser *p, const char *rec, size_t len, uint32_t nl,
+static void carry_reset(tally_copy_parser *p)
+{
+	tally_buf_reset(&p->carry);
+	p->carry_nl = 0;
+	p->carry_bs = 0;
+	p->scan_state = p->csv ? SC_OUT : SC_TEXT;
+}
+
+/* A record ended by the line-end character `term` ('\n', '\r', or 0 at the end of the data;
+ * rec excludes it): take off the \r of a \r\n line end and parse it. */
+static int finish_record(tally_copy_parser *p, const char *rec, size_t len, uint32_t nl, char term,
 			 tally_copy_row_fn fn, void *ctx, tally_err *err)
 {
+	bool bare_nl = false;
 	if (len > TALLY_COPY_LINE_MAX)
 		return tally_err_set(err, TALLY_SQLSTATE_PROGRAM_LIMIT,
 				     "COPY line %llu is longer than the limit of %u bytes",
 				     (unsigned long long)(p->lineno + 1), TALLY_COPY_LINE_MAX);
-	if (len > 0 && rec[len - 1] == '\r') {
-		if (p->csv || !text_nl_escaped(rec, len - 1, 0))
+	p->term_len = 0;
+	if (term == '\n' && p->eol == EOL_CRNL) {
+		/* the \r before an unquoted \n is unquoted too */
+		if (len > 0 && rec[len - 1] == '\r' &&
+		    (p->csv || !text_nl_escaped(rec, len - 1, 0))) {
 			len--;
+			p->term[p->term_len++] = '\r';
+		} else {
+			bare_nl = true;
+		}
 	}
-	return parse_record(p, rec, (uint32_t)len, nl, fn, ctx, err);
+	if (term)
+		p->term[p->term_len++] = term;
+	return parse_record(p, rec, (uint32_t)len, nl, bare_nl, fn, ctx, err);
 }
 
-/* Find the end of the record starting at s (fresh scanner). Returns the newline index or -1;
- * *state / *nl as after scanning s[0..n) when not found. */
+/* Find the end of the record starting at s, or continuing the carry (its scanner state in
+ * *state, `pre_run` backslashes ending it). Returns the index of the line-end character ending
+ * it, or -1 with *state / *nl as after scanning s[0..n). */
 static long find_record_end(const tally_copy_parser *p, const char *s, size_t n, size_t pre_run,
 			    int *state, uint32_t *nl)
 {
 	if (p->csv)
 		return csv_scan(p, s, n, state, nl);
+	if (p->eol == EOL_UNKNOWN) {
+		/* first line: the first unescaped \n or \r */
+		bool esc = (pre_run & 1) != 0;
+		for (size_t i = 0; i < n; i++) {
+			char c = s[i];
+			if (esc)
+				esc = false;
+			else if (c == '\\')
+				esc = true;
+			else if (c == '\n' || c == '\r')
+				return (long)i;
+		}
+		return -1;
+	}
+	const char t = p->eol == EOL_CR ? '\r' : '\n';
 	size_t from = 0;
 	for (;;) {
-		const char *q = memchr(s + from, '\n', n - from);
+		const char *q = memchr(s + from, t, n - from);
 		if (!q)
 			return -1;
 		size_t i = (size_t)(q - s);
 		if (!text_nl_escaped(s, i, pre_run))
 			return (long)i;
-		(*nl)++;
 		from = i + 1;
 	}
+}
+
+/* The first line's end decides the file's line-end style, as in PostgreSQL: \n, \r\n or \r.
+ * *end (at a \r followed by \n) moves to the \n. Returns false when the \r is the last byte
+ * so far (the next byte decides). */
+static bool resolve_eol(tally_copy_parser *p, const char *s, size_t n, long *end)
+{
+	if (p->eol != EOL_UNKNOWN)
+		return true;
+	if (s[*end] == '\n') {
+		p->eol = EOL_NL;
+		return true;
+	}
+	if ((size_t)*end + 1 == n)
+		return false;
+	if (s[*end + 1] == '\n') {
+		p->eol = EOL_CRNL;
+		(*end)++;
+	} else {
+		p->eol = EOL_CR;
+	}
+	return true;
 }
 
 int tally_copy_parser_feed(tally_copy_parser *p, const char *data, size_t len, tally_copy_row_fn fn,
@@ -628,52 +798,50 @@ int tally_copy_parser_feed(tally_copy_parser *p, const char *data, size_t len, t
 	if (p->failed)
 		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
 				     "COPY parser used after an error");
-	if (p->done)
-		return 0;
-	if (p->carry.len > 0) {
-		int st = p->scan_state;
-		uint32_t nl = 0;
-		size_t pre = p->csv ? 0 : trailing_backslashes(&p->carry);
-		long end = find_record_end(p, data, len, pre, &st, &nl);
-		if (end < 0) {
-			p->scan_state = st;
-			p->carry_nl += nl;
-			if (carry_append(p, data, len, err))
-				goto fail;
-			return 0;
-		}
-		if (carry_append(p, data, (size_t)end, err))
-			goto fail;
-		nl += p->carry_nl;
-		rc = finish_record(p, (const char *)p->carry.data, p->carry.len, nl, fn, ctx, err);
-		tally_buf_reset(&p->carry);
-		p->carry_nl = 0;
-		p->scan_state = p->csv ? SC_OUT : SC_TEXT;
-		if (rc) {
-			if (rc < 0)
-				goto fail;
-			return rc;
-		}
-		pos = (size_t)end + 1;
-	}
 	while (pos < len && !p->done) {
-		int st = p->csv ? SC_OUT : SC_TEXT;
-		uint32_t nl = 0;
-		long end = find_record_end(p, data + pos, len - pos, 0, &st, &nl);
-		if (end < 0) {
-			p->scan_state = st;
-			p->carry_nl = nl;
-			if (carry_append(p, data + pos, len - pos, err))
-				goto fail;
-			return 0;
+		const char *s = data + pos;
+		size_t n = len - pos;
+		if (p->cr_pending) {
+			/* the first line's \r ended the previous chunk: this byte tells \r\n from
+			 * \r */
+			bool crnl = s[0] == '\n';
+			p->cr_pending = false;
+			p->eol = crnl ? EOL_CRNL : EOL_CR;
+			rc = finish_record(p, (const char *)p->carry.data,
+					   crnl ? p->carry.len : p->carry.len - 1, p->carry_nl,
+					   crnl ? '\n' : '\r', fn, ctx, err);
+			carry_reset(p);
+			pos += crnl ? 1 : 0;
+		} else {
+			bool carrying = p->carry.len > 0;
+			int st = carrying ? p->scan_state : (p->csv ? SC_OUT : SC_TEXT);
+			uint32_t nl = 0;
+			long end = find_record_end(p, s, n, carrying ? p->carry_bs : 0, &st, &nl);
+			bool pend = end >= 0 && !resolve_eol(p, s, n, &end);
+			if (end < 0 || pend) {
+				p->scan_state = st;
+				p->carry_nl += nl;
+				p->cr_pending = pend;
+				if (carry_append(p, s, n, err))
+					goto fail;
+				return 0;
+			}
+			if (carrying) {
+				if (carry_append(p, s, (size_t)end, err))
+					goto fail;
+				rc = finish_record(p, (const char *)p->carry.data, p->carry.len,
+						   p->carry_nl + nl, s[end], fn, ctx, err);
+				carry_reset(p);
+			} else {
+				rc = finish_record(p, s, (size_t)end, nl, s[end], fn, ctx, err);
+			}
+			pos += (size_t)end + 1;
 		}
-		rc = finish_record(p, data + pos, (size_t)end, nl, fn, ctx, err);
 		if (rc) {
 			if (rc < 0)
 				goto fail;
 			return rc;
 		}
-		pos += (size_t)end + 1;
 	}
 	return 0;
 fail:
@@ -689,18 +857,24 @@ int tally_copy_parser_finish(tally_copy_parser *p, tally_copy_row_fn fn, void *c
 				     "COPY parser used after an error");
 	if (p->done || p->carry.len == 0)
 		return 0;
-	if (p->csv &&
-	    (p->scan_state == SC_IN || (p->scan_state == SC_IN_PEND && p->escape != p->quote))) {
+	if (p->cr_pending) {
+		/* the data ends with the first line's \r: a \r file */
+		p->cr_pending = false;
+		p->eol = EOL_CR;
+		rc = finish_record(p, (const char *)p->carry.data, p->carry.len - 1, p->carry_nl,
+				   '\r', fn, ctx, err);
+	} else if (p->csv && (p->scan_state == SC_IN ||
+			      (p->scan_state == SC_IN_PEND && p->escape != p->quote))) {
 		/* still inside quotes at the end of the data */
 		uint64_t line = p->lineno + 1 + p->carry_nl;
 		tally_err_set(err, TALLY_SQLSTATE_BAD_COPY, "unterminated CSV quoted field");
 		ctx_line(p, err, line, (const char *)p->carry.data, (uint32_t)p->carry.len);
-		p->failed = true;
-		return -1;
+		rc = -1;
+	} else {
+		rc = finish_record(p, (const char *)p->carry.data, p->carry.len, p->carry_nl, 0, fn,
+				   ctx, err);
 	}
-	rc = finish_record(p, (const char *)p->carry.data, p->carry.len, p->carry_nl, fn, ctx, err);
-	tally_buf_reset(&p->carry);
-	p->carry_nl = 0;
+	carry_reset(p);
 	if (rc < 0)
 		p->failed = true;
 	return rc;

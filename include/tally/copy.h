@@ -10,7 +10,11 @@
  * "\." ends the data. CSV: fields separated by the delimiter (default ','), quoted with
  * `quote`, `escape` doubling inside quotes, an unquoted empty field (or the null string) is
  * NULL while a quoted empty string is '', quoted fields may span lines, optional HEADER line
- * skipped. Both accept \n and \r\n line ends.
+ * skipped. As in PostgreSQL, the first line's end (\n, \r\n or a bare \r) sets the line-end
+ * style of the data and any other unescaped/unquoted line end is a 22P04 error; in text format
+ * "\." anywhere must be followed by the line end ("end-of-copy marker corrupt" otherwise).
+ * Line numbers (error context, tally_copy_parser_line) are PostgreSQL's: one per record (plus
+ * the header), and in CSV the quoted line ends it counts.
  */
 #ifndef TALLY_COPY_H
 #define TALLY_COPY_H
@@ -43,7 +47,8 @@ int tally_copy_parser_feed(tally_copy_parser *p, const char *data, size_t len, t
 int tally_copy_parser_finish(tally_copy_parser *p, tally_copy_row_fn fn, void *ctx, tally_err *err);
 /* Rows parsed so far (for "COPY n"). */
 uint64_t tally_copy_parser_rows(const tally_copy_parser *p);
-/* Physical line number of the last row handed to the row callback (for error context). */
+/* Line number (counted as PostgreSQL does, see above) of the last row handed to the row
+ * callback (for error context). */
 uint64_t tally_copy_parser_line(const tally_copy_parser *p);
 
 #endif
