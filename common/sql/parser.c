@@ -439,16 +439,16 @@ static tally_expr *mk_const(parser *p, int pos, tally_value v)
 	return e;
 }
 
-/* Integer literal text -> int4 if it fits, else int8, else float8 (negated if neg). */
+/* Integer literal text -> int4 if it fits, else int8, else float8 (negated if neg). As
+ * PostgreSQL, a folded minus belongs to the literal: -2147483648 is an integer and
+ * -9223372036854775808 a bigint. */
 static tally_value int_literal(const char *digits, bool neg)
 {
-	/* as PostgreSQL: the type follows the magnitude (so -2147483648 is a bigint) */
 	errno = 0;
 	unsigned long long u = strtoull(digits, NULL, 10);
-	if (errno == 0 && u <= (unsigned long long)INT64_MAX) {
-		int64_t v = neg ? -(int64_t)u : (int64_t)u;
-		return tally_int(u <= (unsigned long long)INT32_MAX ? TALLY_T_INT4 : TALLY_T_INT8,
-				 v);
+	if (errno == 0 && u <= (unsigned long long)INT64_MAX + (neg ? 1u : 0u)) {
+		int64_t v = neg ? (int64_t)(0 - u) : (int64_t)u;
+		return tally_int(v >= INT32_MIN && v <= INT32_MAX ? TALLY_T_INT4 : TALLY_T_INT8, v);
 	}
 	double d = strtod(digits, NULL);
 	return tally_float(TALLY_T_FLOAT8, neg ? -d : d);
@@ -765,6 +765,20 @@ static int parse_unary(parser *p, tally_expr **out)
 		if (parse_unary(p, &arg))
 			return -1;
 		p->depth--;
+		/* PostgreSQL folds a minus into an integer literal even through parentheses:
+		 * -(-2147483648) is the bigint 2147483648, not an overflow of -integer. */
+		if (neg && arg->kind == N_CONST && !arg->val.isnull &&
+		    (arg->val.type == TALLY_T_INT4 || arg->val.type == TALLY_T_INT8)) {
+			__int128 v = -(__int128)arg->val.u.i;
+			if (v > INT64_MAX)
+				arg->val = tally_float(TALLY_T_FLOAT8, (double)v);
+			else
+				arg->val = tally_int(
+				    v >= INT32_MIN && v <= INT32_MAX ? TALLY_T_INT4 : TALLY_T_INT8,
+				    (int64_t)v);
+			*out = arg;
+			return 0;
+		}
 		tally_expr *e = sql_expr_new(p->a, N_UNARY, pos);
 		e->op = neg ? OP_NEG : OP_PLUS;
 		e->nargs = 1;

@@ -1003,3 +1003,17 @@ Test(sql, random_garbage_never_crashes, .timeout = 60)
 			tally_arena_reset(&arena);
 	}
 }
+
+/* A minus folds into an integer literal as PostgreSQL 15 does (checked there):
+ * pg_typeof(-2147483648) is integer, so dividing it by -1 overflows; -(-2147483648) folds
+ * through the parentheses into the bigint 2147483648; -9223372036854775808 is a bigint;
+ * -2147483648 - 1 is integer arithmetic and overflows. */
+Test(sql, negative_integer_literals_fold_like_postgres, .timeout = 10)
+{
+	expect_query_err("select (-2147483648) / -1", TALLY_SQLSTATE_OUT_OF_RANGE,
+			 "integer out of range", 0);
+	expect_query("select -(-2147483648)", "2147483648");
+	expect_query("select -9223372036854775808 + 0", "-9223372036854775808");
+	expect_query_err("select -2147483648 - 1", TALLY_SQLSTATE_OUT_OF_RANGE,
+			 "integer out of range", 0); /* integer - integer, as in PostgreSQL */
+}
