@@ -613,123 +613,12 @@ int tally_value_parse(tally_type t, const char *s, size_t len, tally_value *out,
 
 /* ---- output ------------------------------------------------------------------------------- */
 
-/* Shortest round-trip decimal of d (finite, nonzero) by search over snprintf precisions,
- * PostgreSQL's (Ryu's) layout. Slow; only kept for a real value that is not exactly a float
- * (never produced by input, casts or arithmetic), whose digits it takes from d itself. */
-static int format_float_search(double d, bool single, char *out)
-{
-	char tmp[64];
-	int prec, maxp = single ? 9 : 17;
-	/* Fast path: if the value round-trips at 15 digits (7 for real), that rounding is the
-	 * shortest candidate padded with zeros (a shorter round-tripping decimal lies within
-	 * half an ulp, closer than any other 15-digit decimal), so stripping the zeros gives
-	 * the answer without trying every precision. Values that need 16-17 digits, subnormals
-	 * and the rare halfway candidates take the full search. */
-	prec = single ? 7 : 15;
-	snprintf(tmp, sizeof tmp, "%.*e", prec - 1, d);
-	if ((single ? isnormal((float)d) : isnormal(d)) && /* subnormals carry fewer digits */
-	    (single ? strtof(tmp, NULL) == (float)d : strtod(tmp, NULL) == d)) {
-		bool halfway = false;
-		if (single) {
-			double c = strtod(tmp, NULL);
-			if (c != d) {
-				float nb = nextafterf((float)d, c > d ? INFINITY : -INFINITY);
-				halfway = c == ((double)(float)d + (double)nb) / 2;
-			}
-		} else {
-			long double c = strtold(tmp, NULL);
-			if (c != (long double)d) {
-				double nb = nextafter(d, c > d ? INFINITY : -INFINITY);
-				halfway = c == ((long double)d + (long double)nb) / 2;
-			}
-		}
-		if (!halfway)
-			goto have_digits;
-	}
-	for (prec = 1; prec <= maxp; prec++) {
-		snprintf(tmp, sizeof tmp, "%.*e", prec - 1, d);
-		if (single) {
-			if (strtof(tmp, NULL) != (float)d)
-				continue;
-			/* Ryu (PostgreSQL) never returns a candidate lying exactly halfway to a
-			 * neighbour, although round-half-even parsing would map it back. */
-			double c = strtod(tmp, NULL);
-			if (c != d) {
-				float nb = nextafterf((float)d, c > d ? INFINITY : -INFINITY);
-				if (c == ((double)(float)d + (double)nb) / 2)
-					continue;
-			}
-			break;
-		}
-		if (strtod(tmp, NULL) != d)
-			continue;
-		long double c = strtold(tmp, NULL);
-		if (c != (long double)d) {
-			double nb = nextafter(d, c > d ? INFINITY : -INFINITY);
-			if (c == ((long double)d + (long double)nb) / 2)
-				continue;
-		}
-		break;
-	}
-	if (prec > maxp)
-		prec = maxp;
-have_digits:; /* a label must precede a statement, not the declaration below */
-	/* tmp: [-]D[.DDD]e[+-]XX */
-	char digits[32];
-	int nd = 0, exp10;
-	const char *p = tmp;
-	bool neg = false;
-	if (*p == '-')
-		neg = true, p++;
-	while (*p && *p != 'e') {
-		if (*p != '.')
-			digits[nd++] = *p;
-		p++;
-	}
-	exp10 = atoi(p + 1);
-	while (nd > 1 && digits[nd - 1] == '0')
-		nd--;
-	int fixed_max = single ? 6 : 15;
-	char *o = out;
-	if (neg)
-		*o++ = '-';
-	if (exp10 >= -4 && exp10 < fixed_max) {
-		if (exp10 < 0) {
-			*o++ = '0';
-			*o++ = '.';
-			for (int i = 0; i < -exp10 - 1; i++)
-				*o++ = '0';
-			for (int i = 0; i < nd; i++)
-				*o++ = digits[i];
-		} else {
-			for (int i = 0; i <= exp10; i++)
-				*o++ = i < nd ? digits[i] : '0';
-			if (nd > exp10 + 1) {
-				*o++ = '.';
-				for (int i = exp10 + 1; i < nd; i++)
-					*o++ = digits[i];
-			}
-		}
-		*o = 0;
-	} else {
-		*o++ = digits[0];
-		if (nd > 1) {
-			*o++ = '.';
-			for (int i = 1; i < nd; i++)
-				*o++ = digits[i];
-		}
-		o += sprintf(o, "e%c%02d", exp10 < 0 ? '-' : '+', exp10 < 0 ? -exp10 : exp10);
-	}
-	return (int)(o - out);
-}
-
-/* Shortest round-trip decimal of d (finite, nonzero), PostgreSQL's (Ryu's) layout: fixed
- * notation when the decimal exponent is in [-4, 15) ([-4, 6) for real), else d.ddde+XX. */
+/* Shortest round-trip decimal of d (finite, nonzero) in PostgreSQL's layout (Ryu, in
+ * float_fmt.c). A real is formatted from its float value: every real value is rounded to a
+ * float on input, cast and aggregation. */
 static int format_float_shortest(double d, bool single, char *out)
 {
-	if (single && (double)(float)d != d)
-		return format_float_search(d, single, out);
-	return tally_types_float_shortest(d, single, out);
+	return tally_types_float_shortest(single ? (double)(float)d : d, single, out);
 }
 
 static int format_float(double d, bool single, char *out)
