@@ -166,27 +166,30 @@ static void *hb_main(void *arg)
 
 /* ---- requests ------------------------------------------------------------------------------- */
 
-/* A request naming a view we have not heard of, from a peer whose map is newer than ours (its
- * header epoch says so), means a map push to us was slow or lost: fetch the map from the
- * coordinator before answering. Returns the (possibly new) current map. */
-static tally_map *map_at_least(tally_worker *w, uint64_t epoch)
+/* The view a peer's request names, looked up in the current map (*m, a reference the caller
+ * releases). A view we have not heard of, from a peer whose map is newer than ours (its header
+ * epoch says so), means a map push to us was slow or lost: the map is fetched from the
+ * coordinator and the lookup repeated. NULL if the view is unknown still. */
+static const tally_view_rt *request_view(tally_worker *w, const tally_msg_hdr *h, uint64_t view_id,
+					 tally_map **m)
 {
 	tally_node *n = &w->node;
-	tally_map *m = tally_node_map(n);
-	if (m->cat->epoch >= epoch)
-		return m;
-	tally_map_put(m);
+	*m = tally_node_map(n);
+	const tally_view_rt *v = tally_map_view_by_id(*m, view_id);
+	if (v || h->epoch <= (*m)->cat->epoch)
+		return v;
+	tally_map_put(*m);
 	tally_buf req = {0};
 	tally_msg_begin(&req, TALLY_MSG_GET_MAP, tally_node_next_req(n), tally_node_epoch(n));
 	tally_msg_end(&req);
 	tally_rpc_call c;
-	if (coord_call(w, &req, &c, 1000) == 0 && c.hdr.type == TALLY_MSG_MAP) {
-		if (install_from(w, &c.body) != 0)
-			tally_log_warn("malformed MAP reply from the coordinator");
-	}
+	if (coord_call(w, &req, &c, 1000) == 0 && c.hdr.type == TALLY_MSG_MAP &&
+	    install_from(w, &c.body) != 0)
+		tally_log_warn("malformed MAP reply from the coordinator");
 	tally_rpc_calls_done(&c, 1);
 	tally_buf_free(&req);
-	return tally_node_map(n);
+	*m = tally_node_map(n);
+	return tally_map_view_by_id(*m, view_id);
 }
 
 static void handle_apply(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)
@@ -198,13 +201,8 @@ static void handle_apply(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, t
 				      TALLY_SQLSTATE_PROTOCOL, "malformed APPLY");
 		return;
 	}
-	tally_map *m = tally_node_map(n);
-	const tally_view_rt *v = tally_map_view_by_id(m, a.view_id);
-	if (!v && h->epoch > m->cat->epoch) {
-		tally_map_put(m);
-		m = map_at_least(w, h->epoch);
-		v = tally_map_view_by_id(m, a.view_id);
-	}
+	tally_map *m;
+	const tally_view_rt *v = request_view(w, h, a.view_id, &m);
 	tally_err err;
 	tally_err_clear(&err);
 	if (!v) {
@@ -239,13 +237,8 @@ static void handle_read(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, ta
 				      TALLY_SQLSTATE_PROTOCOL, "malformed READ");
 		return;
 	}
-	tally_map *m = tally_node_map(n);
-	const tally_view_rt *v = tally_map_view_by_id(m, q.view_id);
-	if (!v && h->epoch > m->cat->epoch) {
-		tally_map_put(m);
-		m = map_at_least(w, h->epoch);
-		v = tally_map_view_by_id(m, q.view_id);
-	}
+	tally_map *m;
+	const tally_view_rt *v = request_view(w, h, q.view_id, &m);
 	if (!v || !v->ok || q.shard >= (uint32_t)v->info->num_shards) {
 		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch,
 				      TALLY_SQLSTATE_UNDEFINED_TABLE,
