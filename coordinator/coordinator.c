@@ -32,45 +32,14 @@ struct tally_coord {
  * version). It is replaced atomically: write DIR/catalog.tmp, fsync it, rename it over
  * DIR/catalog, fsync the directory. A restarted coordinator resumes the same cluster. */
 
-static int write_all(int fd, const uint8_t *p, size_t n)
-{
-	while (n) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 static int catalog_save(tally_coord *c)
 {
-	char tmp[600], path[600];
-	snprintf(tmp, sizeof tmp, "%s/catalog.tmp", c->node.cfg.dir);
-	snprintf(path, sizeof path, "%s/catalog", c->node.cfg.dir);
 	tally_buf enc = {0};
 	tally_catalog_encode(c->cat, &enc);
-	int rc = -1;
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd >= 0) {
-		if (write_all(fd, enc.data, enc.len) == 0 && fsync(fd) == 0 && close(fd) == 0) {
-			fd = -1;
-			if (rename(tmp, path) == 0) {
-				int dfd = open(c->node.cfg.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-				if (dfd >= 0) {
-					rc = fsync(dfd);
-					close(dfd);
-				}
-			}
-		}
-		if (fd >= 0)
-			close(fd);
-	}
+	int rc = tally_file_replace(c->node.cfg.dir, "catalog", enc.data, enc.len, true);
 	if (rc != 0)
-		tally_log_error("could not write the catalog to \"%s\": %s", path, strerror(errno));
+		tally_log_error("could not write the catalog to \"%s/catalog\": %s",
+				c->node.cfg.dir, strerror(errno));
 	tally_buf_free(&enc);
 	return rc;
 }
@@ -81,17 +50,12 @@ static int catalog_load(tally_coord *c, const char *dir)
 {
 	char path[600];
 	snprintf(path, sizeof path, "%s/catalog", dir);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return errno == ENOENT ? 0 : -1;
 	tally_buf b = {0};
-	uint8_t chunk[65536];
-	ssize_t r;
-	while ((r = read(fd, chunk, sizeof chunk)) > 0)
-		tally_buf_append(&b, chunk, (size_t)r);
-	close(fd);
+	int rrc = tally_file_read(path, &b);
+	if (rrc == 1)
+		return 0;
 	tally_catalog *cat = NULL;
-	if (r < 0 || tally_catalog_decode(b.data, b.len, &cat) != 0) {
+	if (rrc != 0 || tally_catalog_decode(b.data, b.len, &cat) != 0) {
 		tally_log_error("the catalog in \"%s\" is corrupt or unreadable; refusing to start",
 				path);
 		tally_buf_free(&b);
@@ -107,6 +71,16 @@ static int catalog_load(tally_coord *c, const char *dir)
 	c->cat = cat;
 	tally_log_info("loaded the catalog: %d workers, %d streams, %d views, epoch %llu",
 		       cat->nnodes, cat->nstreams, cat->nviews, (unsigned long long)cat->epoch);
+	return 0;
+}
+
+/* Recovery of the coordinator's own outbox needs the views its batches are for: install the
+ * loaded catalog as the map before the log is replayed. */
+static int coord_recover(tally_node *n, tally_err *err)
+{
+	(void)err;
+	tally_coord *c = n->role.ctx;
+	tally_node_install_map(n, tally_catalog_clone(c->cat));
 	return 0;
 }
 
@@ -622,7 +596,8 @@ int tally_coord_start(tally_coord **out, const tally_node_config *cfg)
 	 * never reuses the id of an old view for a new one. */
 	c->cat->epoch = (uint64_t)tally_now_us();
 	c->cat->next_id = (uint64_t)tally_now_us();
-	tally_node_role role = {.ddl = coord_ddl, .handle = coord_handle, .ctx = c};
+	tally_node_role role = {
+	    .ddl = coord_ddl, .handle = coord_handle, .recover = coord_recover, .ctx = c};
 	/* Load before listening, so no worker registers against an empty catalog. */
 	if (catalog_load(c, cfg->dir) != 0) {
 		tally_catalog_free(c->cat);

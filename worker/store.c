@@ -1,14 +1,46 @@
 /*
  * store.c - the worker's shard copies: for every (view, shard) this node holds, a hash table
- * of groups and their merged partial states.
+ * of groups and their merged partial states, the shard's dedup state, and its snapshots.
  *
- * Concurrency: a shard copy is changed by one batch at a time under the shard's own mutex;
- * the lock is taken once per batch (hundreds to thousands of groups), never per event. The
- * shard directory is read-mostly behind a rwlock.
+ * Exactly once (DESIGN §5): every batch carries its id (origin log id, home shard, seq). A
+ * shard keeps, per origin, the highest seq up to which it applied every batch ("hi") and the
+ * few it applied above that (batches overtake each other in flight). A batch already applied
+ * is acknowledged again without being merged.
+ *
+ * Durability (DESIGN §9): a batch is appended to the node's log (TALLY_REC_APPLY, the APPLY
+ * body as received) and merged in the same critical section under the shard's mutex, so the
+ * log order of a shard's records is its merge order; the primary acknowledges once the log
+ * has it durably. A checkpoint writes each changed shard to DIR/snap/<view>-<shard>.snap
+ * (temp file, fsync, rename, fsync of the directory): header, the aggregates' signature, the
+ * end LSN of the last record it includes, the dedup state, every group, and a CRC32C over all
+ * of it. Recovery loads the snapshots and then replays the log records after each shard's LSN.
+ *
+ * Concurrency: a shard copy is changed by one batch at a time under its own mutex; the lock
+ * is taken once per batch, never per event. The shard directory is read-mostly behind a
+ * rwlock.
  */
 #include "worker.h"
 
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define SNAP_MAGIC 0x54534E50u /* "TSNP" */
+#define SNAP_VERSION 1
+#define DEDUP_ABOVE_MAX 65536 /* out-of-order batches one origin may have above its hi */
+
+typedef struct dedup {
+	uint64_t origin; /* 0 = empty slot */
+	uint64_t hi;	 /* every seq <= hi was applied */
+	uint32_t nabove, capabove;
+	uint64_t *above; /* applied seqs > hi + 1, sorted */
+} dedup;
 
 typedef struct shard {
 	uint64_t view_id;
@@ -18,6 +50,12 @@ typedef struct shard {
 	int naggs;
 	tally_arena arena;
 	tally_gtab groups;
+	dedup *dd; /* open addressing by origin */
+	size_t ndd, ddcap;
+	uint64_t applied_lsn; /* end LSN of the last record merged */
+	uint64_t snap_lsn;    /* applied_lsn the snapshot on disk covers */
+	uint64_t batches;     /* applied since start (not counting duplicates) */
+	uint64_t duplicates;  /* batches recognised as already applied */
 } shard;
 
 struct tally_store {
@@ -25,12 +63,16 @@ struct tally_store {
 	shard **shards;
 	int n, cap;
 	uint64_t synced_epoch; /* epoch of the last map tally_store_sync applied */
+	char dir[600];	       /* DIR/snap */
+	bool fsync;
 };
 
-tally_store *tally_store_alloc(void)
+tally_store *tally_store_alloc(const char *node_dir, bool fsync)
 {
 	tally_store *st = tally_xcalloc(1, sizeof *st);
 	pthread_rwlock_init(&st->mu, NULL);
+	snprintf(st->dir, sizeof st->dir, "%s/snap", node_dir);
+	st->fsync = fsync;
 	return st;
 }
 
@@ -38,6 +80,9 @@ static void shard_free(shard *s)
 {
 	tally_gtab_fini(&s->groups);
 	tally_arena_free(&s->arena);
+	for (size_t i = 0; i < s->ddcap; i++)
+		free(s->dd[i].above);
+	free(s->dd);
 	pthread_mutex_destroy(&s->mu);
 	free(s->aggs);
 	free(s);
@@ -54,12 +99,125 @@ void tally_store_free(tally_store *st)
 	free(st);
 }
 
+/* ---- dedup -------------------------------------------------------------------------------- */
+
+static dedup *dd_find(shard *s, uint64_t origin, bool create)
+{
+	if (create && (s->ndd + 1) * 2 > s->ddcap) {
+		size_t ncap = s->ddcap ? s->ddcap * 2 : 8;
+		dedup *nt = tally_xcalloc(ncap, sizeof *nt);
+		for (size_t i = 0; i < s->ddcap; i++) {
+			if (!s->dd[i].origin)
+				continue;
+			size_t j = (size_t)(s->dd[i].origin * 0x9E3779B97F4A7C15ull) & (ncap - 1);
+			while (nt[j].origin)
+				j = (j + 1) & (ncap - 1);
+			nt[j] = s->dd[i];
+		}
+		free(s->dd);
+		s->dd = nt;
+		s->ddcap = ncap;
+	}
+	if (!s->ddcap)
+		return NULL;
+	size_t j = (size_t)(origin * 0x9E3779B97F4A7C15ull) & (s->ddcap - 1);
+	while (s->dd[j].origin && s->dd[j].origin != origin)
+		j = (j + 1) & (s->ddcap - 1);
+	if (s->dd[j].origin)
+		return &s->dd[j];
+	if (!create)
+		return NULL;
+	s->dd[j].origin = origin;
+	s->ndd++;
+	return &s->dd[j];
+}
+
+static bool dd_seen(shard *s, uint64_t origin, uint64_t seq)
+{
+	dedup *d = dd_find(s, origin, false);
+	if (!d)
+		return false;
+	if (seq <= d->hi)
+		return true;
+	uint32_t lo = 0, hi = d->nabove;
+	while (lo < hi) {
+		uint32_t mid = (lo + hi) / 2;
+		if (d->above[mid] == seq)
+			return true;
+		if (d->above[mid] < seq)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return false;
+}
+
+/* Room to note one more batch of origin above its hi? */
+static bool dd_has_room(shard *s, uint64_t origin, uint64_t seq)
+{
+	dedup *d = dd_find(s, origin, false);
+	return !d || seq == d->hi + 1 || d->nabove < DEDUP_ABOVE_MAX;
+}
+
+static void dd_add(shard *s, uint64_t origin, uint64_t seq)
+{
+	dedup *d = dd_find(s, origin, true);
+	if (seq <= d->hi)
+		return;
+	if (seq == d->hi + 1) {
+		d->hi = seq;
+		uint32_t k = 0;
+		while (k < d->nabove && d->above[k] <= d->hi + 1) {
+			if (d->above[k] == d->hi + 1)
+				d->hi++;
+			k++;
+		}
+		if (k) {
+			memmove(d->above, d->above + k, (size_t)(d->nabove - k) * sizeof *d->above);
+			d->nabove -= k;
+		}
+		return;
+	}
+	uint32_t pos = d->nabove;
+	while (pos > 0 && d->above[pos - 1] > seq)
+		pos--;
+	if (pos > 0 && d->above[pos - 1] == seq)
+		return;
+	if (d->nabove == d->capabove) {
+		d->capabove = d->capabove ? d->capabove * 2 : 8;
+		d->above = tally_xrealloc(d->above, (size_t)d->capabove * sizeof *d->above);
+	}
+	memmove(d->above + pos + 1, d->above + pos, (size_t)(d->nabove - pos) * sizeof *d->above);
+	d->above[pos] = seq;
+	d->nabove++;
+}
+
+/* ---- shard directory ---------------------------------------------------------------------- */
+
 static shard *find(tally_store *st, uint64_t view_id, uint32_t sh)
 {
 	for (int i = 0; i < st->n; i++)
 		if (st->shards[i]->view_id == view_id && st->shards[i]->shard == sh)
 			return st->shards[i];
 	return NULL;
+}
+
+static shard *shard_new(tally_store *st, const tally_view_rt *v, uint32_t sh)
+{
+	shard *s = tally_xcalloc(1, sizeof *s);
+	s->view_id = v->info->id;
+	s->shard = sh;
+	pthread_mutex_init(&s->mu, NULL);
+	s->naggs = v->plan->naggs;
+	s->aggs = tally_xcalloc((size_t)s->naggs + 1, sizeof *s->aggs);
+	memcpy(s->aggs, v->plan->aggs, (size_t)s->naggs * sizeof *s->aggs);
+	tally_gtab_init(&s->groups, s->aggs, s->naggs, &s->arena);
+	if (st->n == st->cap) {
+		st->cap = st->cap ? st->cap * 2 : 16;
+		st->shards = tally_xrealloc(st->shards, (size_t)st->cap * sizeof *st->shards);
+	}
+	st->shards[st->n++] = s;
+	return s;
 }
 
 /* Find (and with create, make) a shard copy. Returns with st->mu read-locked: the caller
@@ -76,22 +234,8 @@ static shard *get_locked(tally_store *st, const tally_view_rt *v, uint64_t epoch
 	pthread_rwlock_unlock(&st->mu);
 	pthread_rwlock_wrlock(&st->mu);
 	s = find(st, v->info->id, sh);
-	if (!s && epoch >= st->synced_epoch) {
-		s = tally_xcalloc(1, sizeof *s);
-		s->view_id = v->info->id;
-		s->shard = sh;
-		pthread_mutex_init(&s->mu, NULL);
-		s->naggs = v->plan->naggs;
-		s->aggs = tally_xcalloc((size_t)s->naggs + 1, sizeof *s->aggs);
-		memcpy(s->aggs, v->plan->aggs, (size_t)s->naggs * sizeof *s->aggs);
-		tally_gtab_init(&s->groups, s->aggs, s->naggs, &s->arena);
-		if (st->n == st->cap) {
-			st->cap = st->cap ? st->cap * 2 : 16;
-			st->shards =
-			    tally_xrealloc(st->shards, (size_t)st->cap * sizeof *st->shards);
-		}
-		st->shards[st->n++] = s;
-	}
+	if (!s && epoch >= st->synced_epoch)
+		shard_new(st, v, sh);
 	pthread_rwlock_unlock(&st->mu);
 	pthread_rwlock_rdlock(&st->mu);
 	return find(st, v->info->id, sh); /* NULL if the view is gone */
@@ -117,8 +261,43 @@ static int validate(const tally_agg_spec *aggs, int naggs, uint32_t ngroups, tal
 	return tally_msg_done(&r);
 }
 
-int tally_store_apply(tally_store *st, const tally_view_rt *v, uint64_t epoch,
-		      const tally_msg_apply *a, tally_rd *r, tally_err *err)
+/* Check a batch completely, then merge it (caller holds s->mu). All checks come before the
+ * first merge, so a refused batch changes nothing. */
+static int merge_batch(shard *s, const tally_view_rt *v, const tally_msg_apply *a, tally_rd *r,
+		       tally_err *err)
+{
+	if (s->naggs != v->plan->naggs ||
+	    memcmp(s->aggs, v->plan->aggs, (size_t)s->naggs * sizeof *s->aggs) != 0)
+		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
+				     "shard %s_%u holds another definition of the view",
+				     v->info->name, a->target_shard);
+	if (validate(s->aggs, s->naggs, a->ngroups, *r) != 0)
+		return tally_err_set(err, TALLY_SQLSTATE_PROTOCOL,
+				     "malformed batch for shard %s_%u", v->info->name,
+				     a->target_shard);
+	if (tally_gtab_reserve(&s->groups, a->ngroups) != 0)
+		return tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
+				     "out of memory applying to shard %s_%u", v->info->name,
+				     a->target_shard);
+	return 0;
+}
+
+static int merge_groups(shard *s, const tally_view_rt *v, const tally_msg_apply *a, tally_rd *r)
+{
+	for (uint32_t i = 0; i < a->ngroups; i++) {
+		if (tally_group_merge_encoded(&s->groups, r) != 0) {
+			/* only an allocation of a new group's entry can fail here */
+			tally_log_error("shard %s_%u: out of memory in the middle of a batch",
+					v->info->name, a->target_shard);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+int tally_store_apply(tally_store *st, tally_wal *wal, const tally_view_rt *v, uint64_t epoch,
+		      const tally_msg_apply *a, const uint8_t *body, size_t bodylen, tally_rd *r,
+		      uint64_t *flush_lsn, tally_err *err)
 {
 	shard *s = get_locked(st, v, epoch, a->target_shard, true);
 	if (!s) {
@@ -128,31 +307,70 @@ int tally_store_apply(tally_store *st, const tally_view_rt *v, uint64_t epoch,
 	}
 	pthread_mutex_lock(&s->mu);
 	int rc = 0;
-	/* All checks before the first merge, so a refused batch changes nothing: the shard and
-	 * the map agree on the view's aggregates, every group decodes, the table has room. */
-	if (s->naggs != v->plan->naggs ||
-	    memcmp(s->aggs, v->plan->aggs, (size_t)s->naggs * sizeof *s->aggs) != 0)
-		rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
-				   "shard %s_%u holds another definition of the view",
+	if (dd_seen(s, a->origin, a->seq)) {
+		/* Applied before: acknowledge again, once the log has it durably (the first
+		 * attempt's flush may still be running). */
+		s->duplicates++;
+		*flush_lsn = s->applied_lsn;
+	} else if (!dd_has_room(s, a->origin, a->seq)) {
+		rc = tally_err_set(err, TALLY_SQLSTATE_INSUFFICIENT_RESOURCES,
+				   "shard %s_%u has too many out-of-order batches from one origin",
 				   v->info->name, a->target_shard);
-	else if (validate(s->aggs, s->naggs, a->ngroups, *r) != 0)
-		rc = tally_err_set(err, TALLY_SQLSTATE_PROTOCOL, "malformed batch for shard %s_%u",
-				   v->info->name, a->target_shard);
-	else if (tally_gtab_reserve(&s->groups, a->ngroups) != 0)
-		rc = tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
-				   "out of memory applying to shard %s_%u", v->info->name,
-				   a->target_shard);
-	for (uint32_t i = 0; rc == 0 && i < a->ngroups; i++) {
-		if (tally_group_merge_encoded(&s->groups, r) != 0) {
-			/* only an allocation of a new group's entry can fail here */
-			tally_log_error("shard %s_%u: out of memory in the middle of a batch",
+	} else if ((rc = merge_batch(s, v, a, r, err)) == 0) {
+		struct iovec iov = {(void *)body, bodylen};
+		uint64_t start, end;
+		if (tally_wal_append(wal, TALLY_REC_APPLY, &iov, 1, &start, &end, err) != 0) {
+			rc = -1;
+		} else if (merge_groups(s, v, a, r) != 0) {
+			/* Logged but not fully merged: recovery would merge it all. Refuse to go
+			 * on with a shard that differs from its log. */
+			tally_log_error("shard %s_%u no longer matches the log; exiting so that "
+					"recovery rebuilds it",
 					v->info->name, a->target_shard);
-			rc = tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
-					   "out of memory applying to shard %s_%u", v->info->name,
-					   a->target_shard);
+			abort();
+		} else {
+			dd_add(s, a->origin, a->seq);
+			s->applied_lsn = end;
+			s->batches++;
+			*flush_lsn = end;
 		}
 	}
 	pthread_mutex_unlock(&s->mu);
+	pthread_rwlock_unlock(&st->mu);
+	return rc;
+}
+
+int tally_store_replay(tally_store *st, const tally_map *m, uint64_t lsn, uint64_t end,
+		       const uint8_t *body, uint32_t len, tally_err *err)
+{
+	tally_rd r;
+	tally_rd_init(&r, body, len);
+	tally_msg_apply a;
+	if (tally_msg_get_apply(&r, &a) != 0)
+		return tally_err_set(err, TALLY_SQLSTATE_DATA_CORRUPTED,
+				     "malformed apply record at log position %llu",
+				     (unsigned long long)lsn);
+	const tally_view_rt *v = tally_map_view_by_id(m, a.view_id);
+	if (!v || !v->ok || a.target_shard >= (uint32_t)v->info->num_shards)
+		return 0; /* the view was dropped */
+	shard *s = get_locked(st, v, m->cat->epoch, a.target_shard, true);
+	int rc = 0;
+	if (s) {
+		pthread_mutex_lock(&s->mu);
+		if (lsn >= s->applied_lsn && !dd_seen(s, a.origin, a.seq)) {
+			rc = merge_batch(s, v, &a, &r, err);
+			if (rc == 0 && merge_groups(s, v, &a, &r) != 0)
+				rc = tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
+						   "out of memory replaying shard %s_%u",
+						   v->info->name, a.target_shard);
+			if (rc == 0) {
+				dd_add(s, a.origin, a.seq);
+				s->applied_lsn = end;
+				s->batches++;
+			}
+		}
+		pthread_mutex_unlock(&s->mu);
+	}
 	pthread_rwlock_unlock(&st->mu);
 	return rc;
 }
@@ -187,18 +405,22 @@ void tally_store_read(tally_store *st, const tally_view_rt *v, uint32_t sh, cons
 	pthread_rwlock_unlock(&st->mu);
 }
 
-uint64_t tally_store_groups(tally_store *st, uint64_t view_id, uint32_t sh)
+int tally_store_stats(tally_store *st, uint64_t view_id, uint32_t sh, tally_store_shard_stats *out)
 {
 	pthread_rwlock_rdlock(&st->mu);
 	shard *s = find(st, view_id, sh);
-	uint64_t n = 0;
 	if (s) {
 		pthread_mutex_lock(&s->mu);
-		n = s->groups.count;
+		out->groups = s->groups.count;
+		out->batches = s->batches;
+		out->duplicates = s->duplicates;
+		out->applied_lsn = s->applied_lsn;
+		out->snapshot_lsn = s->snap_lsn;
+		out->origins = s->ndd;
 		pthread_mutex_unlock(&s->mu);
 	}
 	pthread_rwlock_unlock(&st->mu);
-	return n;
+	return s ? 0 : -1;
 }
 
 void tally_store_sync(tally_store *st, const tally_map *m)
@@ -215,4 +437,288 @@ void tally_store_sync(tally_store *st, const tally_map *m)
 	}
 	st->n = j;
 	pthread_rwlock_unlock(&st->mu);
+}
+
+/* ---- snapshots ---------------------------------------------------------------------------- */
+
+static void snap_name(char *out, size_t sz, uint64_t view_id, uint32_t sh)
+{
+	snprintf(out, sz, "%016" PRIx64 "-%u.snap", view_id, sh);
+}
+
+static void aggs_put(tally_buf *b, const tally_agg_spec *aggs, int naggs)
+{
+	tally_buf_put_u32(b, (uint32_t)naggs);
+	for (int k = 0; k < naggs; k++) {
+		tally_buf_putc(b, (uint8_t)aggs[k].kind);
+		tally_buf_putc(b, (uint8_t)aggs[k].arg_type);
+		tally_buf_putc(b, (uint8_t)aggs[k].result_type);
+	}
+}
+
+typedef struct snap_writer {
+	int fd;
+	tally_buf buf;
+	uint32_t crc;
+	int failed;
+} snap_writer;
+
+static void sw_drain(snap_writer *w, size_t keep_below)
+{
+	if (w->buf.len < keep_below || w->failed)
+		return;
+	w->crc = tally_crc32c(w->crc, w->buf.data, w->buf.len);
+	if (tally_write_all(w->fd, w->buf.data, w->buf.len) != 0)
+		w->failed = errno ? errno : EIO;
+	tally_buf_reset(&w->buf);
+}
+
+/* Write shard s (caller holds s->mu) to fd; returns the covered LSN in *lsn. */
+static int snap_write(shard *s, int fd, uint64_t *lsn)
+{
+	snap_writer w = {.fd = fd};
+	tally_buf_put_u32(&w.buf, SNAP_MAGIC);
+	tally_buf_put_u32(&w.buf, SNAP_VERSION);
+	tally_buf_put_u64(&w.buf, s->view_id);
+	tally_buf_put_u32(&w.buf, s->shard);
+	tally_buf_put_u64(&w.buf, s->applied_lsn);
+	aggs_put(&w.buf, s->aggs, s->naggs);
+	tally_buf_put_u32(&w.buf, (uint32_t)s->ndd);
+	for (size_t i = 0; i < s->ddcap; i++) {
+		const dedup *d = &s->dd[i];
+		if (!d->origin)
+			continue;
+		tally_buf_put_u64(&w.buf, d->origin);
+		tally_buf_put_u64(&w.buf, d->hi);
+		tally_buf_put_u32(&w.buf, d->nabove);
+		for (uint32_t k = 0; k < d->nabove; k++)
+			tally_buf_put_u64(&w.buf, d->above[k]);
+		sw_drain(&w, 1 << 20);
+	}
+	tally_buf_put_u64(&w.buf, s->groups.count);
+	for (size_t i = 0; i < s->groups.cap; i++) {
+		tally_group *g = s->groups.slots[i].g;
+		if (!g)
+			continue;
+		tally_group_put(&w.buf, g->key, g->keylen, s->aggs, s->naggs, g->states);
+		sw_drain(&w, 1 << 20);
+	}
+	sw_drain(&w, 0);
+	tally_buf_put_u32(&w.buf, w.crc);
+	if (!w.failed && tally_write_all(fd, w.buf.data, w.buf.len) != 0)
+		w.failed = errno ? errno : EIO;
+	tally_buf_free(&w.buf);
+	*lsn = s->applied_lsn;
+	errno = w.failed;
+	return w.failed ? -1 : 0;
+}
+
+static int snap_save(tally_store *st, shard *s, tally_err *err)
+{
+	char name[64], tmp[800], path[800];
+	snap_name(name, sizeof name, s->view_id, s->shard);
+	snprintf(tmp, sizeof tmp, "%s/%s.tmp", st->dir, name);
+	snprintf(path, sizeof path, "%s/%s", st->dir, name);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "could not create \"%s\": %s",
+				     tmp, strerror(errno));
+	uint64_t lsn;
+	pthread_mutex_lock(&s->mu);
+	int rc = snap_write(s, fd, &lsn);
+	pthread_mutex_unlock(&s->mu);
+	if (rc == 0 && st->fsync && fsync(fd) != 0)
+		rc = -1;
+	int e = errno;
+	if (close(fd) != 0 && rc == 0) {
+		rc = -1;
+		e = errno;
+	}
+	if (rc == 0 && rename(tmp, path) != 0) {
+		rc = -1;
+		e = errno;
+	}
+	if (rc != 0) {
+		unlink(tmp);
+		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "could not write \"%s\": %s",
+				     path, strerror(e));
+	}
+	pthread_mutex_lock(&s->mu);
+	s->snap_lsn = lsn;
+	pthread_mutex_unlock(&s->mu);
+	return 0;
+}
+
+int tally_store_checkpoint(tally_store *st, tally_err *err)
+{
+	if (mkdir(st->dir, 0700) != 0 && errno != EEXIST)
+		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "could not create \"%s\": %s",
+				     st->dir, strerror(errno));
+	/* The read lock keeps shards from being freed; applies go on (they take it too). */
+	pthread_rwlock_rdlock(&st->mu);
+	int rc = 0, written = 0;
+	for (int i = 0; i < st->n && rc == 0; i++) {
+		shard *s = st->shards[i];
+		pthread_mutex_lock(&s->mu);
+		bool dirty = s->applied_lsn != s->snap_lsn;
+		pthread_mutex_unlock(&s->mu);
+		if (dirty) {
+			rc = snap_save(st, s, err);
+			written++;
+		}
+	}
+	/* Snapshots of shards this node no longer holds (dropped views) go. */
+	DIR *d = rc == 0 ? opendir(st->dir) : NULL;
+	struct dirent *de;
+	while (d && (de = readdir(d))) {
+		uint64_t vid;
+		uint32_t sh;
+		char tail[8];
+		if (sscanf(de->d_name, "%16" SCNx64 "-%u.%7s", &vid, &sh, tail) == 3 &&
+		    strcmp(tail, "snap") == 0 && !find(st, vid, sh)) {
+			char path[900];
+			snprintf(path, sizeof path, "%s/%s", st->dir, de->d_name);
+			unlink(path);
+			written++;
+		}
+	}
+	if (d)
+		closedir(d);
+	pthread_rwlock_unlock(&st->mu);
+	if (rc == 0 && written && st->fsync && tally_dir_sync(st->dir) != 0)
+		rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "could not fsync \"%s\": %s",
+				   st->dir, strerror(errno));
+	return rc;
+}
+
+/* Load one snapshot file (mapped) into a new shard. */
+static int snap_load(tally_store *st, const tally_map *m, const char *path, tally_err *err)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat sb;
+	if (fd < 0 || fstat(fd, &sb) != 0) {
+		if (fd >= 0)
+			close(fd);
+		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "could not open \"%s\": %s",
+				     path, strerror(errno));
+	}
+	size_t len = (size_t)sb.st_size;
+	const uint8_t *p = len ? mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
+	close(fd);
+	if (len && p == MAP_FAILED)
+		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "could not map \"%s\": %s", path,
+				     strerror(errno));
+	int rc = 0;
+	const char *what = NULL;
+	tally_rd r;
+	uint32_t magic = 0, version = 0, sh = 0, naggs = 0, ndd = 0;
+	uint64_t vid = 0, lsn = 0, ngroups = 0;
+	if (len < 8 || tally_crc32c(0, p, len - 4) != tally_be32(p + len - 4)) {
+		what = "bad checksum or truncated file";
+		goto corrupt;
+	}
+	tally_rd_init(&r, p, len - 4);
+	if (tally_rd_u32(&r, &magic) || magic != SNAP_MAGIC || tally_rd_u32(&r, &version) ||
+	    version != SNAP_VERSION || tally_rd_u64(&r, &vid) || tally_rd_u32(&r, &sh) ||
+	    tally_rd_u64(&r, &lsn) || tally_rd_u32(&r, &naggs)) {
+		what = "bad header";
+		goto corrupt;
+	}
+	const tally_view_rt *v = tally_map_view_by_id(m, vid);
+	if (!v || !v->ok || sh >= (uint32_t)v->info->num_shards) {
+		/* a view dropped while this node was down or before its last checkpoint */
+		unlink(path);
+		goto out;
+	}
+	tally_buf want = {0};
+	aggs_put(&want, v->plan->aggs, v->plan->naggs);
+	const uint8_t *got;
+	bool same = naggs == (uint32_t)v->plan->naggs &&
+		    tally_rd_bytes(&r, &got, (size_t)naggs * 3) == 0 &&
+		    memcmp(got, want.data + 4, (size_t)naggs * 3) == 0;
+	tally_buf_free(&want);
+	if (!same) {
+		what = "its aggregates differ from the view's";
+		goto corrupt;
+	}
+	pthread_rwlock_wrlock(&st->mu);
+	shard *s = find(st, vid, sh);
+	if (!s)
+		s = shard_new(st, v, sh);
+	pthread_rwlock_unlock(&st->mu);
+	/* nobody else sees the store during recovery */
+	if (tally_rd_u32(&r, &ndd) || ndd > tally_rd_left(&r) / 20) {
+		what = "bad dedup state";
+		goto corrupt;
+	}
+	for (uint32_t i = 0; i < ndd; i++) {
+		uint64_t origin, hi;
+		uint32_t na;
+		if (tally_rd_u64(&r, &origin) || tally_rd_u64(&r, &hi) || tally_rd_u32(&r, &na) ||
+		    origin == 0 || na > DEDUP_ABOVE_MAX || na > tally_rd_left(&r) / 8) {
+			what = "bad dedup state";
+			goto corrupt;
+		}
+		dedup *d = dd_find(s, origin, true);
+		d->hi = hi;
+		for (uint32_t k = 0; k < na; k++) {
+			uint64_t q;
+			tally_rd_u64(&r, &q);
+			dd_add(s, origin, q);
+		}
+	}
+	if (tally_rd_u64(&r, &ngroups) || ngroups > tally_rd_left(&r) / 4 ||
+	    tally_gtab_reserve(&s->groups, (size_t)ngroups) != 0) {
+		what = "bad group count";
+		goto corrupt;
+	}
+	for (uint64_t i = 0; i < ngroups; i++) {
+		if (tally_group_merge_encoded(&s->groups, &r) != 0) {
+			what = "bad group";
+			goto corrupt;
+		}
+	}
+	if (tally_rd_left(&r) != 0) {
+		what = "trailing bytes";
+		goto corrupt;
+	}
+	s->applied_lsn = s->snap_lsn = lsn;
+	goto out;
+corrupt:
+	tally_err_set(err, TALLY_SQLSTATE_DATA_CORRUPTED, "shard snapshot \"%s\" is corrupt: %s",
+		      path, what);
+	tally_err_hint(err, "The node refuses to start rather than serve wrong results. Restore "
+			    "the directory from a backup, or remove it to start this node empty.");
+	rc = -1;
+out:
+	if (len)
+		munmap((void *)p, len);
+	return rc;
+}
+
+int tally_store_load(tally_store *st, const tally_map *m, tally_err *err)
+{
+	DIR *d = opendir(st->dir);
+	if (!d)
+		return errno == ENOENT
+			   ? 0
+			   : tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
+					   "could not open \"%s\": %s", st->dir, strerror(errno));
+	int rc = 0;
+	struct dirent *de;
+	while (rc == 0 && (de = readdir(d))) {
+		char path[900];
+		size_t nl = strlen(de->d_name);
+		snprintf(path, sizeof path, "%s/%s", st->dir, de->d_name);
+		if (nl > 4 && strcmp(de->d_name + nl - 4, ".tmp") == 0)
+			unlink(path); /* a checkpoint interrupted before its rename */
+		else if (nl > 5 && strcmp(de->d_name + nl - 5, ".snap") == 0)
+			rc = snap_load(st, m, path, err);
+	}
+	closedir(d);
+	pthread_rwlock_wrlock(&st->mu);
+	if (m->cat->epoch > st->synced_epoch)
+		st->synced_epoch = m->cat->epoch;
+	pthread_rwlock_unlock(&st->mu);
+	return rc;
 }

@@ -11,6 +11,7 @@
  */
 #include "worker.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -20,6 +21,7 @@ typedef enum { W_UNREGISTERED = 0, W_REGISTERED } wstate;
 struct tally_worker {
 	tally_node node;
 	tally_store *store;
+	pthread_mutex_t map_mu; /* orders saving and installing maps */
 	pthread_t hb_thread;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -38,6 +40,32 @@ static int coord_call(tally_worker *w, tally_buf *req, tally_rpc_call *c, int ti
 	return c->rc;
 }
 
+/* Take a newer map: save it to DIR/map first (a map any request may have used must be on
+ * disk, so recovery never meets a batch of a view its saved map does not know), then install
+ * it and drop shards of views it no longer has. Takes ownership of cat. */
+static void take_map(tally_worker *w, tally_catalog *cat)
+{
+	tally_node *n = &w->node;
+	pthread_mutex_lock(&w->map_mu);
+	if (cat->epoch > tally_node_epoch(n)) {
+		tally_buf enc = {0};
+		tally_catalog_encode(cat, &enc);
+		if (tally_file_replace(n->cfg.dir, "map", enc.data, enc.len,
+				       tally_settings_bool(&n->cfg.defaults, TALLY_SET_FSYNC)) != 0)
+			tally_log_error("could not save the cluster map to \"%s/map\": %s",
+					n->cfg.dir, strerror(errno));
+		tally_buf_free(&enc);
+	}
+	if (tally_node_install_map(n, cat)) {
+		tally_map *m = tally_node_map(n);
+		tally_store_sync(w->store, m);
+		tally_log_debug("installed cluster map epoch %llu",
+				(unsigned long long)m->cat->epoch);
+		tally_map_put(m);
+	}
+	pthread_mutex_unlock(&w->map_mu);
+}
+
 static int install_from(tally_worker *w, tally_rd *r)
 {
 	const uint8_t *p;
@@ -47,13 +75,7 @@ static int install_from(tally_worker *w, tally_rd *r)
 	tally_catalog *cat;
 	if (tally_catalog_decode(p, n, &cat) != 0)
 		return -1;
-	if (tally_node_install_map(&w->node, cat)) {
-		tally_map *m = tally_node_map(&w->node);
-		tally_store_sync(w->store, m);
-		tally_log_debug("installed cluster map epoch %llu",
-				(unsigned long long)m->cat->epoch);
-		tally_map_put(m);
-	}
+	take_map(w, cat);
 	return 0;
 }
 
@@ -196,6 +218,8 @@ static void handle_apply(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, t
 {
 	tally_node *n = &w->node;
 	tally_msg_apply a;
+	const uint8_t *body = r->p + r->off;
+	size_t bodylen = tally_rd_left(r);
 	if (tally_msg_get_apply(r, &a) != 0) {
 		tally_rpc_reply_error(reply, h->req_id, tally_node_epoch(n),
 				      TALLY_SQLSTATE_PROTOCOL, "malformed APPLY");
@@ -205,6 +229,7 @@ static void handle_apply(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, t
 	const tally_view_rt *v = request_view(w, h, a.view_id, &m);
 	tally_err err;
 	tally_err_clear(&err);
+	uint64_t lsn = 0;
 	if (!v) {
 		tally_rpc_reply_error(
 		    reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_UNDEFINED_TABLE,
@@ -218,7 +243,9 @@ static void handle_apply(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, t
 		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_UNAVAILABLE,
 				      "node %s is not the primary of shard %s_%u", n->cfg.name,
 				      v->info->name, a.target_shard);
-	} else if (tally_store_apply(w->store, v, m->cat->epoch, &a, r, &err) != 0) {
+	} else if (tally_store_apply(w->store, n->wal, v, m->cat->epoch, &a, body, bodylen, r, &lsn,
+				     &err) != 0 ||
+		   tally_wal_flush(n->wal, lsn, -1, &err) != 0) {
 		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, err.sqlstate, "%s",
 				      err.message);
 	} else {
@@ -314,26 +341,81 @@ static int worker_ddl(tally_node *n, const char *sql, const tally_settings *s, c
 	} else {
 		tally_catalog *cat = NULL;
 		rc = tally_ddl_reply_get(&c.body, tag, tagsz, notice, &cat, err);
-		if (rc == 0) {
-			if (tally_node_install_map(n, cat)) {
-				tally_map *m = tally_node_map(n);
-				tally_store_sync(w->store, m);
-				tally_map_put(m);
-			}
-		}
+		if (rc == 0)
+			take_map(w, cat);
 	}
 	tally_rpc_calls_done(&c, 1);
 	tally_buf_free(&req);
 	return rc;
 }
 
+/* ---- durability hooks --------------------------------------------------------------------- */
+
+/* Recovery: the map this worker last had (DIR/map), then its shard snapshots. */
+static int worker_recover(tally_node *n, tally_err *err)
+{
+	tally_worker *w = n->role.ctx;
+	char path[600];
+	snprintf(path, sizeof path, "%s/map", n->cfg.dir);
+	tally_buf b = {0};
+	int rc = tally_file_read(path, &b);
+	if (rc < 0) {
+		tally_buf_free(&b);
+		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "could not read \"%s\": %s",
+				     path, strerror(errno));
+	}
+	if (rc == 0) {
+		tally_catalog *cat;
+		if (tally_catalog_decode(b.data, b.len, &cat) != 0) {
+			tally_buf_free(&b);
+			tally_err_set(err, TALLY_SQLSTATE_DATA_CORRUPTED,
+				      "saved cluster map \"%s\" is corrupt", path);
+			return tally_err_hint(err, "Remove the file: the worker then takes the "
+						   "map from the coordinator before it recovers.");
+		}
+		tally_node_install_map(n, cat);
+	}
+	tally_buf_free(&b);
+	tally_map *m = tally_node_map(n);
+	rc = tally_store_load(w->store, m, err);
+	tally_map_put(m);
+	return rc;
+}
+
+static int worker_replay(tally_node *n, uint8_t type, uint64_t lsn, uint64_t end, const uint8_t *p,
+			 uint32_t len, tally_err *err)
+{
+	tally_worker *w = n->role.ctx;
+	if (type != TALLY_REC_APPLY)
+		return tally_err_set(err, TALLY_SQLSTATE_DATA_CORRUPTED,
+				     "unexpected record type %u at log position %llu", type,
+				     (unsigned long long)lsn);
+	tally_map *m = tally_node_map(n);
+	int rc = tally_store_replay(w->store, m, lsn, end, p, len, err);
+	tally_map_put(m);
+	return rc;
+}
+
+static int worker_checkpoint(tally_node *n, tally_err *err)
+{
+	tally_worker *w = n->role.ctx;
+	return tally_store_checkpoint(w->store, err);
+}
+
 int tally_worker_start(tally_worker **out, const tally_node_config *cfg)
 {
 	tally_worker *w = tally_xcalloc(1, sizeof *w);
-	w->store = tally_store_alloc();
+	w->store =
+	    tally_store_alloc(cfg->dir, tally_settings_bool(&cfg->defaults, TALLY_SET_FSYNC));
 	pthread_mutex_init(&w->mu, NULL);
+	pthread_mutex_init(&w->map_mu, NULL);
 	pthread_cond_init(&w->cv, NULL);
-	tally_node_role role = {.ddl = worker_ddl, .handle = worker_handle, .ctx = w};
+	tally_node_role role = {.ddl = worker_ddl,
+				.handle = worker_handle,
+				.recover = worker_recover,
+				.replay = worker_replay,
+				.checkpoint = worker_checkpoint,
+				.ctx = w};
 	if (tally_node_open(&w->node, cfg, &role) != 0) {
 		tally_node_close(&w->node);
 		tally_store_free(w->store);
@@ -356,5 +438,6 @@ void tally_worker_stop(tally_worker *w)
 	tally_store_free(w->store);
 	pthread_cond_destroy(&w->cv);
 	pthread_mutex_destroy(&w->mu);
+	pthread_mutex_destroy(&w->map_mu);
 	free(w);
 }

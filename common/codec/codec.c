@@ -168,7 +168,7 @@ int tally_msg_get_heartbeat(tally_rd *r, tally_msg_heartbeat *m)
 
 void tally_msg_put_apply(tally_buf *b, const tally_msg_apply *m)
 {
-	tally_buf_put_u32(b, m->origin);
+	tally_buf_put_u64(b, m->origin);
 	tally_buf_put_u32(b, m->home_shard);
 	tally_buf_put_u64(b, m->seq);
 	tally_buf_put_u64(b, m->view_id);
@@ -179,7 +179,7 @@ void tally_msg_put_apply(tally_buf *b, const tally_msg_apply *m)
 int tally_msg_get_apply(tally_rd *r, tally_msg_apply *m)
 {
 	tally_msg_apply t;
-	if (r->bad || tally_rd_u32(r, &t.origin) || tally_rd_u32(r, &t.home_shard) ||
+	if (r->bad || tally_rd_u64(r, &t.origin) || tally_rd_u32(r, &t.home_shard) ||
 	    tally_rd_u64(r, &t.seq) || tally_rd_u64(r, &t.view_id) ||
 	    tally_rd_u32(r, &t.target_shard) || tally_rd_u32(r, &t.ngroups))
 		return -1;

@@ -3,8 +3,9 @@
  * type-checked by the caller, then for every continuous view on the stream filtered by the
  * view's WHERE, mapped to its group and folded into one partial state per group. Nothing
  * leaves the node before the whole statement has been read, so a bad row anywhere applies
- * nothing. At commit the partials are grouped by target shard and sent, one APPLY batch per
- * shard, to the shards' primaries in parallel; the statement returns once they all applied.
+ * nothing. At commit the partials are grouped by target shard, one APPLY batch per shard,
+ * and handed to the outbox (outbox.c), which logs them as one record and delivers them; the
+ * statement returns as pipeline_cluster.insert_level says.
  *
  * Hot path notes: rows arrive as typed values; per row and view the work is one WHERE test,
  * one key encoding into a reused buffer, one hash, one probe and the aggregate updates.
@@ -178,38 +179,26 @@ int tally_ingest_commit(tally_ingest *g, tally_err *err)
 	if (nbatches == 0 || g->nrows == 0)
 		return 0;
 	/* A statement may run for minutes (a long COPY): route with the map of now. A view
-	 * dropped meanwhile is skipped (its rows have nowhere to go); node addresses and states
-	 * are today's. Placements of a view never change while it exists. */
+	 * dropped meanwhile is skipped (its rows have nowhere to go). Placements of a view never
+	 * change while it exists. */
 	tally_map *cur = tally_node_map(n);
 	const tally_catalog *cat = cur->cat;
-	tally_buf *reqs = tally_xcalloc((size_t)nbatches, sizeof *reqs);
+	tally_buf *bodies = tally_xcalloc((size_t)nbatches, sizeof *bodies);
 	uint32_t *ngroups = tally_xcalloc((size_t)nbatches, sizeof *ngroups);
-	tally_rpc_call *calls = tally_xcalloc((size_t)nbatches, sizeof *calls);
-	char(*shardname)[TALLY_NAME_MAX + 8] = tally_xcalloc((size_t)nbatches, sizeof *shardname);
-	uint64_t *call_view = tally_xcalloc((size_t)nbatches, sizeof *call_view);
-	uint32_t *call_shard = tally_xcalloc((size_t)nbatches, sizeof *call_shard);
-	int ncalls = 0, rc = 0, base = 0;
+	int nsend = 0, rc = 0;
 	for (int vi = 0; vi < g->nviews && rc == 0; vi++) {
 		ingest_view *iv = &g->views[vi];
 		const tally_view_info *v = iv->rt->info;
 		const tally_view_plan *p = iv->rt->plan;
 		uint32_t S = (uint32_t)v->num_shards;
-		int vbase = base;
-		base += (int)S;
 		if (iv->groups.count == 0 || !tally_catalog_view_by_id(cat, v->id))
 			continue;
+		int vbase = nsend;
 		for (uint32_t s = 0; s < S; s++) {
-			tally_msg_begin(&reqs[vbase + (int)s], TALLY_MSG_APPLY,
-					tally_node_next_req(n), cat->epoch);
-			tally_msg_apply a = {
-			    .origin = tally_node_id(n),
-			    .home_shard = s,
-			    .seq = 0, /* taken below, only for batches that are sent */
-			    .view_id = v->id,
-			    .target_shard = s,
-			    .ngroups = 0, /* patched below */
-			};
-			tally_msg_put_apply(&reqs[vbase + (int)s], &a);
+			ngroups[vbase + (int)s] = 0; /* an earlier view may have used the slot */
+			/* origin and seq are filled in by the outbox */
+			tally_msg_apply a = {.home_shard = s, .view_id = v->id, .target_shard = s};
+			tally_msg_put_apply(&bodies[vbase + (int)s], &a);
 		}
 		uint32_t wshard =
 		    v->sharding_policy == TALLY_POLICY_WRITE_OPTIMIZED ? write_opt_shard(n, v) : 0;
@@ -220,72 +209,40 @@ int tally_ingest_commit(tally_ingest *g, tally_err *err)
 			uint32_t s = v->sharding_policy == TALLY_POLICY_WRITE_OPTIMIZED
 					 ? wshard
 					 : tally_ring_shard_of(grp->hash, S);
-			tally_group_put(&reqs[vbase + (int)s], grp->key, grp->keylen, p->aggs,
+			tally_group_put(&bodies[vbase + (int)s], grp->key, grp->keylen, p->aggs,
 					p->naggs, grp->states);
 			ngroups[vbase + (int)s]++;
 		}
-		for (uint32_t s = 0; s < S && rc == 0; s++) {
+		/* keep only the shards that got groups, in place */
+		for (uint32_t s = 0; s < S; s++) {
 			int idx = vbase + (int)s;
-			if (ngroups[idx] == 0)
+			if (ngroups[idx] == 0) {
+				tally_buf_free(&bodies[idx]);
 				continue;
-			if (reqs[idx].len > TALLY_MSG_MAX) {
+			}
+			if (bodies[idx].len > TALLY_MSG_MAX - TALLY_MSG_HDR) {
 				rc = tally_err_set(err, TALLY_SQLSTATE_PROGRAM_LIMIT,
 						   "batch for shard %s_%u is larger than %u bytes",
 						   v->name, s, TALLY_MSG_MAX);
+				tally_err_hint(err, "Split the input into smaller statements.");
 				break;
 			}
-			/* ngroups (offset 28 of the APPLY body); seq is patched once all checks
-			 * passed */
-			tally_put_be32(reqs[idx].data + TALLY_MSG_HDR + 28, ngroups[idx]);
-			tally_msg_end(&reqs[idx]);
-			const tally_node_info *pn = tally_catalog_node(cat, v->primary[s]);
-			if (!pn || pn->state != TALLY_NODE_UP) {
-				/* Nothing has been sent yet: fail the whole statement now. */
-				rc = tally_err_set(
-				    err, TALLY_SQLSTATE_UNAVAILABLE,
-				    "could not apply batch to shard %s_%u: its primary %s is down",
-				    v->name, s, pn ? pn->name : "?");
-				tally_err_detail(err, "No row of the statement was applied.");
-				break;
+			tally_put_be32(bodies[idx].data + TALLY_APPLY_NGROUPS_OFF, ngroups[idx]);
+			if (idx != nsend) {
+				bodies[nsend] = bodies[idx];
+				bodies[idx] = (tally_buf){0};
 			}
-			calls[ncalls].req = reqs[idx]; /* borrowed: reqs[] owns the memory */
-			call_view[ncalls] = v->id;
-			call_shard[ncalls] = s;
-			calls[ncalls].addr = pn->data_addr;
-			calls[ncalls].peer = pn->name;
-			snprintf(shardname[ncalls], sizeof shardname[ncalls], "%s_%u", v->name, s);
-			ncalls++;
+			nsend++;
 		}
 	}
-	if (rc == 0 && ncalls > 0) {
-		/* Take batch seqs only for batches that are really sent, so that every
-		 * (origin, view, shard) sequence stays gap-free. */
-		for (int k = 0; k < ncalls; k++)
-			tally_put_be64(calls[k].req.data + TALLY_MSG_HDR + 8,
-				       tally_node_next_seq(n, call_view[k], call_shard[k]));
-		tally_rpc_call_many(n->rpc, calls, ncalls,
-				    (int)tally_settings_ms(&g->settings, TALLY_SET_RPC_TIMEOUT));
-		for (int i = 0; i < ncalls; i++) {
-			if (calls[i].rc != 0) {
-				tally_err_set(err,
-					      calls[i].sqlstate[0] ? calls[i].sqlstate
-								   : TALLY_SQLSTATE_UNAVAILABLE,
-					      "could not apply batch to shard %s: %s", shardname[i],
-					      calls[i].errmsg);
-				rc = -1;
-				break;
-			}
-		}
-		tally_rpc_calls_done(calls, ncalls);
-	}
+	if (rc == 0 && nsend > 0)
+		rc = tally_outbox_submit(
+		    n, bodies, nsend, tally_insert_level_of(&g->settings),
+		    (int)tally_settings_ms(&g->settings, TALLY_SET_RPC_TIMEOUT), err);
 	for (int i = 0; i < nbatches; i++)
-		tally_buf_free(&reqs[i]);
-	free(reqs);
-	free(calls);
+		tally_buf_free(&bodies[i]);
+	free(bodies);
 	free(ngroups);
-	free(shardname);
-	free(call_view);
-	free(call_shard);
 	tally_map_put(cur);
 	return rc;
 }

@@ -31,7 +31,6 @@ int tally_node_open(tally_node *n, const tally_node_config *cfg, const tally_nod
 	n->role = *role;
 	n->started_us = tally_now_us();
 	n->incarnation = (uint64_t)n->started_us;
-	pthread_mutex_init(&n->seq_mu, NULL);
 	pthread_mutex_init(&n->map_mu, NULL);
 	n->map = tally_map_build(tally_xcalloc(1, sizeof(tally_catalog)));
 	n->map->cat->next_id = 1;
@@ -40,6 +39,9 @@ int tally_node_open(tally_node *n, const tally_node_config *cfg, const tally_nod
 		tally_log_error("could not create directory \"%s\": %s", cfg->dir, strerror(errno));
 		return -1;
 	}
+	/* Recover before listening: no request may see shards or an outbox half loaded. */
+	if (tally_node_durable_open(n) != 0)
+		return -1;
 	if (tally_rpc_server_open(cfg->host, cfg->data_port, cfg->rpc_threads, node_rpc, n,
 				  &n->rpcsrv) != 0)
 		return -1;
@@ -67,11 +69,10 @@ void tally_node_close(tally_node *n)
 		tally_pg_server_close(n->pg);
 	if (n->rpcsrv)
 		tally_rpc_server_close(n->rpcsrv);
+	tally_node_durable_close(n);
 	tally_rpc_free(n->rpc);
 	tally_map_put(n->map);
 	n->map = NULL;
-	free(n->seqs);
-	n->seqs = NULL;
 }
 
 tally_map *tally_node_map(tally_node *n)
@@ -121,46 +122,6 @@ bool tally_node_install_map(tally_node *n, tally_catalog *cat)
 uint64_t tally_node_next_req(tally_node *n)
 {
 	return __atomic_add_fetch(&n->next_req, 1, __ATOMIC_RELAXED);
-}
-
-struct tally_seq_entry {
-	uint64_t view_id; /* 0 = empty */
-	uint32_t shard;
-	uint64_t seq;
-};
-
-static size_t seq_slot(const struct tally_seq_entry *t, size_t cap, uint64_t view_id,
-		       uint32_t shard)
-{
-	size_t i = (size_t)((view_id * 0x9E3779B97F4A7C15ull) ^ shard) & (cap - 1);
-	while (t[i].view_id && (t[i].view_id != view_id || t[i].shard != shard))
-		i = (i + 1) & (cap - 1);
-	return i;
-}
-
-uint64_t tally_node_next_seq(tally_node *n, uint64_t view_id, uint32_t shard)
-{
-	pthread_mutex_lock(&n->seq_mu);
-	if ((n->nseqs + 1) * 2 > n->seqcap) {
-		size_t ncap = n->seqcap ? n->seqcap * 2 : 256;
-		struct tally_seq_entry *nt = tally_xcalloc(ncap, sizeof *nt);
-		for (size_t i = 0; i < n->seqcap; i++)
-			if (n->seqs[i].view_id)
-				nt[seq_slot(nt, ncap, n->seqs[i].view_id, n->seqs[i].shard)] =
-				    n->seqs[i];
-		free(n->seqs);
-		n->seqs = nt;
-		n->seqcap = ncap;
-	}
-	size_t i = seq_slot(n->seqs, n->seqcap, view_id, shard);
-	if (!n->seqs[i].view_id) {
-		n->seqs[i].view_id = view_id;
-		n->seqs[i].shard = shard;
-		n->nseqs++;
-	}
-	uint64_t s = ++n->seqs[i].seq;
-	pthread_mutex_unlock(&n->seq_mu);
-	return s;
 }
 
 int tally_node_write_ready(tally_node *n)

@@ -11,6 +11,7 @@
  */
 #include "tally/node.h"
 #include "tally/ring.h"
+#include "node_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -404,6 +405,93 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 		}
 		*rows = out;
 		*nrows = (size_t)cat->nstreams;
+		return 1;
+	}
+	if (strcmp(name, "pipeline_cluster.outbox") == 0) {
+		/* this node's undelivered batches, per destination shard */
+		static const char *const names[] = {"node",  "shard",  "owner",	  "batches",
+						    "bytes", "oldest", "attempts"};
+		static const tally_type types[] = {TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_TEXT,
+						   TALLY_T_INT8, TALLY_T_INT8, TALLY_T_TIMESTAMPTZ,
+						   TALLY_T_INT4};
+		const int nc = 7;
+		set_cols(a, rel, "outbox", nc, names, types);
+		tally_outbox_row *ob;
+		size_t nr = tally_outbox_rows(n, &ob);
+		tally_value *out = tally_arena_alloc(a, (nr + 1) * nc * sizeof *out);
+		for (size_t i = 0; i < nr; i++) {
+			tally_value *row = &out[i * nc];
+			const tally_view_info *v = tally_catalog_view_by_id(cat, ob[i].view_id);
+			char sh[TALLY_NAME_MAX + 32];
+			if (v)
+				snprintf(sh, sizeof sh, "%s_%u", v->name, ob[i].shard);
+			else
+				snprintf(sh, sizeof sh, "view %llu shard %u",
+					 (unsigned long long)ob[i].view_id, ob[i].shard);
+			const tally_node_info *pn =
+			    v && ob[i].shard < (uint32_t)v->num_shards
+				? tally_catalog_node(cat, v->primary[ob[i].shard])
+				: NULL;
+			row[0] = text_val(a, n->cfg.name);
+			row[1] = text_val(a, sh);
+			row[2] = pn ? text_val(a, pn->name) : tally_null(TALLY_T_TEXT);
+			row[3] = tally_int(TALLY_T_INT8, (int64_t)ob[i].batches);
+			row[4] = tally_int(TALLY_T_INT8, (int64_t)ob[i].bytes);
+			row[5] = tally_int(TALLY_T_TIMESTAMPTZ, ob[i].oldest_us);
+			row[6] = tally_int(TALLY_T_INT4, (int32_t)ob[i].attempts);
+		}
+		free(ob);
+		*rows = out;
+		*nrows = nr;
+		return 1;
+	}
+	if (strcmp(name, "pipeline_cluster.wal") == 0) {
+		/* this node's write-ahead log, checkpoints and outbox */
+		static const char *const names[] = {
+		    "node",	   "log_id",	       "insert_lsn",	  "flushed_lsn",
+		    "redo_lsn",	   "segments",	       "disk_bytes",	  "writes",
+		    "fsyncs",	   "checkpoints",      "last_checkpoint", "last_checkpoint_ms",
+		    "recovery_ms", "recovery_records", "outbox_batches",  "outbox_bytes",
+		    "delivered",   "resends"};
+		static const tally_type types[] = {
+		    TALLY_T_TEXT,	 TALLY_T_TEXT, TALLY_T_INT8, TALLY_T_INT8, TALLY_T_INT8,
+		    TALLY_T_INT8,	 TALLY_T_INT8, TALLY_T_INT8, TALLY_T_INT8, TALLY_T_INT8,
+		    TALLY_T_TIMESTAMPTZ, TALLY_T_INT8, TALLY_T_INT8, TALLY_T_INT8, TALLY_T_INT8,
+		    TALLY_T_INT8,	 TALLY_T_INT8, TALLY_T_INT8};
+		const int nc = 18;
+		set_cols(a, rel, "wal", nc, names, types);
+		tally_value *row = tally_arena_alloc(a, nc * sizeof *row);
+		tally_wal_stats ws;
+		tally_wal_stats_get(n->wal, &ws);
+		uint64_t ob, obb, dl, rs;
+		tally_outbox_totals(n->outbox, &ob, &obb, &dl, &rs);
+		char id[24];
+		snprintf(id, sizeof id, "%016llx", (unsigned long long)n->log_id);
+		pthread_mutex_lock(&n->ckpt_mu);
+		uint64_t redo = n->ckpt_redo, ncp = n->ckpt_count;
+		int64_t last = n->ckpt_last_us, last_ms = n->ckpt_last_ms;
+		pthread_mutex_unlock(&n->ckpt_mu);
+		row[0] = text_val(a, n->cfg.name);
+		row[1] = text_val(a, id);
+		row[2] = tally_int(TALLY_T_INT8, (int64_t)ws.insert_lsn);
+		row[3] = tally_int(TALLY_T_INT8, (int64_t)ws.flushed_lsn);
+		row[4] = tally_int(TALLY_T_INT8, (int64_t)redo);
+		row[5] = tally_int(TALLY_T_INT8, (int64_t)ws.segments);
+		row[6] = tally_int(TALLY_T_INT8, (int64_t)ws.disk_bytes);
+		row[7] = tally_int(TALLY_T_INT8, (int64_t)ws.writes);
+		row[8] = tally_int(TALLY_T_INT8, (int64_t)ws.fsyncs);
+		row[9] = tally_int(TALLY_T_INT8, (int64_t)ncp);
+		row[10] =
+		    last ? tally_int(TALLY_T_TIMESTAMPTZ, last) : tally_null(TALLY_T_TIMESTAMPTZ);
+		row[11] = last ? tally_int(TALLY_T_INT8, last_ms) : tally_null(TALLY_T_INT8);
+		row[12] = tally_int(TALLY_T_INT8, n->recovery_ms);
+		row[13] = tally_int(TALLY_T_INT8, (int64_t)n->recovery_records);
+		row[14] = tally_int(TALLY_T_INT8, (int64_t)ob);
+		row[15] = tally_int(TALLY_T_INT8, (int64_t)obb);
+		row[16] = tally_int(TALLY_T_INT8, (int64_t)dl);
+		row[17] = tally_int(TALLY_T_INT8, (int64_t)rs);
+		*rows = row;
+		*nrows = 1;
 		return 1;
 	}
 	(void)err;

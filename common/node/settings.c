@@ -20,6 +20,7 @@ typedef struct {
 	const char *choices; /* K_ENUM: '|'-separated */
 	int64_t min, max;    /* K_INT / K_MS / K_BYTES */
 	const char *desc;
+	bool node_only; /* set per node (--set) only: sessions get 55P02 */
 } setting_def;
 
 static const setting_def defs[TALLY_SET_COUNT_] = {
@@ -37,7 +38,21 @@ static const setting_def defs[TALLY_SET_COUNT_] = {
     [TALLY_SET_HEARTBEAT_INTERVAL] = {"pipeline_cluster.heartbeat_interval", K_MS, "250ms", NULL,
 				      10, 60000, "how often workers heartbeat the coordinator"},
     [TALLY_SET_FSYNC] = {"pipeline_cluster.fsync", K_BOOL, "on", NULL, 0, 0,
-			 "fdatasync the write-ahead log before acknowledging"},
+			 "fdatasync the write-ahead log before acknowledging", true},
+    [TALLY_SET_CHECKPOINT_INTERVAL] = {"pipeline_cluster.checkpoint_interval", K_MS, "30s", NULL,
+				       100, 86400000,
+				       "time between checkpoints (shard snapshots, log removal)",
+				       true},
+    [TALLY_SET_MAX_WAL_SIZE] = {"pipeline_cluster.max_wal_size", K_BYTES, "256MB", NULL, 1 << 20,
+				(int64_t)1 << 40,
+				"log written since the last checkpoint that starts the next one",
+				true},
+    [TALLY_SET_WAL_SEGMENT_SIZE] = {"pipeline_cluster.wal_segment_size", K_BYTES, "64MB", NULL,
+				    64 << 10, (int64_t)1 << 30,
+				    "size at which the log starts a new segment file", true},
+    [TALLY_SET_OUTBOX_LIMIT] = {"pipeline_cluster.outbox_limit", K_BYTES, "1GB", NULL, 1 << 20,
+				(int64_t)1 << 40,
+				"undelivered batch bytes after which ingest is refused", true},
     [TALLY_SET_STATEMENT_MEMORY] = {"pipeline_cluster.statement_memory", K_BYTES, "1GB", NULL,
 				    1 << 20, (int64_t)1 << 40,
 				    "memory one statement may use to pre-aggregate its rows"},
@@ -163,6 +178,14 @@ int tally_settings_set(tally_settings *s, const tally_settings *dflt, int id, co
 		if (!value)
 			return 0;
 		return tally_err_set(err, "55P02", "parameter \"%s\" cannot be changed", d->name);
+	}
+	if (d->node_only && dflt) {
+		if (!value)
+			return 0;
+		tally_err_set(err, "55P02",
+			      "parameter \"%s\" cannot be changed without restarting the server",
+			      d->name);
+		return tally_err_hint(err, "Set it per node with --set %s=VALUE.", d->name);
 	}
 	if (!value) {
 		tally_strlcpy(s->v[id], dflt ? dflt->v[id] : d->dflt, sizeof s->v[id]);

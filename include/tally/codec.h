@@ -81,12 +81,18 @@ typedef struct tally_msg_heartbeat {
 void tally_msg_put_heartbeat(tally_buf *b, const tally_msg_heartbeat *m);
 int tally_msg_get_heartbeat(tally_rd *r, tally_msg_heartbeat *m);
 
-/* APPLY: batch id (u32 origin, u32 home shard, u64 seq), u64 view id, u32 target shard,
- * u32 ngroups, then the groups: for each, str key (tally_key_encode of the group values)
- * followed by the view's aggregate states (tally_agg_serialize, in order). The groups are
- * left in the reader for the caller, who knows the view's aggregates. */
+/* APPLY: batch id (u64 origin, u32 home shard, u64 seq), u64 view id, u32 target shard,
+ * u32 ngroups, then the groups (offsets in the body: seq 12, ngroups 32, groups 36). The
+ * origin is the origin node's log id: a random 64-bit number drawn when its data directory
+ * was created, so a node that loses its directory starts a new batch sequence. Groups: for each,
+ * str key (tally_key_encode of the group values) followed by the view's aggregate states
+ * (tally_agg_serialize, in order). The groups are left in the reader for the caller, who knows the
+ * view's aggregates. */
+#define TALLY_APPLY_SEQ_OFF 12
+#define TALLY_APPLY_NGROUPS_OFF 32
+#define TALLY_APPLY_FIXED 36
 typedef struct tally_msg_apply {
-	uint32_t origin;
+	uint64_t origin;
 	uint32_t home_shard;
 	uint64_t seq;
 	uint64_t view_id;

@@ -52,6 +52,7 @@
 #define TALLY_SQLSTATE_QUERY_CANCELED "57014"
 #define TALLY_SQLSTATE_IN_FAILED_TXN "25P02"
 #define TALLY_SQLSTATE_INTERNAL "XX000"
+#define TALLY_SQLSTATE_DATA_CORRUPTED "XX001"
 #define TALLY_SQLSTATE_INVALID_NAME "42602"
 #define TALLY_SQLSTATE_INVALID_DEFINITION "42P17" /* invalid_object_definition */
 #define TALLY_SQLSTATE_INSUFFICIENT_RESOURCES "53000"
@@ -216,6 +217,24 @@ void tally_log(tally_log_level lvl, const char *fmt, ...) __attribute__((format(
 
 int64_t tally_now_us(void);  /* wall clock, microseconds since the Unix epoch */
 int64_t tally_mono_us(void); /* monotonic clock, microseconds */
+
+/* ---- checksums ---------------------------------------------------------------------------- */
+
+/* CRC32C (Castagnoli), as used by disk records: tally_crc32c(0, p, n) checksums p[0..n); pass
+ * the previous result to continue over further pieces. Uses SSE4.2 where the CPU has it. */
+uint32_t tally_crc32c(uint32_t crc, const void *p, size_t n);
+
+/* ---- files -------------------------------------------------------------------------------- */
+
+/* Write all n bytes to fd (retrying short writes and EINTR). 0, or -1 with errno. */
+int tally_write_all(int fd, const void *p, size_t n);
+/* Replace dir/name atomically with p[0..n): write dir/name.tmp, fsync it (if sync), rename it
+ * over dir/name, fsync dir (if sync). 0, or -1 with errno (the old file is left as it was). */
+int tally_file_replace(const char *dir, const char *name, const void *p, size_t n, bool sync);
+/* Read a whole file into b (appended). 0; 1 if it does not exist; -1 with errno on error. */
+int tally_file_read(const char *path, tally_buf *b);
+/* fsync a directory. 0, or -1 with errno. */
+int tally_dir_sync(const char *dir);
 
 /* ---- misc --------------------------------------------------------------------------------- */
 

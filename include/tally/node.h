@@ -15,6 +15,7 @@
 #include "tally/codec.h"
 #include "tally/group.h"
 #include "tally/pgwire.h"
+#include "tally/wal.h"
 
 #include <nng/nng.h>
 #include <pthread.h>
@@ -31,6 +32,10 @@ typedef enum tally_setting_id {
 	TALLY_SET_FSYNC,
 	TALLY_SET_STATEMENT_MEMORY,
 	TALLY_SET_RPC_TIMEOUT,
+	TALLY_SET_CHECKPOINT_INTERVAL,
+	TALLY_SET_MAX_WAL_SIZE,
+	TALLY_SET_WAL_SEGMENT_SIZE,
+	TALLY_SET_OUTBOX_LIMIT,
 	/* standard PostgreSQL settings drivers send */
 	TALLY_SET_CLIENT_ENCODING,
 	TALLY_SET_DATESTYLE,
@@ -160,6 +165,15 @@ typedef struct tally_node_role {
 		   tally_err *notice, tally_err *err);
 	/* Handle a node-to-node request of a role-specific type (else the node answers ERROR). */
 	void (*handle)(tally_node *n, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply);
+	/* Durability hooks (each may be NULL). recover: load the role's saved state (its map,
+	 * shard snapshots) before the log is replayed. replay: one log record of a role type
+	 * (start LSN lsn, end LSN end). checkpoint: make everything appended to the log before
+	 * the call durable outside it (snapshots), so the log before that point can go. Each
+	 * returns 0, or -1 with err (recovery then refuses to start the node). */
+	int (*recover)(tally_node *n, tally_err *err);
+	int (*replay)(tally_node *n, uint8_t type, uint64_t lsn, uint64_t end, const uint8_t *p,
+		      uint32_t len, tally_err *err);
+	int (*checkpoint)(tally_node *n, tally_err *err);
 	void *ctx;
 } tally_node_role;
 
@@ -184,12 +198,25 @@ struct tally_node {
 	tally_rpc_server *rpcsrv;
 	tally_rpc *rpc;
 	pthread_mutex_t map_mu;
-	tally_map *map;		      /* current snapshot, replaced whole; guarded by map_mu */
-	pthread_mutex_t seq_mu;	      /* guards seqs */
-	struct tally_seq_entry *seqs; /* batch seq per (view, home shard): open addressing */
-	size_t nseqs, seqcap;
+	tally_map *map;	   /* current snapshot, replaced whole; guarded by map_mu */
 	uint64_t next_req; /* atomic: request ids */
 	int64_t started_us;
+	/* durability (durable.c, outbox.c) */
+	uint64_t log_id; /* origin id of this node's batches: drawn when its directory was made */
+	tally_wal *wal;
+	struct tally_outbox *outbox;
+	pthread_t ckpt_thread;
+	bool ckpt_running;
+	pthread_mutex_t ckpt_mu; /* one checkpoint at a time; guards the fields below */
+	pthread_cond_t ckpt_cv;
+	bool ckpt_stopping;
+	uint64_t ckpt_redo;	   /* replay start of the last checkpoint */
+	uint64_t ckpt_insert;	   /* end of the log when the last checkpoint began */
+	uint64_t ckpt_count;	   /* checkpoints since start */
+	int64_t ckpt_last_us;	   /* when the last one finished */
+	int64_t ckpt_last_ms;	   /* how long it took */
+	int64_t recovery_ms;	   /* how long recovery took at start */
+	uint64_t recovery_records; /* records replayed at start */
 };
 
 int tally_node_open(tally_node *n, const tally_node_config *cfg, const tally_node_role *role);
@@ -206,10 +233,6 @@ static inline uint32_t tally_node_id(const tally_node *n)
 	return __atomic_load_n(&n->node_id, __ATOMIC_ACQUIRE);
 }
 uint64_t tally_node_next_req(tally_node *n);
-/* Next batch seq for (view, home shard) from this origin: 1, 2, 3, ... per pair (DESIGN §3),
- * so the home primary can later keep "highest contiguous seq" per origin. Taken once per
- * batch. */
-uint64_t tally_node_next_seq(tally_node *n, uint64_t view_id, uint32_t shard);
 /* Write DIR/ready (pid, name, sql_port, data_addr) atomically; remove it at close. */
 int tally_node_write_ready(tally_node *n);
 
@@ -231,6 +254,54 @@ void tally_ddl_reply_put(tally_buf *b, const char *tag, const char *notice,
  * fills err and returns -1; malformed -> -1 with an internal error. */
 int tally_ddl_reply_get(tally_rd *r, char *tag, size_t tagsz, tally_err *notice,
 			tally_catalog **cat, tally_err *err);
+
+/* ---- durability: log records, outbox, checkpoints (DESIGN §5, §9) --------------------------- */
+
+/* Log record types (tally_wal payload layouts; big-endian). */
+enum {
+	TALLY_REC_OUTBOX = 1, /* u32 n, then n x (u32 len, APPLY body): one statement's batches */
+	TALLY_REC_OUTBOX_DONE =
+	    2,		     /* u32 n, then n x (u64 view, u32 home shard, u64 seq): acknowledged */
+	TALLY_REC_APPLY = 3, /* worker: an APPLY body a primary applied (batch id inside) */
+};
+
+typedef enum tally_insert_level {
+	TALLY_INSERT_SYNC_RECEIVE = 0,
+	TALLY_INSERT_SYNC_COMMIT,
+	TALLY_INSERT_ASYNC,
+} tally_insert_level;
+tally_insert_level tally_insert_level_of(const tally_settings *s);
+
+/* Open the data directory's durable state: DIR/node.state (log id, checkpoint), the log in
+ * DIR/wal; run the role's recover hook, replay the log (outbox records here, others through
+ * the role's replay hook), start the outbox senders and the checkpoint thread. Called by
+ * tally_node_open before it listens. Errors (corrupt log or state, I/O) -> -1, logged. */
+int tally_node_durable_open(tally_node *n);
+/* Stop the senders and the checkpoint thread, write a final checkpoint, close the log. */
+void tally_node_durable_close(tally_node *n);
+/* Run a checkpoint now (also used by tests and at shutdown). 0, or -1 with err. */
+int tally_node_checkpoint(tally_node *n, tally_err *err);
+
+/* Submit one statement's batches (APPLY bodies with seq 0; bodies[i] is taken over and left
+ * empty) through the outbox: seqs are assigned and the batches logged as one record, so a
+ * crash keeps all or none of them; then, by level, wait until the record is durable
+ * (sync_receive), until every batch was applied by its primary (sync_commit, at most
+ * timeout_ms), or not at all (async). Delivery goes on in the background until each batch is
+ * acknowledged. Errors: 53400 when the outbox is over pipeline_cluster.outbox_limit (nothing
+ * logged), XX000 when the log failed (nothing acknowledged), 57P03 when sync_commit timed
+ * out (the batches are logged and will still be applied in full). */
+int tally_outbox_submit(tally_node *n, tally_buf *bodies, int nb, tally_insert_level level,
+			int timeout_ms, tally_err *err);
+
+typedef struct tally_outbox_row {
+	uint64_t view_id;
+	uint32_t shard;
+	uint64_t batches, bytes;
+	int64_t oldest_us; /* when the oldest waiting batch was logged (or replayed) */
+	uint32_t attempts; /* failed sends of the oldest batch */
+} tally_outbox_row;
+/* Snapshot of what waits for delivery, one row per (view, shard); heap array (free). */
+size_t tally_outbox_rows(tally_node *n, tally_outbox_row **rows);
 
 /* ---- ingest and read, used by the session layer -------------------------------------------- */
 

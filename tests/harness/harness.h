@@ -55,11 +55,13 @@ typedef struct th_node {
 } th_node;
 
 typedef struct th_opts {
-	const char *sets[TH_MAX_SETS]; /* extra "--set name=value" for every node, NULL-ended */
-	const char *log_level;	       /* --log-level (default: warning) */
-	int ready_timeout_ms;	       /* for each node's ready file (default 20000) */
-	const char *bin_dir;	       /* default $TALLY_TEST_BIN_DIR or TALLY_BIN_DIR */
-	bool no_wait_up;	       /* don't wait for pipeline_cluster.nodes (fake nodes) */
+	/* extra "--set name=value" for every node, NULL-ended; they come after the harness's own
+	 * pipeline_cluster.insert_level=sync_commit (so tests read their own writes) and win */
+	const char *sets[TH_MAX_SETS];
+	const char *log_level; /* --log-level (default: warning) */
+	int ready_timeout_ms;  /* for each node's ready file (default 20000) */
+	const char *bin_dir;   /* default $TALLY_TEST_BIN_DIR or TALLY_BIN_DIR */
+	bool no_wait_up;       /* don't wait for pipeline_cluster.nodes (fake nodes) */
 } th_opts;
 
 typedef struct th_cluster {

@@ -683,7 +683,9 @@ Test(sql_surface, num_replicas_needs_enough_workers, .fini = th_fini, .timeout =
 
 Test(sql_surface, settings_set_show_reset, .fini = th_fini, .timeout = 120)
 {
-	th_cluster *c = th_cluster_start(1, NULL);
+	/* the built-in default, not the harness's sync_commit */
+	th_opts o = {.sets = {"pipeline_cluster.insert_level=sync_receive"}};
+	th_cluster *c = th_cluster_start(1, &o);
 	const struct {
 		const char *name, *def, *other;
 	} settings[] = {
@@ -693,8 +695,17 @@ Test(sql_surface, settings_set_show_reset, .fini = th_fini, .timeout = 120)
 	    {"pipeline_cluster.num_replicas", "1", "0"},
 	    {"pipeline_cluster.failure_timeout", "2s", "5s"},
 	    {"pipeline_cluster.heartbeat_interval", "250ms", "100ms"},
-	    {"pipeline_cluster.fsync", "on", "off"},
 	    {"pipeline_cluster.statement_memory", "1GB", "64MB"},
+	};
+	/* set per node only (--set): a session can show them, not change them */
+	const struct {
+		const char *name, *def;
+	} node_only[] = {
+	    {"pipeline_cluster.fsync", "on"},
+	    {"pipeline_cluster.checkpoint_interval", "30s"},
+	    {"pipeline_cluster.max_wal_size", "256MB"},
+	    {"pipeline_cluster.wal_segment_size", "64MB"},
+	    {"pipeline_cluster.outbox_limit", "1GB"},
 	};
 	for (int d = 0; d < 2; d++) {
 		PGconn *a = th_connect(d == 0 ? th_coord(c) : th_worker(c, 1));
@@ -722,6 +733,20 @@ Test(sql_surface, settings_set_show_reset, .fini = th_fini, .timeout = 120)
 			v = th_query_str(a, sql);
 			cr_assert_str_eq(v, settings[i].def, "%s after RESET", sql);
 			free(v);
+		}
+		for (size_t i = 0; i < sizeof node_only / sizeof node_only[0]; i++) {
+			char sql[256];
+			snprintf(sql, sizeof sql, "SHOW %s", node_only[i].name);
+			expect_query(a, sql, node_only[i].def);
+			char set[256];
+			snprintf(set, sizeof set, "SET %s = '%s'", node_only[i].name,
+				 node_only[i].def);
+			PGresult *r = th_exec_err(a, set, "55P02");
+			cr_assert(strstr(PQresultErrorMessage(r), "without restarting") != NULL,
+				  "%s", PQresultErrorMessage(r));
+			PQclear(r);
+			th_runf(a, "RESET %s", node_only[i].name);
+			expect_query(a, sql, node_only[i].def);
 		}
 		th_run(a, "SET pipeline_cluster.primary_only TO on");
 		expect_query(a, "SHOW pipeline_cluster.primary_only", "on");

@@ -412,7 +412,7 @@ Test(codec, golden_header_bytes, .timeout = 30)
 Test(codec, golden_apply_bytes, .timeout = 30)
 {
 	tally_buf b = {0};
-	tally_msg_apply m = {.origin = 3,
+	tally_msg_apply m = {.origin = 0x0A0B0C0D00000003ull,
 			     .home_shard = 1,
 			     .seq = 258,
 			     .view_id = 7,
@@ -428,9 +428,9 @@ Test(codec, golden_apply_bytes, .timeout = 30)
 	    0x54, 0x4C, 0x01, 0x0C, 0x00, 0x00, 0x00, 0x00, /* TL v1 APPLY flags rsvd */
 	    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, /* request id 9 */
 	    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, /* epoch 4 */
-	    0x00, 0x00, 0x00, 0x27,			    /* body length 39 */
+	    0x00, 0x00, 0x00, 0x2B,			    /* body length 43 */
 	    /* body */
-	    0x00, 0x00, 0x00, 0x03,			    /* origin 3 */
+	    0x0A, 0x0B, 0x0C, 0x0D, 0x00, 0x00, 0x00, 0x03, /* origin (log id) */
 	    0x00, 0x00, 0x00, 0x01,			    /* home shard 1 */
 	    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, /* seq 258 */
 	    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07, /* view id 7 */
@@ -446,6 +446,10 @@ Test(codec, golden_apply_bytes, .timeout = 30)
 	cr_assert_eq(tally_msg_open(want, sizeof want, &h, &r), 0);
 	cr_assert_eq(tally_msg_get_apply(&r, &out), 0);
 	cr_assert_eq(out.seq, 258);
+	cr_assert_eq(out.origin, 0x0A0B0C0D00000003ull);
+	cr_assert_eq(tally_be64(want + TALLY_MSG_HDR + TALLY_APPLY_SEQ_OFF), 258);
+	cr_assert_eq(tally_be32(want + TALLY_MSG_HDR + TALLY_APPLY_NGROUPS_OFF), 1);
+	cr_assert_eq(sizeof want - TALLY_MSG_HDR - 7, TALLY_APPLY_FIXED);
 	cr_assert_eq(tally_rd_left(&r), 7);
 	tally_buf_free(&b);
 }
