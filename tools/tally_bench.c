@@ -6,25 +6,31 @@
  *           view counted exactly the events sent;
  *   select: a view with G groups (filled by one COPY) read with SELECT * Q times; latency
  *           percentiles;
- *   all:    ingest, select 1000 groups and select 100000 groups, as a markdown table.
+ *   all:    ingest, select 1000 groups and select 100000 groups, as a markdown table;
+ *   soak:   ingest without end for --minutes over a fixed key space and sample, every
+ *           --sample seconds, each node's resident memory and data directory size (from a
+ *           local cluster directory made by tallyctl); memory and disk must level off.
  *
  * Every run ends with one JSON line (for docs/benchmarks.md). The client generates its COPY
  * text once per connection up front so that the measured time is the cluster's, not ours.
  */
 #include "tally/core.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <libpq-fe.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #define BENCH_CHUNK (256 * 1024) /* bytes per PQputCopyData */
 #define BENCH_MAX_CONNECTIONS 256
-#define BENCH_VERIFY_WAIT_US (10 * 1000000LL)
+#define BENCH_VERIFY_WAIT_US (120 * 1000000LL)
 
 typedef struct bench_opts {
 	const char *host;
@@ -36,6 +42,10 @@ typedef struct bench_opts {
 	int queries;
 	const char *prefix;
 	bool groups_set;
+	const char *insert_level; /* SET on every ingest connection, NULL = node default */
+	double minutes;		  /* soak */
+	int sample_s;		  /* soak */
+	const char *cluster_dir;  /* soak: tallyctl's --dir */
 } bench_opts;
 
 typedef struct bench_ingest_result {
@@ -43,6 +53,7 @@ typedef struct bench_ingest_result {
 	double seconds;
 	double events_per_s;
 	double mb_per_s;
+	double visible_s; /* from the start until the view counted every event */
 	long long counted;
 	bool ok;
 } bench_ingest_result;
@@ -214,6 +225,7 @@ typedef struct bench_worker {
 	long long sent;	  /* rows the server acknowledged */
 	long long bytes;
 	pthread_barrier_t *start;
+	int *stop; /* soak: set to end the run (atomic) */
 	char stream[128];
 	char err[512];
 } bench_worker;
@@ -223,7 +235,7 @@ static void *bench_ingest_thread(void *arg)
 	bench_worker *w = arg;
 	pthread_barrier_wait(w->start);
 	int batch = w->o->batch;
-	while (w->sent < w->events) {
+	while (w->sent < w->events && !(w->stop && __atomic_load_n(w->stop, __ATOMIC_ACQUIRE))) {
 		long long rows = w->events - w->sent;
 		size_t len = w->data.len;
 		if (rows < batch) {
@@ -244,7 +256,7 @@ static void *bench_ingest_thread(void *arg)
 				 rows);
 			return NULL;
 		}
-		w->sent += rows;
+		__atomic_add_fetch(&w->sent, rows, __ATOMIC_RELEASE);
 		w->bytes += (long long)len;
 	}
 	return NULL;
@@ -286,6 +298,13 @@ static int bench_ingest(const bench_opts *o, bench_ingest_result *res)
 		w->conn = bench_connect(o);
 		if (!w->conn)
 			goto out;
+		if (o->insert_level) {
+			char set[128];
+			snprintf(set, sizeof set, "SET pipeline_cluster.insert_level = '%s'",
+				 o->insert_level);
+			if (bench_exec(w->conn, set) != 0)
+				goto out;
+		}
 	}
 	for (int i = 0; i < nc; i++) {
 		if (pthread_create(&th[i], NULL, bench_ingest_thread, &ws[i]) != 0) {
@@ -349,7 +368,9 @@ static int bench_ingest(const bench_opts *o, bench_ingest_result *res)
 		       res->counted, sent);
 		goto out;
 	}
-	printf("ingest: verified: %s_v counted %lld events\n", name, res->counted);
+	res->visible_s = (double)(tally_mono_us() - t0) / 1e6;
+	printf("ingest: verified: %s_v counted %lld events (all visible %.3f s after the start)\n",
+	       name, res->counted, res->visible_s);
 	res->ok = true;
 	rc = 0;
 out:
@@ -456,16 +477,241 @@ out:
 	return rc;
 }
 
+/* ---- soak ---------------------------------------------------------------------------------- */
+
+#define SOAK_MAX_NODES 64
+
+typedef struct soak_node {
+	char name[64];
+	char dir[768];
+	long long rss_first, rss_max, rss_last, disk_max, disk_last;
+} soak_node;
+
+/* Bytes allocated on disk under path (st_blocks, so sparse or preallocated space counts as
+ * what it really uses). */
+static long long dir_bytes(const char *path)
+{
+	struct stat st;
+	if (lstat(path, &st) != 0)
+		return 0;
+	long long total = (long long)st.st_blocks * 512;
+	if (!S_ISDIR(st.st_mode))
+		return total;
+	DIR *d = opendir(path);
+	struct dirent *de;
+	while (d && (de = readdir(d))) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		char sub[1024];
+		snprintf(sub, sizeof sub, "%s/%s", path, de->d_name);
+		total += dir_bytes(sub);
+	}
+	if (d)
+		closedir(d);
+	return total;
+}
+
+/* Resident memory of the node whose ready file is in dir (bytes), -1 if not running. */
+static long long node_rss(const char *dir)
+{
+	char path[900], line[256];
+	snprintf(path, sizeof path, "%s/ready", dir);
+	FILE *f = fopen(path, "r");
+	long pid = -1;
+	while (f && fgets(line, sizeof line, f))
+		if (strncmp(line, "pid=", 4) == 0)
+			pid = strtol(line + 4, NULL, 10);
+	if (f)
+		fclose(f);
+	if (pid <= 0)
+		return -1;
+	snprintf(path, sizeof path, "/proc/%ld/status", pid);
+	f = fopen(path, "r");
+	long long kb = -1;
+	while (f && fgets(line, sizeof line, f))
+		if (strncmp(line, "VmRSS:", 6) == 0)
+			kb = strtoll(line + 6, NULL, 10);
+	if (f)
+		fclose(f);
+	return kb < 0 ? -1 : kb * 1024;
+}
+
+static int soak_nodes(const char *cluster_dir, soak_node *nodes)
+{
+	DIR *d = opendir(cluster_dir);
+	if (!d) {
+		fprintf(stderr, "tally-bench: cannot open cluster directory \"%s\": %s\n",
+			cluster_dir, strerror(errno));
+		return -1;
+	}
+	int n = 0;
+	struct dirent *de;
+	while ((de = readdir(d)) && n < SOAK_MAX_NODES) {
+		char ready[1024];
+		snprintf(ready, sizeof ready, "%s/%s/ready", cluster_dir, de->d_name);
+		if (de->d_name[0] == '.' || access(ready, R_OK) != 0)
+			continue;
+		memset(&nodes[n], 0, sizeof nodes[n]);
+		snprintf(nodes[n].name, sizeof nodes[n].name, "%s", de->d_name);
+		snprintf(nodes[n].dir, sizeof nodes[n].dir, "%s/%s", cluster_dir, de->d_name);
+		nodes[n].rss_first = -1;
+		n++;
+	}
+	closedir(d);
+	if (n == 0)
+		fprintf(stderr, "tally-bench: no running node in \"%s\"\n", cluster_dir);
+	return n ? n : -1;
+}
+
+static int bench_soak(const bench_opts *o, tally_buf *json)
+{
+	if (!o->cluster_dir) {
+		fprintf(stderr, "tally-bench: soak needs --cluster-dir (tallyctl's --dir)\n");
+		return -1;
+	}
+	soak_node nodes[SOAK_MAX_NODES];
+	int nn = soak_nodes(o->cluster_dir, nodes);
+	if (nn < 0)
+		return -1;
+	char name[64];
+	snprintf(name, sizeof name, "%s", o->prefix);
+	PGconn *admin = bench_connect(o);
+	if (!admin || bench_create(admin, name) != 0) {
+		PQfinish(admin);
+		return -1;
+	}
+	int nc = o->connections, stop = 0, rc = -1;
+	bench_worker *ws = tally_xcalloc((size_t)nc, sizeof *ws);
+	pthread_t *th = tally_xcalloc((size_t)nc, sizeof *th);
+	pthread_barrier_t start;
+	pthread_barrier_init(&start, NULL, (unsigned)nc + 1);
+	for (int i = 0; i < nc; i++) {
+		bench_worker *w = &ws[i];
+		w->o = o;
+		w->start = &start;
+		w->stop = &stop;
+		w->events = LLONG_MAX;
+		snprintf(w->stream, sizeof w->stream, "%s_s", name);
+		uint64_t seed = 0x50a4ULL * (uint64_t)(i + 1);
+		tally_buf_reserve(&w->data, (size_t)o->batch * 14);
+		for (long long r = 0; r < o->batch; r++)
+			bench_row(&w->data, (long long)(bench_rand(&seed) % (uint64_t)o->groups),
+				  &seed);
+		w->conn = bench_connect(o);
+		if (!w->conn) {
+			fprintf(stderr, "tally-bench: could not connect\n");
+			exit(1);
+		}
+	}
+	for (int i = 0; i < nc; i++)
+		if (pthread_create(&th[i], NULL, bench_ingest_thread, &ws[i]) != 0) {
+			fprintf(stderr, "tally-bench: could not start thread %d\n", i);
+			exit(1);
+		}
+	int64_t t0 = tally_mono_us(), end = t0 + (int64_t)(o->minutes * 60e6);
+	pthread_barrier_wait(&start);
+	printf("soak: %d connections, %d groups, %d rows per COPY, %.1f minutes, a sample every "
+	       "%d s\n",
+	       nc, o->groups, o->batch, o->minutes, o->sample_s);
+	long long last_events = 0;
+	int64_t last_t = t0;
+	for (int64_t next = t0;;) {
+		int64_t now = tally_mono_us();
+		if (now < next) {
+			struct timespec ts = {(time_t)((next - now) / 1000000),
+					      (long)((next - now) % 1000000) * 1000};
+			nanosleep(&ts, NULL); /* a tool's sampling period, not a test's wait */
+			continue;
+		}
+		long long events = 0;
+		bool failed = false;
+		for (int i = 0; i < nc; i++) {
+			events += __atomic_load_n(&ws[i].sent, __ATOMIC_ACQUIRE);
+			failed |= ws[i].err[0] != 0;
+		}
+		double rate = now > last_t
+				  ? (double)(events - last_events) * 1e6 / (double)(now - last_t)
+				  : 0;
+		printf("t=%6.0fs events=%lld rate=%.0f/s", (double)(now - t0) / 1e6, events, rate);
+		for (int k = 0; k < nn; k++) {
+			long long rss = node_rss(nodes[k].dir), disk = dir_bytes(nodes[k].dir);
+			if (nodes[k].rss_first < 0 && now > t0)
+				nodes[k].rss_first = rss;
+			if (rss > nodes[k].rss_max)
+				nodes[k].rss_max = rss;
+			if (disk > nodes[k].disk_max)
+				nodes[k].disk_max = disk;
+			nodes[k].rss_last = rss;
+			nodes[k].disk_last = disk;
+			printf(" | %s rss=%.0fMB disk=%.1fMB", nodes[k].name, (double)rss / 1e6,
+			       (double)disk / 1e6);
+		}
+		printf("\n");
+		fflush(stdout);
+		last_events = events;
+		last_t = now;
+		if (failed || now >= end)
+			break;
+		next += (int64_t)o->sample_s * 1000000;
+	}
+	__atomic_store_n(&stop, 1, __ATOMIC_RELEASE);
+	long long sent = 0;
+	bool failed = false;
+	for (int i = 0; i < nc; i++) {
+		pthread_join(th[i], NULL);
+		sent += ws[i].sent;
+		if (ws[i].err[0]) {
+			fprintf(stderr, "tally-bench: connection %d: %s\n", i, ws[i].err);
+			failed = true;
+		}
+	}
+	double secs = (double)(tally_mono_us() - t0) / 1e6;
+	char sql[256];
+	snprintf(sql, sizeof sql, "SELECT sum(count) FROM %s_v", name);
+	long long counted = -1;
+	int64_t deadline = tally_mono_us() + BENCH_VERIFY_WAIT_US;
+	while (bench_scalar(admin, sql, &counted) == 0 && counted != sent &&
+	       tally_mono_us() < deadline)
+		usleep(200000);
+	bool ok = !failed && counted == sent;
+	printf("soak: %lld events in %.0f s (%.0f events/s); the view counted %lld%s\n", sent, secs,
+	       secs > 0 ? (double)sent / secs : 0, counted, ok ? "" : " MISMATCH");
+	tally_buf_printf(json,
+			 "{\"benchmark\":\"soak\",\"minutes\":%.1f,\"connections\":%d,"
+			 "\"groups\":%d,\"events\":%lld,\"events_per_s\":%.0f,\"counted\":%lld,"
+			 "\"nodes\":[",
+			 o->minutes, nc, o->groups, sent, secs > 0 ? (double)sent / secs : 0,
+			 counted);
+	for (int k = 0; k < nn; k++)
+		tally_buf_printf(json,
+				 "%s{\"name\":\"%s\",\"rss_first\":%lld,\"rss_max\":%lld,"
+				 "\"rss_last\":%lld,\"disk_max\":%lld,\"disk_last\":%lld}",
+				 k ? "," : "", nodes[k].name, nodes[k].rss_first, nodes[k].rss_max,
+				 nodes[k].rss_last, nodes[k].disk_max, nodes[k].disk_last);
+	tally_buf_printf(json, "],\"ok\":%s}", ok ? "true" : "false");
+	rc = ok ? 0 : -1;
+	for (int i = 0; i < nc; i++) {
+		PQfinish(ws[i].conn);
+		tally_buf_free(&ws[i].data);
+	}
+	pthread_barrier_destroy(&start);
+	free(ws);
+	free(th);
+	PQfinish(admin);
+	return rc;
+}
+
 /* ---- output -------------------------------------------------------------------------------- */
 
 static void json_ingest(tally_buf *b, const bench_opts *o, const bench_ingest_result *r)
 {
 	tally_buf_printf(b,
 			 "{\"connections\":%d,\"events\":%lld,\"groups\":%d,\"batch\":%d,"
-			 "\"seconds\":%.3f,\"events_per_s\":%.0f,\"mb_per_s\":%.2f,"
-			 "\"counted\":%lld,\"ok\":%s}",
-			 o->connections, r->events, o->groups, o->batch, r->seconds,
-			 r->events_per_s, r->mb_per_s, r->counted, r->ok ? "true" : "false");
+			 "\"insert_level\":\"%s\",\"seconds\":%.3f,\"events_per_s\":%.0f,"
+			 "\"mb_per_s\":%.2f,\"visible_s\":%.3f,\"counted\":%lld,\"ok\":%s}",
+			 o->connections, r->events, o->groups, o->batch,
+			 o->insert_level ? o->insert_level : "default", r->seconds, r->events_per_s,
+			 r->mb_per_s, r->visible_s, r->counted, r->ok ? "true" : "false");
 }
 
 static void json_select(tally_buf *b, const bench_select_result *r)
@@ -492,6 +738,7 @@ static const char *usage =
     "       tally-bench select [--host H] [--port P] [--groups 1000] [--queries 200]\n"
     "                          [--view-prefix b]\n"
     "       tally-bench all    [options of both]\n"
+    "       tally-bench soak   --cluster-dir DIR [--minutes 30] [--sample 60] [ingest options]\n"
     "\n"
     "ingest  COPY --events rows (k integer, v double precision; k in 0..groups-1) over\n"
     "        --connections connections, --batch rows per COPY, into stream <prefix>_s feeding\n"
@@ -500,6 +747,14 @@ static const char *usage =
     "select  fill view <prefix>_g<groups>_v with --groups groups by one COPY, then run\n"
     "        SELECT * on it --queries times; report p50/p99/max latency.\n"
     "all     ingest, select 1000 groups, select 100000 groups; a markdown table.\n"
+    "soak    ingest without end for --minutes into view <prefix>_v (keys 0..groups-1) and\n"
+    "        print every --sample seconds each node's resident memory and data directory\n"
+    "        size (nodes found in DIR, as tallyctl up --dir DIR made it); at the end check\n"
+    "        the view counted every event.\n"
+    "\n"
+    "--insert-level L  SET pipeline_cluster.insert_level = L on every ingest connection\n"
+    "                  (sync_receive, sync_commit or async); events/s counts acknowledged\n"
+    "                  rows, visible_s when the view had them all.\n"
     "\n"
     "Defaults: --host 127.0.0.1 --port 6432. The last output line is the result as JSON.\n"
     "Existing streams and views of the same names are dropped first.\n";
@@ -512,7 +767,11 @@ enum {
 	OPT_GROUPS,
 	OPT_BATCH,
 	OPT_QUERIES,
-	OPT_PREFIX
+	OPT_PREFIX,
+	OPT_LEVEL,
+	OPT_MINUTES,
+	OPT_SAMPLE,
+	OPT_CLUSTER_DIR
 };
 
 static int parse_ll(const char *s, long long min, long long max, long long *out)
@@ -548,6 +807,10 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 	    {"batch", required_argument, NULL, OPT_BATCH},
 	    {"queries", required_argument, NULL, OPT_QUERIES},
 	    {"view-prefix", required_argument, NULL, OPT_PREFIX},
+	    {"insert-level", required_argument, NULL, OPT_LEVEL},
+	    {"minutes", required_argument, NULL, OPT_MINUTES},
+	    {"sample", required_argument, NULL, OPT_SAMPLE},
+	    {"cluster-dir", required_argument, NULL, OPT_CLUSTER_DIR},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -602,6 +865,29 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 							   "characters";
 			o->prefix = optarg;
 			break;
+		case OPT_LEVEL:
+			if (strcmp(optarg, "sync_receive") && strcmp(optarg, "sync_commit") &&
+			    strcmp(optarg, "async"))
+				bad = "--insert-level",
+				range = "sync_receive, sync_commit or async";
+			o->insert_level = optarg;
+			break;
+		case OPT_MINUTES: {
+			char *end;
+			double m = strtod(optarg, &end);
+			if (end == optarg || *end || !(m > 0 && m <= 100000))
+				bad = "--minutes", range = "a positive number";
+			o->minutes = m;
+			break;
+		}
+		case OPT_SAMPLE:
+			if (parse_ll(optarg, 1, 86400, &v))
+				bad = "--sample", range = "1..86400";
+			o->sample_s = (int)v;
+			break;
+		case OPT_CLUSTER_DIR:
+			o->cluster_dir = optarg;
+			break;
 		case ':':
 			fprintf(stderr, "tally-bench: option %s needs a value\n", argv[optind - 1]);
 			return 2;
@@ -641,7 +927,9 @@ int main(int argc, char **argv)
 			.groups = 1000,
 			.batch = 100000,
 			.queries = 200,
-			.prefix = "b"};
+			.prefix = "b",
+			.minutes = 30,
+			.sample_s = 60};
 	int rc = parse_args(argc - 1, argv + 1, &o);
 	if (rc)
 		return rc == 1 ? 0 : 2;
@@ -696,6 +984,11 @@ int main(int argc, char **argv)
 		tally_buf_printf(&json, "]}");
 		json_print(&json);
 		return failed ? 1 : 0;
+	}
+	if (strcmp(cmd, "soak") == 0) {
+		rc = bench_soak(&o, &json);
+		json_print(&json);
+		return rc ? 1 : 0;
 	}
 	fprintf(stderr, "tally-bench: unknown command \"%s\"\n", cmd);
 	fputs(usage, stderr);
