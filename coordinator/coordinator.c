@@ -108,9 +108,16 @@ static void push_map(tally_coord *c, uint32_t skip_node)
 	char(*addr)[128] = tally_xcalloc((size_t)nnodes + 1, sizeof *addr);
 	char(*name)[TALLY_NAME_MAX] = tally_xcalloc((size_t)nnodes + 1, sizeof *name);
 	int nc = 0;
+	/* A worker silent for a few heartbeats is probably dead (the failure detector has not
+	 * said so yet): pushing to it would hold the caller (a registering worker's reply, a
+	 * DDL) for the whole push timeout. If it is alive after all, its next heartbeat reply
+	 * carries the map. */
+	int64_t hb = tally_settings_ms(&n->cfg.defaults, TALLY_SET_HEARTBEAT_INTERVAL) * 1000;
+	int64_t stale = tally_now_us() - (hb * 4 > 1000000 ? hb * 4 : 1000000);
 	for (int i = 0; i < nnodes; i++) {
 		const tally_node_info *ni = &c->cat->nodes[i];
-		if (ni->state != TALLY_NODE_UP || ni->id == skip_node)
+		if (ni->state != TALLY_NODE_UP || ni->id == skip_node ||
+		    ni->last_heartbeat_us < stale)
 			continue;
 		tally_strlcpy(addr[nc], ni->data_addr, sizeof addr[nc]);
 		tally_strlcpy(name[nc], ni->name, sizeof name[nc]);

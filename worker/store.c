@@ -59,9 +59,12 @@ typedef struct shard {
 } shard;
 
 struct tally_store {
-	pthread_rwlock_t mu;
+	pthread_rwlock_t mu; /* prefers writers: a steady stream of applies must not starve sync */
 	shard **shards;
 	int n, cap;
+	shard *
+	    *dropped; /* dropped by sync; freed by the next checkpoint (which may be using them) */
+	int ndropped, capdropped;
 	uint64_t synced_epoch; /* epoch of the last map tally_store_sync applied */
 	char dir[600];	       /* DIR/snap */
 	bool fsync;
@@ -70,7 +73,11 @@ struct tally_store {
 tally_store *tally_store_alloc(const char *node_dir, bool fsync)
 {
 	tally_store *st = tally_xcalloc(1, sizeof *st);
-	pthread_rwlock_init(&st->mu, NULL);
+	pthread_rwlockattr_t ra;
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&st->mu, &ra);
+	pthread_rwlockattr_destroy(&ra);
 	snprintf(st->dir, sizeof st->dir, "%s/snap", node_dir);
 	st->fsync = fsync;
 	return st;
@@ -94,7 +101,10 @@ void tally_store_free(tally_store *st)
 		return;
 	for (int i = 0; i < st->n; i++)
 		shard_free(st->shards[i]);
+	for (int i = 0; i < st->ndropped; i++)
+		shard_free(st->dropped[i]);
 	free(st->shards);
+	free(st->dropped);
 	pthread_rwlock_destroy(&st->mu);
 	free(st);
 }
@@ -152,6 +162,29 @@ static bool dd_seen(shard *s, uint64_t origin, uint64_t seq)
 	return false;
 }
 
+/* The origin says every seq below floor was acknowledged (by this shard, perhaps in an
+ * incarnation whose state was lost): count them as applied, so the contiguous mark never
+ * waits for batches that will not come. */
+static void dd_floor(shard *s, uint64_t origin, uint64_t floor)
+{
+	if (floor <= 1)
+		return;
+	dedup *d = dd_find(s, origin, true);
+	if (floor - 1 <= d->hi)
+		return;
+	d->hi = floor - 1;
+	uint32_t k = 0;
+	while (k < d->nabove && d->above[k] <= d->hi + 1) {
+		if (d->above[k] == d->hi + 1)
+			d->hi++;
+		k++;
+	}
+	if (k) {
+		memmove(d->above, d->above + k, (size_t)(d->nabove - k) * sizeof *d->above);
+		d->nabove -= k;
+	}
+}
+
 /* Room to note one more batch of origin above its hi? */
 static bool dd_has_room(shard *s, uint64_t origin, uint64_t seq)
 {
@@ -165,17 +198,7 @@ static void dd_add(shard *s, uint64_t origin, uint64_t seq)
 	if (seq <= d->hi)
 		return;
 	if (seq == d->hi + 1) {
-		d->hi = seq;
-		uint32_t k = 0;
-		while (k < d->nabove && d->above[k] <= d->hi + 1) {
-			if (d->above[k] == d->hi + 1)
-				d->hi++;
-			k++;
-		}
-		if (k) {
-			memmove(d->above, d->above + k, (size_t)(d->nabove - k) * sizeof *d->above);
-			d->nabove -= k;
-		}
+		dd_floor(s, origin, seq + 1);
 		return;
 	}
 	uint32_t pos = d->nabove;
@@ -307,6 +330,7 @@ int tally_store_apply(tally_store *st, tally_wal *wal, const tally_view_rt *v, u
 	}
 	pthread_mutex_lock(&s->mu);
 	int rc = 0;
+	dd_floor(s, a->origin, a->floor);
 	if (dd_seen(s, a->origin, a->seq)) {
 		/* Applied before: acknowledge again, once the log has it durably (the first
 		 * attempt's flush may still be running). */
@@ -357,6 +381,8 @@ int tally_store_replay(tally_store *st, const tally_map *m, uint64_t lsn, uint64
 	int rc = 0;
 	if (s) {
 		pthread_mutex_lock(&s->mu);
+		if (lsn >= s->applied_lsn)
+			dd_floor(s, a.origin, a.floor);
 		if (lsn >= s->applied_lsn && !dd_seen(s, a.origin, a.seq)) {
 			rc = merge_batch(s, v, &a, &r, err);
 			if (rc == 0 && merge_groups(s, v, &a, &r) != 0)
@@ -430,10 +456,16 @@ void tally_store_sync(tally_store *st, const tally_map *m)
 		st->synced_epoch = m->cat->epoch;
 	int j = 0;
 	for (int i = 0; i < st->n; i++) {
-		if (tally_catalog_view_by_id(m->cat, st->shards[i]->view_id))
+		if (tally_catalog_view_by_id(m->cat, st->shards[i]->view_id)) {
 			st->shards[j++] = st->shards[i];
-		else
-			shard_free(st->shards[i]);
+			continue;
+		}
+		if (st->ndropped == st->capdropped) {
+			st->capdropped = st->capdropped ? st->capdropped * 2 : 16;
+			st->dropped = tally_xrealloc(st->dropped,
+						     (size_t)st->capdropped * sizeof *st->dropped);
+		}
+		st->dropped[st->ndropped++] = st->shards[i];
 	}
 	st->n = j;
 	pthread_rwlock_unlock(&st->mu);
@@ -554,11 +586,20 @@ int tally_store_checkpoint(tally_store *st, tally_err *err)
 	if (mkdir(st->dir, 0700) != 0 && errno != EEXIST)
 		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "could not create \"%s\": %s",
 				     st->dir, strerror(errno));
-	/* The read lock keeps shards from being freed; applies go on (they take it too). */
-	pthread_rwlock_rdlock(&st->mu);
+	/* Work on a copy of the shard list, without holding the store's lock while writing
+	 * (a map change must not wait for snapshots). A shard dropped meanwhile stays allocated
+	 * until the next checkpoint frees it here. */
+	pthread_rwlock_wrlock(&st->mu);
+	for (int i = 0; i < st->ndropped; i++)
+		shard_free(st->dropped[i]);
+	st->ndropped = 0;
+	int n = st->n;
+	shard **list = tally_xcalloc((size_t)n + 1, sizeof *list);
+	memcpy(list, st->shards, (size_t)n * sizeof *list);
+	pthread_rwlock_unlock(&st->mu);
 	int rc = 0, written = 0;
-	for (int i = 0; i < st->n && rc == 0; i++) {
-		shard *s = st->shards[i];
+	for (int i = 0; i < n && rc == 0; i++) {
+		shard *s = list[i];
 		pthread_mutex_lock(&s->mu);
 		bool dirty = s->applied_lsn != s->snap_lsn;
 		pthread_mutex_unlock(&s->mu);
@@ -567,6 +608,8 @@ int tally_store_checkpoint(tally_store *st, tally_err *err)
 			written++;
 		}
 	}
+	free(list);
+	pthread_rwlock_rdlock(&st->mu);
 	/* Snapshots of shards this node no longer holds (dropped views) go. */
 	DIR *d = rc == 0 ? opendir(st->dir) : NULL;
 	struct dirent *de;

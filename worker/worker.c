@@ -11,6 +11,7 @@
  */
 #include "worker.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -188,6 +189,25 @@ static void *hb_main(void *arg)
 
 /* ---- requests ------------------------------------------------------------------------------- */
 
+/* Ask the coordinator for the current map and take it. 0 if a map came back. */
+static int fetch_map(tally_worker *w, int timeout_ms)
+{
+	tally_node *n = &w->node;
+	tally_buf req = {0};
+	tally_msg_begin(&req, TALLY_MSG_GET_MAP, tally_node_next_req(n), tally_node_epoch(n));
+	tally_msg_end(&req);
+	tally_rpc_call c;
+	int rc = -1;
+	if (coord_call(w, &req, &c, timeout_ms) == 0 && c.hdr.type == TALLY_MSG_MAP) {
+		rc = install_from(w, &c.body);
+		if (rc != 0)
+			tally_log_warn("malformed MAP reply from the coordinator");
+	}
+	tally_rpc_calls_done(&c, 1);
+	tally_buf_free(&req);
+	return rc;
+}
+
 /* The view a peer's request names, looked up in the current map (*m, a reference the caller
  * releases). A view we have not heard of, from a peer whose map is newer than ours (its header
  * epoch says so), means a map push to us was slow or lost: the map is fetched from the
@@ -201,15 +221,7 @@ static const tally_view_rt *request_view(tally_worker *w, const tally_msg_hdr *h
 	if (v || h->epoch <= (*m)->cat->epoch)
 		return v;
 	tally_map_put(*m);
-	tally_buf req = {0};
-	tally_msg_begin(&req, TALLY_MSG_GET_MAP, tally_node_next_req(n), tally_node_epoch(n));
-	tally_msg_end(&req);
-	tally_rpc_call c;
-	if (coord_call(w, &req, &c, 1000) == 0 && c.hdr.type == TALLY_MSG_MAP &&
-	    install_from(w, &c.body) != 0)
-		tally_log_warn("malformed MAP reply from the coordinator");
-	tally_rpc_calls_done(&c, 1);
-	tally_buf_free(&req);
+	fetch_map(w, 1000);
 	*m = tally_node_map(n);
 	return tally_map_view_by_id(*m, view_id);
 }
@@ -351,6 +363,21 @@ static int worker_ddl(tally_node *n, const char *sql, const tally_settings *s, c
 
 /* ---- durability hooks --------------------------------------------------------------------- */
 
+/* Does dir/sub hold anything but . and ..? */
+static bool dir_has_entries(const char *dir, const char *sub)
+{
+	char path[700];
+	snprintf(path, sizeof path, "%s/%s", dir, sub);
+	DIR *d = opendir(path);
+	bool any = false;
+	struct dirent *de;
+	while (d && !any && (de = readdir(d)))
+		any = strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0;
+	if (d)
+		closedir(d);
+	return any;
+}
+
 /* Recovery: the map this worker last had (DIR/map), then its shard snapshots. */
 static int worker_recover(tally_node *n, tally_err *err)
 {
@@ -370,12 +397,28 @@ static int worker_recover(tally_node *n, tally_err *err)
 			tally_buf_free(&b);
 			tally_err_set(err, TALLY_SQLSTATE_DATA_CORRUPTED,
 				      "saved cluster map \"%s\" is corrupt", path);
-			return tally_err_hint(err, "Remove the file: the worker then takes the "
+			return tally_err_hint(err, "Remove the file: the worker then waits for the "
 						   "map from the coordinator before it recovers.");
 		}
+		/* Our id from the saved map, so this node serves its shards as soon as it has
+		 * recovered, even before (or without) the coordinator answering. */
+		const tally_node_info *self = tally_catalog_node_by_name(cat, n->cfg.name);
+		if (self)
+			__atomic_store_n(&n->node_id, self->id, __ATOMIC_RELEASE);
 		tally_node_install_map(n, cat);
 	}
 	tally_buf_free(&b);
+	if (rc == 1 && (!n->fresh_dir || dir_has_entries(n->cfg.dir, "snap"))) {
+		/* A directory with data but no saved map (someone removed it): the views its
+		 * snapshots and log records belong to must come from the coordinator, or they
+		 * would all look dropped and be deleted. */
+		tally_log_warn("no saved cluster map in \"%s\": waiting for the coordinator's",
+			       n->cfg.dir);
+		while (fetch_map(w, 2000) != 0)
+			tally_log_warn(
+			    "still waiting for the cluster map from the coordinator at %s",
+			    n->cfg.coordinator_addr);
+	}
 	tally_map *m = tally_node_map(n);
 	rc = tally_store_load(w->store, m, err);
 	tally_map_put(m);

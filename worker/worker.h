@@ -26,7 +26,8 @@ int tally_store_load(tally_store *st, const tally_map *m, tally_err *err);
 /* Recovery: one TALLY_REC_APPLY record [lsn, end), merged unless its shard already has it. */
 int tally_store_replay(tally_store *st, const tally_map *m, uint64_t lsn, uint64_t end,
 		       const uint8_t *body, uint32_t len, tally_err *err);
-/* Snapshot every shard changed since its last snapshot; remove snapshots of shards gone. */
+/* Snapshot every shard changed since its last snapshot; remove snapshots of shards gone.
+ * Not concurrently with itself (the node runs one checkpoint at a time). */
 int tally_store_checkpoint(tally_store *st, tally_err *err);
 /* Append READ_OK's body for one shard (u32 ngroups + groups) to reply: every group, or with
  * key only the group with that encoded key (if the shard has it). */

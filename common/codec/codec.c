@@ -171,6 +171,7 @@ void tally_msg_put_apply(tally_buf *b, const tally_msg_apply *m)
 	tally_buf_put_u64(b, m->origin);
 	tally_buf_put_u32(b, m->home_shard);
 	tally_buf_put_u64(b, m->seq);
+	tally_buf_put_u64(b, m->floor);
 	tally_buf_put_u64(b, m->view_id);
 	tally_buf_put_u32(b, m->target_shard);
 	tally_buf_put_u32(b, m->ngroups);
@@ -180,13 +181,13 @@ int tally_msg_get_apply(tally_rd *r, tally_msg_apply *m)
 {
 	tally_msg_apply t;
 	if (r->bad || tally_rd_u64(r, &t.origin) || tally_rd_u32(r, &t.home_shard) ||
-	    tally_rd_u64(r, &t.seq) || tally_rd_u64(r, &t.view_id) ||
+	    tally_rd_u64(r, &t.seq) || tally_rd_u64(r, &t.floor) || tally_rd_u64(r, &t.view_id) ||
 	    tally_rd_u32(r, &t.target_shard) || tally_rd_u32(r, &t.ngroups))
 		return -1;
 	/* Every group starts with a u32 key length: a count the remaining bytes cannot hold is
 	 * a lie, and callers size arrays by it. */
-	if (t.ngroups > tally_rd_left(r) / 4 || t.home_shard >= TALLY_MAX_SHARDS ||
-	    t.target_shard >= TALLY_MAX_SHARDS) {
+	if (t.ngroups > tally_rd_left(r) / 4 || t.origin == 0 || t.seq == 0 || t.floor > t.seq ||
+	    t.home_shard >= TALLY_MAX_SHARDS || t.target_shard >= TALLY_MAX_SHARDS) {
 		r->bad = true;
 		return -1;
 	}

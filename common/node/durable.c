@@ -66,6 +66,7 @@ static int state_read(tally_node *n, uint64_t *redo, tally_err *err)
 			if (getrandom(&id, sizeof id, 0) != (ssize_t)sizeof id)
 				id = (uint64_t)tally_now_us() ^ ((uint64_t)getpid() << 40);
 		n->log_id = id;
+		n->fresh_dir = true;
 		*redo = 0;
 		rc = state_write(n, 0, err);
 		if (rc == 0)

@@ -57,7 +57,9 @@ typedef struct ob_batch {
 typedef struct seq_entry {
 	uint64_t view_id; /* 0 = empty */
 	uint32_t shard;
-	uint64_t seq;
+	uint64_t seq;	/* last assigned */
+	uint64_t floor; /* lowest pending seq, as of round `stamp` */
+	uint64_t stamp;
 } seq_entry;
 
 struct tally_outbox {
@@ -71,6 +73,7 @@ struct tally_outbox {
 	uint64_t nbatches, bytes;
 	uint64_t delivered, resends;
 	uint32_t busy[OB_SENDERS];
+	uint64_t rounds; /* stamps seq_entry.floor */
 	seq_entry *seqs;
 	size_t nseqs, seqcap;
 	pthread_t threads[OB_SENDERS];
@@ -234,9 +237,9 @@ static ob_batch *batch_new(const uint8_t *body, uint32_t len, uint8_t *owned, ui
 			memcpy(b->body, body, len);
 	}
 	b->len = len;
-	b->shard = tally_be32(b->body + 8);
+	b->shard = tally_be32(b->body + TALLY_APPLY_HOME_OFF);
 	b->seq = tally_be64(b->body + TALLY_APPLY_SEQ_OFF);
-	b->view_id = tally_be64(b->body + 20);
+	b->view_id = tally_be64(b->body + TALLY_APPLY_VIEW_OFF);
 	b->lsn = lsn;
 	b->end = end;
 	b->logged_us = tally_now_us();
@@ -425,7 +428,8 @@ int tally_outbox_submit(tally_node *n, tally_buf *bodies, int nb, tally_insert_l
 	for (int i = 0; i < nb; i++) {
 		uint8_t *p = bodies[i].data;
 		tally_put_be64(p, n->log_id);
-		seq_entry *e = seq_get(ob, tally_be64(p + 20), tally_be32(p + 8));
+		seq_entry *e = seq_get(ob, tally_be64(p + TALLY_APPLY_VIEW_OFF),
+				       tally_be32(p + TALLY_APPLY_HOME_OFF));
 		tally_put_be64(p + TALLY_APPLY_SEQ_OFF, ++e->seq);
 	}
 	if (tally_wal_append(n->wal, TALLY_REC_OUTBOX, iov, nb * 2 + 1, &start, &end, err) != 0) {
@@ -523,15 +527,23 @@ static bool dest_busy(const tally_outbox *ob, uint32_t dest)
 /* Pick the next round (caller holds mu): up to OB_ROUND sendable batches to one destination.
  * Batches of dropped views are removed on the way (their ids go to done). Returns the count;
  * *wake is when something not yet sendable becomes so. */
-static int pick_round(tally_outbox *ob, const tally_map *m, ob_batch **pick, uint32_t *dest,
-		      tally_buf *done, uint32_t *ndone, int64_t *wake)
+static int pick_round(tally_outbox *ob, const tally_map *m, ob_batch **pick, uint64_t *floors,
+		      uint32_t *dest, tally_buf *done, uint32_t *ndone, int64_t *wake)
 {
 	int64_t now = tally_mono_us();
 	int np = 0;
 	*dest = 0;
 	*wake = now + 200000;
+	uint64_t round = ++ob->rounds;
 	for (ob_batch *b = ob->list.next, *nx; b != &ob->list && np < OB_ROUND; b = nx) {
 		nx = b->next;
+		/* The list is in log order, so the first pending batch of a (view, shard) met in
+		 * this walk has its lowest pending seq: the floor sent along with its batches. */
+		seq_entry *se = seq_get(ob, b->view_id, b->shard);
+		if (se->stamp != round) {
+			se->stamp = round;
+			se->floor = b->seq;
+		}
 		if (b->inflight)
 			continue;
 		if (b->next_try_us > now) {
@@ -565,6 +577,7 @@ static int pick_round(tally_outbox *ob, const tally_map *m, ob_batch **pick, uin
 				continue;
 			*dest = b->dest;
 		}
+		floors[np] = se->floor;
 		pick[np++] = b;
 	}
 	return np;
@@ -590,6 +603,7 @@ static void *sender_main(void *arg)
 	tally_node *n = ob->n;
 	int slot = -1;
 	ob_batch *pick[OB_ROUND];
+	uint64_t floors[OB_ROUND];
 	tally_rpc_call *calls = tally_xcalloc(OB_ROUND, sizeof *calls);
 	tally_buf reqs[OB_ROUND];
 	memset(reqs, 0, sizeof reqs);
@@ -603,7 +617,7 @@ static void *sender_main(void *arg)
 		uint32_t dest, ndone = 0;
 		int64_t wake;
 		tally_buf_reset(&done);
-		int np = pick_round(ob, m, pick, &dest, &done, &ndone, &wake);
+		int np = pick_round(ob, m, pick, floors, &dest, &done, &ndone, &wake);
 		if (np == 0) {
 			if (ndone) {
 				pthread_cond_broadcast(&ob->done_cv);
@@ -644,6 +658,8 @@ static void *sender_main(void *arg)
 			tally_msg_begin(&reqs[i], TALLY_MSG_APPLY, tally_node_next_req(n),
 					m->cat->epoch);
 			tally_buf_append(&reqs[i], pick[i]->body, pick[i]->len);
+			tally_put_be64(reqs[i].data + TALLY_MSG_HDR + TALLY_APPLY_FLOOR_OFF,
+				       floors[i]);
 			tally_msg_end(&reqs[i]);
 			memset(&calls[i], 0, sizeof calls[i]);
 			calls[i].addr = pn->data_addr;
@@ -657,6 +673,8 @@ static void *sender_main(void *arg)
 
 		pthread_mutex_lock(&ob->mu);
 		int64_t now = tally_mono_us();
+		int nfailed = 0, first_failed = -1;
+		uint32_t max_attempts = 0;
 		for (int i = 0; i < np; i++) {
 			ob_batch *b = pick[i];
 			bool ok =
@@ -673,18 +691,23 @@ static void *sender_main(void *arg)
 			b->inflight = false;
 			b->attempts++;
 			ob->resends++;
-			int64_t backoff = OB_BACKOFF_MIN_US << (b->attempts < 5 ? b->attempts : 5);
+			int64_t backoff = OB_BACKOFF_MIN_US
+					  << (b->attempts < 6 ? b->attempts - 1 : 5);
 			if (backoff > OB_BACKOFF_MAX_US)
 				backoff = OB_BACKOFF_MAX_US;
 			b->next_try_us = now + backoff;
-			if (durable && (b->attempts == 1 || b->attempts % 20 == 0))
-				tally_log_warn(
-				    "outbox: batch %llu for shard %u of view id %llu not "
-				    "applied by %s (attempt %u): %s",
-				    (unsigned long long)b->seq, b->shard,
-				    (unsigned long long)b->view_id, pn->name, b->attempts,
-				    calls[i].errmsg);
+			if (first_failed < 0)
+				first_failed = i;
+			if (b->attempts > max_attempts)
+				max_attempts = b->attempts;
+			nfailed++;
 		}
+		/* one line per failed round, and then only now and then for a long outage */
+		if (durable && nfailed && (max_attempts == 1 || max_attempts % 20 == 0))
+			tally_log_warn("outbox: %d of %d batches not applied by %s (attempt %u), "
+				       "will retry: %s",
+				       nfailed, np, pn->name, max_attempts,
+				       calls[first_failed].errmsg);
 		if (durable)
 			tally_rpc_calls_done(calls, np);
 		if (slot >= 0)

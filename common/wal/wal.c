@@ -565,8 +565,9 @@ static int wal_corrupt(tally_wal *w, const char *path, uint64_t off, const char 
 		tally_err_detail(err, "The record has a %s; a valid record follows at LSN %llu.",
 				 what, (unsigned long long)good_lsn);
 	}
-	tally_err_hint(err, "The node refuses to start rather than serve wrong results; restore "
-			    "its data directory or rebuild it from a replica.");
+	tally_err_hint(err,
+		       "The node refuses to start rather than serve wrong results; restore "
+		       "its data directory from a backup, or remove it to start this node empty.");
 	tally_log_error("%s: %s", err ? err->message : "write-ahead log is corrupt", what);
 	return -1;
 }
@@ -725,8 +726,9 @@ int tally_wal_replay(tally_wal *w, uint64_t from, tally_wal_replay_fn fn, void *
 				    path, (unsigned long long)(w->segs[i].start + w->segs[i].size),
 				    next, (unsigned long long)w->segs[i + 1].start);
 				tally_err_hint(err, "The node refuses to start rather than serve "
-						    "wrong results; restore its data directory or "
-						    "rebuild it from a replica.");
+						    "wrong results; restore its data directory "
+						    "from a backup, or remove it to start this "
+						    "node empty.");
 				rc = -1;
 				break;
 			}

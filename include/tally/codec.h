@@ -15,7 +15,7 @@
 #include "tally/core.h"
 
 #define TALLY_MSG_MAGIC 0x544C
-#define TALLY_MSG_VERSION 1
+#define TALLY_MSG_VERSION 2 /* 2: APPLY's origin is a u64 log id and it carries a floor */
 #define TALLY_MSG_HDR 28
 #define TALLY_MSG_MAX (256u << 20) /* NNG_OPT_RECVMAXSZ on every socket */
 
@@ -81,20 +81,27 @@ typedef struct tally_msg_heartbeat {
 void tally_msg_put_heartbeat(tally_buf *b, const tally_msg_heartbeat *m);
 int tally_msg_get_heartbeat(tally_rd *r, tally_msg_heartbeat *m);
 
-/* APPLY: batch id (u64 origin, u32 home shard, u64 seq), u64 view id, u32 target shard,
- * u32 ngroups, then the groups (offsets in the body: seq 12, ngroups 32, groups 36). The
- * origin is the origin node's log id: a random 64-bit number drawn when its data directory
- * was created, so a node that loses its directory starts a new batch sequence. Groups: for each,
- * str key (tally_key_encode of the group values) followed by the view's aggregate states
- * (tally_agg_serialize, in order). The groups are left in the reader for the caller, who knows the
- * view's aggregates. */
+/* APPLY: batch id (u64 origin, u32 home shard, u64 seq), u64 floor, u64 view id, u32 target
+ * shard, u32 ngroups, then the groups (body offsets below). The origin is the origin node's
+ * log id: a random nonzero 64-bit number drawn when its data directory was created, so a node
+ * that loses its directory starts a new batch sequence. floor is the origin's lowest seq still
+ * unacknowledged for (view, home shard) when it sent this batch (0 = unknown): every lower
+ * seq was acknowledged by a primary, so the receiver may count them as applied (its dedup
+ * state then never waits for batches it will not get, e.g. after it lost its directory).
+ * Groups: for each, str key (tally_key_encode of the group values) followed by the view's
+ * aggregate states (tally_agg_serialize, in order). The groups are left in the reader for the
+ * caller, who knows the view's aggregates. */
+#define TALLY_APPLY_HOME_OFF 8
 #define TALLY_APPLY_SEQ_OFF 12
-#define TALLY_APPLY_NGROUPS_OFF 32
-#define TALLY_APPLY_FIXED 36
+#define TALLY_APPLY_FLOOR_OFF 20
+#define TALLY_APPLY_VIEW_OFF 28
+#define TALLY_APPLY_NGROUPS_OFF 40
+#define TALLY_APPLY_FIXED 44
 typedef struct tally_msg_apply {
 	uint64_t origin;
 	uint32_t home_shard;
 	uint64_t seq;
+	uint64_t floor;
 	uint64_t view_id;
 	uint32_t target_shard;
 	uint32_t ngroups;

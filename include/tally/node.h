@@ -203,6 +203,7 @@ struct tally_node {
 	int64_t started_us;
 	/* durability (durable.c, outbox.c) */
 	uint64_t log_id; /* origin id of this node's batches: drawn when its directory was made */
+	bool fresh_dir;	 /* this start created the directory's state */
 	tally_wal *wal;
 	struct tally_outbox *outbox;
 	pthread_t ckpt_thread;

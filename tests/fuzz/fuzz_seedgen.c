@@ -158,7 +158,7 @@ static void codec_seeds(void)
 	put_file("codec", "heartbeat.bin", b.data, b.len);
 	/* APPLY with three groups (flags 0: fuzz_codec picks its aggregate list from the
 	 * flags; list 1 is count(*), sum(int4), min(text), which these groups carry). */
-	tally_msg_apply ap = {2, 1, 77, 3, 2, 3};
+	tally_msg_apply ap = {2, 1, 77, 70, 3, 2, 3};
 	tally_msg_begin(&b, TALLY_MSG_APPLY, 5, 42);
 	tally_put_be16(b.data + 4, 1);
 	tally_msg_put_apply(&b, &ap);

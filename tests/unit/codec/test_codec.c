@@ -17,7 +17,7 @@ typedef int (*parse_fn)(tally_rd *r, bool check);
 
 static const tally_msg_register reg_in = {"w1", "tcp://127.0.0.1:40123", "127.0.0.1:6433", 42};
 static const tally_msg_heartbeat hb_in = {7, 3, 99, 123456789};
-static const tally_msg_apply apply_in = {2, 5, 1000001, 77, 6, 2};
+static const tally_msg_apply apply_in = {2, 5, 1000001, 999990, 77, 6, 2};
 static const uint8_t read_key[] = {1, 2, 0, 4};
 
 static void build_error(tally_buf *b)
@@ -105,7 +105,8 @@ static int parse_apply(tally_rd *r, bool check)
 		return -1;
 	if (check)
 		cr_assert(m.origin == apply_in.origin && m.home_shard == apply_in.home_shard &&
-			  m.seq == apply_in.seq && m.view_id == apply_in.view_id &&
+			  m.seq == apply_in.seq && m.floor == apply_in.floor &&
+			  m.view_id == apply_in.view_id &&
 			  m.target_shard == apply_in.target_shard && m.ngroups == 2);
 	return 0;
 }
@@ -260,7 +261,8 @@ Test(codec, bad_header_rejected, .timeout = 30)
 	struct {
 		size_t off;
 		uint8_t val;
-	} bad[] = {{0, 0x00}, {1, 0x4D}, {2, 0}, {2, 2}, {3, 0}, {3, 16}, {3, 255}, {6, 1}, {7, 1}};
+	} bad[] = {{0, 0x00}, {1, 0x4D}, {2, 0},   {2, 1}, {2, 3},
+		   {3, 0},    {3, 16},	 {3, 255}, {6, 1}, {7, 1}};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		uint8_t save = b.data[bad[i].off];
 		b.data[bad[i].off] = bad[i].val;
@@ -397,7 +399,7 @@ Test(codec, golden_header_bytes, .timeout = 30)
 	tally_msg_end(&b);
 	static const uint8_t want[] = {
 	    0x54, 0x4C,					    /* magic "TL" */
-	    0x01,					    /* version */
+	    0x02,					    /* version */
 	    0x05,					    /* type HEARTBEAT */
 	    0x00, 0x00,					    /* flags */
 	    0x00, 0x00,					    /* reserved */
@@ -415,6 +417,7 @@ Test(codec, golden_apply_bytes, .timeout = 30)
 	tally_msg_apply m = {.origin = 0x0A0B0C0D00000003ull,
 			     .home_shard = 1,
 			     .seq = 258,
+			     .floor = 250,
 			     .view_id = 7,
 			     .target_shard = 2,
 			     .ngroups = 1};
@@ -425,14 +428,15 @@ Test(codec, golden_apply_bytes, .timeout = 30)
 	tally_msg_end(&b);
 	static const uint8_t want[] = {
 	    /* header */
-	    0x54, 0x4C, 0x01, 0x0C, 0x00, 0x00, 0x00, 0x00, /* TL v1 APPLY flags rsvd */
+	    0x54, 0x4C, 0x02, 0x0C, 0x00, 0x00, 0x00, 0x00, /* TL v2 APPLY flags rsvd */
 	    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, /* request id 9 */
 	    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, /* epoch 4 */
-	    0x00, 0x00, 0x00, 0x2B,			    /* body length 43 */
+	    0x00, 0x00, 0x00, 0x33,			    /* body length 51 */
 	    /* body */
 	    0x0A, 0x0B, 0x0C, 0x0D, 0x00, 0x00, 0x00, 0x03, /* origin (log id) */
 	    0x00, 0x00, 0x00, 0x01,			    /* home shard 1 */
 	    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, /* seq 258 */
+	    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFA, /* floor 250 */
 	    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07, /* view id 7 */
 	    0x00, 0x00, 0x00, 0x02,			    /* target shard 2 */
 	    0x00, 0x00, 0x00, 0x01,			    /* ngroups 1 */
@@ -448,6 +452,9 @@ Test(codec, golden_apply_bytes, .timeout = 30)
 	cr_assert_eq(out.seq, 258);
 	cr_assert_eq(out.origin, 0x0A0B0C0D00000003ull);
 	cr_assert_eq(tally_be64(want + TALLY_MSG_HDR + TALLY_APPLY_SEQ_OFF), 258);
+	cr_assert_eq(tally_be64(want + TALLY_MSG_HDR + TALLY_APPLY_FLOOR_OFF), 250);
+	cr_assert_eq(tally_be64(want + TALLY_MSG_HDR + TALLY_APPLY_VIEW_OFF), 7);
+	cr_assert_eq(tally_be32(want + TALLY_MSG_HDR + TALLY_APPLY_HOME_OFF), 1);
 	cr_assert_eq(tally_be32(want + TALLY_MSG_HDR + TALLY_APPLY_NGROUPS_OFF), 1);
 	cr_assert_eq(sizeof want - TALLY_MSG_HDR - 7, TALLY_APPLY_FIXED);
 	cr_assert_eq(tally_rd_left(&r), 7);
