@@ -185,11 +185,14 @@ static void dd_floor(shard *s, uint64_t origin, uint64_t floor)
 	}
 }
 
-/* Room to note one more batch of origin above its hi? */
-static bool dd_has_room(shard *s, uint64_t origin, uint64_t seq)
+/* Room to note one more batch of origin above its hi (as raised by floor)? */
+static bool dd_has_room(shard *s, uint64_t origin, uint64_t seq, uint64_t floor)
 {
 	dedup *d = dd_find(s, origin, false);
-	return !d || seq == d->hi + 1 || d->nabove < DEDUP_ABOVE_MAX;
+	uint64_t hi = d ? d->hi : 0;
+	if (floor > 1 && floor - 1 > hi)
+		hi = floor - 1;
+	return !d || seq == hi + 1 || d->nabove < DEDUP_ABOVE_MAX;
 }
 
 static void dd_add(shard *s, uint64_t origin, uint64_t seq)
@@ -330,13 +333,15 @@ int tally_store_apply(tally_store *st, tally_wal *wal, const tally_view_rt *v, u
 	}
 	pthread_mutex_lock(&s->mu);
 	int rc = 0;
-	dd_floor(s, a->origin, a->floor);
+	/* (a->floor <= a->seq: the floor says nothing about this batch itself, only about lower
+	 * seqs; it is taken in only with a batch that is applied or recognised.) */
 	if (dd_seen(s, a->origin, a->seq)) {
 		/* Applied before: acknowledge again, once the log has it durably (the first
 		 * attempt's flush may still be running). */
+		dd_floor(s, a->origin, a->floor);
 		s->duplicates++;
 		*flush_lsn = s->applied_lsn;
-	} else if (!dd_has_room(s, a->origin, a->seq)) {
+	} else if (!dd_has_room(s, a->origin, a->seq, a->floor)) {
 		rc = tally_err_set(err, TALLY_SQLSTATE_INSUFFICIENT_RESOURCES,
 				   "shard %s_%u has too many out-of-order batches from one origin",
 				   v->info->name, a->target_shard);
@@ -353,6 +358,7 @@ int tally_store_apply(tally_store *st, tally_wal *wal, const tally_view_rt *v, u
 					v->info->name, a->target_shard);
 			abort();
 		} else {
+			dd_floor(s, a->origin, a->floor);
 			dd_add(s, a->origin, a->seq);
 			s->applied_lsn = end;
 			s->batches++;
@@ -595,7 +601,8 @@ int tally_store_checkpoint(tally_store *st, tally_err *err)
 	st->ndropped = 0;
 	int n = st->n;
 	shard **list = tally_xcalloc((size_t)n + 1, sizeof *list);
-	memcpy(list, st->shards, (size_t)n * sizeof *list);
+	if (n)
+		memcpy(list, st->shards, (size_t)n * sizeof *list);
 	pthread_rwlock_unlock(&st->mu);
 	int rc = 0, written = 0;
 	for (int i = 0; i < n && rc == 0; i++) {
