@@ -46,6 +46,7 @@ typedef struct bench_opts {
 	double minutes;		  /* soak */
 	int sample_s;		  /* soak */
 	const char *cluster_dir;  /* soak: tallyctl's --dir */
+	bool sequential;	  /* keys cover 0..groups-1 in turn instead of at random */
 } bench_opts;
 
 typedef struct bench_ingest_result {
@@ -117,9 +118,13 @@ static int bench_exec(PGconn *c, const char *sql)
 }
 
 /* Drop then create stream <name>_s and view <name>_v (count, sum, avg of v per k). */
+static int bench_shards; /* --shards: num_shards of the views made (0 = the default) */
+
 static int bench_create(PGconn *c, const char *name)
 {
-	char sql[512];
+	char sql[512], with[64] = "";
+	if (bench_shards)
+		snprintf(with, sizeof with, "WITH (num_shards = %d) ", bench_shards);
 	snprintf(sql, sizeof sql, "DROP CONTINUOUS VIEW IF EXISTS %s_v", name);
 	if (bench_exec(c, sql))
 		return -1;
@@ -130,9 +135,9 @@ static int bench_create(PGconn *c, const char *name)
 	if (bench_exec(c, sql))
 		return -1;
 	snprintf(sql, sizeof sql,
-		 "CREATE CONTINUOUS VIEW %s_v AS SELECT k, count(*), sum(v), avg(v) FROM %s_s "
+		 "CREATE CONTINUOUS VIEW %s_v %sAS SELECT k, count(*), sum(v), avg(v) FROM %s_s "
 		 "GROUP BY k",
-		 name, name);
+		 name, with, name);
 	return bench_exec(c, sql);
 }
 
@@ -293,7 +298,10 @@ static int bench_ingest(const bench_opts *o, bench_ingest_result *res)
 		long long rows = w->events < o->batch ? w->events : o->batch;
 		tally_buf_reserve(&w->data, (size_t)rows * 14);
 		for (long long r = 0; r < rows; r++)
-			bench_row(&w->data, (long long)(bench_rand(&seed) % (uint64_t)o->groups),
+			bench_row(&w->data,
+				  o->sequential
+				      ? (r * nc + i) % o->groups
+				      : (long long)(bench_rand(&seed) % (uint64_t)o->groups),
 				  &seed);
 		w->conn = bench_connect(o);
 		if (!w->conn)
@@ -755,6 +763,10 @@ static const char *usage =
     "--insert-level L  SET pipeline_cluster.insert_level = L on every ingest connection\n"
     "                  (sync_receive, sync_commit or async); events/s counts acknowledged\n"
     "                  rows, visible_s when the view had them all.\n"
+    "--shards N        num_shards of the views the tool creates (default: the cluster's)\n"
+    "--sequential-keys ingest: row r of connection c has k = (r * connections + c) mod\n"
+    "                  groups, so connections x batch >= groups rows fill every group\n"
+    "                  (default: k at random).\n"
     "\n"
     "Defaults: --host 127.0.0.1 --port 6432. The last output line is the result as JSON.\n"
     "Existing streams and views of the same names are dropped first.\n";
@@ -771,7 +783,9 @@ enum {
 	OPT_LEVEL,
 	OPT_MINUTES,
 	OPT_SAMPLE,
-	OPT_CLUSTER_DIR
+	OPT_CLUSTER_DIR,
+	OPT_SEQUENTIAL,
+	OPT_SHARDS
 };
 
 static int parse_ll(const char *s, long long min, long long max, long long *out)
@@ -811,6 +825,8 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 	    {"minutes", required_argument, NULL, OPT_MINUTES},
 	    {"sample", required_argument, NULL, OPT_SAMPLE},
 	    {"cluster-dir", required_argument, NULL, OPT_CLUSTER_DIR},
+	    {"sequential-keys", no_argument, NULL, OPT_SEQUENTIAL},
+	    {"shards", required_argument, NULL, OPT_SHARDS},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -887,6 +903,14 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 			break;
 		case OPT_CLUSTER_DIR:
 			o->cluster_dir = optarg;
+			break;
+		case OPT_SEQUENTIAL:
+			o->sequential = true;
+			break;
+		case OPT_SHARDS:
+			if (parse_ll(optarg, 1, 1024, &v))
+				bad = "--shards", range = "1..1024";
+			bench_shards = (int)v;
 			break;
 		case ':':
 			fprintf(stderr, "tally-bench: option %s needs a value\n", argv[optind - 1]);

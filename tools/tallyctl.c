@@ -1370,6 +1370,11 @@ static int cmd_node(int argc, char **argv, node_cmd what)
 			(long)n->pid);
 		return CTL_EXIT_FAIL;
 	}
+	/* A node just killed may still hold its port for a moment: the kernel releases its
+	 * memory (which can take a while for a big one) before it closes its sockets. */
+	int64_t port_deadline = tally_mono_us() + 5000000;
+	while (!port_free(n->sql_port) && tally_mono_us() < port_deadline)
+		ctl_sleep_us(CTL_POLL_US / 5);
 	if (!port_free(n->sql_port)) {
 		fprintf(stderr, "tallyctl: port %d for %s is already in use\n", n->sql_port,
 			n->name);

@@ -17,7 +17,8 @@
  *   not remove segments from there on.
  *
  * Senders: OB_SENDERS threads. Each round a sender takes the oldest sendable batches that go
- * to one destination node no other sender is serving (up to OB_ROUND of them), waits until
+ * to one destination node fewer than OB_PER_DEST senders are serving (up to OB_ROUND of
+ * them: two rounds overlap per destination, and a dead one holds up two senders), waits until
  * their record is durable, sends them all in parallel, and retires those acknowledged; a
  * failed batch is retried after a backoff (100 ms doubling to 2 s). A destination the map
  * says is down is not tried until the map says it is up. Batches of a view the map no longer
@@ -29,7 +30,8 @@
 #include <stdlib.h>
 #include <xxhash.h>
 
-#define OB_SENDERS 4
+#define OB_SENDERS 6
+#define OB_PER_DEST 2 /* senders serving one destination at a time */
 #define OB_ROUND 64
 #define OB_BACKOFF_MIN_US 100000
 #define OB_BACKOFF_MAX_US 2000000
@@ -518,13 +520,14 @@ size_t tally_outbox_rows(tally_node *n, tally_outbox_row **rows)
 
 static bool dest_busy(const tally_outbox *ob, uint32_t dest)
 {
+	int n = 0;
 	for (int i = 0; i < OB_SENDERS; i++)
-		if (ob->busy[i] == dest)
-			return true;
-	return false;
+		n += ob->busy[i] == dest;
+	return n >= OB_PER_DEST;
 }
 
-/* Pick the next round (caller holds mu): up to OB_ROUND sendable batches to one destination.
+/* Pick the next round (caller holds mu): up to OB_ROUND sendable batches to one destination
+ * that fewer than OB_PER_DEST senders serve (so a dead one holds up at most that many).
  * Batches of dropped views are removed on the way (their ids go to done). Returns the count;
  * *wake is when something not yet sendable becomes so. */
 static int pick_round(tally_outbox *ob, const tally_map *m, ob_batch **pick, uint64_t *floors,
