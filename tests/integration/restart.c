@@ -7,6 +7,7 @@
 #include "harness.h"
 
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,6 +157,109 @@ Test(restart, coordinator_without_catalog_starts_over_cleanly, .fini = th_fini, 
 	cr_assert_str_eq(avg, "2.5");
 	free(avg);
 	PQfinish(w1);
+	PQfinish(co);
+	th_cluster_stop(c);
+}
+
+/* Snapshot files in a worker's directory. */
+static int snapshot_files(const th_node *n)
+{
+	char dir[600];
+	snprintf(dir, sizeof dir, "%s/snap", n->dir);
+	DIR *d = opendir(dir);
+	int count = 0;
+	struct dirent *de;
+	while (d && (de = readdir(d)))
+		count += strstr(de->d_name, ".snap") != NULL;
+	if (d)
+		closedir(d);
+	return count;
+}
+
+typedef struct snaps_ctx {
+	const th_node *n;
+	int max;
+} snaps_ctx;
+
+static bool snapshots_at_most(void *p)
+{
+	snaps_ctx *s = p;
+	return snapshot_files(s->n) <= s->max;
+}
+
+typedef struct views_ctx {
+	th_cluster *c;
+	int worker;
+	const char *want; /* "name:num_shards,..." */
+} views_ctx;
+
+static bool views_are(void *p)
+{
+	views_ctx *v = p;
+	PGconn *conn = th_try_connect(th_worker(v->c, v->worker));
+	if (!conn)
+		return false;
+	PGresult *r =
+	    PQexec(conn, "SELECT name, num_shards FROM pipeline_cluster.views ORDER BY 1");
+	tally_buf b = {0};
+	for (int i = 0; PQresultStatus(r) == PGRES_TUPLES_OK && i < PQntuples(r); i++)
+		tally_buf_printf(&b, "%s%s:%s", i ? "," : "", PQgetvalue(r, i, 0),
+				 PQgetvalue(r, i, 1));
+	tally_buf_putc(&b, 0);
+	bool ok = strcmp((const char *)b.data, v->want) == 0;
+	tally_buf_free(&b);
+	PQclear(r);
+	PQfinish(conn);
+	return ok;
+}
+
+/* A view dropped and one created while a worker was down are right on that worker once it
+ * is back: the dropped view's shards (recovered from its snapshots) go, with their files at
+ * the next checkpoint; a new view of the same name has none of the old groups; the worker
+ * ingests and reads the new one at once. */
+Test(restart, views_changed_while_a_worker_was_down, .fini = th_fini, .timeout = 180)
+{
+	th_opts o = {.sets = {"pipeline_cluster.checkpoint_interval=300ms"}};
+	th_cluster *c = th_cluster_start(2, &o);
+	PGconn *co = th_connect(th_coord(c));
+	th_run(co, "CREATE STREAM s (k integer, v integer)");
+	th_run(co, "CREATE CONTINUOUS VIEW v WITH (num_shards = 4) AS SELECT k, count(*), sum(v) "
+		   "FROM s GROUP BY k");
+	th_run(co, "CREATE CONTINUOUS VIEW keep WITH (num_shards = 2) AS SELECT k, count(*) FROM s "
+		   "GROUP BY k");
+	th_run(co, "INSERT INTO s VALUES (1, 10), (2, 20), (3, 30), (4, 40), (5, 50), (6, 60)");
+	th_node *w1 = th_worker(c, 1);
+	/* the periodic checkpoint writes w1's shards to snapshots; a clean stop writes the rest */
+	th_kill_node(c, w1, SIGTERM);
+	cr_assert_gt(snapshot_files(w1), 0, "w1 wrote no snapshot");
+
+	th_run(co, "DROP CONTINUOUS VIEW v");
+	th_run(co, "CREATE CONTINUOUS VIEW v WITH (num_shards = 3) AS SELECT k, max(v) FROM s "
+		   "GROUP BY k");
+	th_run(co, "CREATE CONTINUOUS VIEW added AS SELECT v, count(*) FROM s GROUP BY v");
+	th_restart_node(c, w1);
+	up_ctx u = {c, 2};
+	cr_assert(th_wait_until(workers_up, &u, 15000), "w1 did not come back up");
+	views_ctx vc = {c, 1, "added:1,keep:2,v:3"};
+	cr_assert(th_wait_until(views_are, &vc, 10000), "w1 does not have the new views");
+
+	/* placed only on w2 while w1 was down: w1 ingests into them and reads them at once */
+	PGconn *c1 = th_connect(w1);
+	th_run(c1, "INSERT INTO s VALUES (1, 5), (7, 70)");
+	cr_assert_eq(th_query_int(c1, "SELECT count(*) FROM v"), 2, "old groups in the new v");
+	cr_assert_eq(th_query_int(c1, "SELECT max FROM v WHERE k = 7"), 70);
+	cr_assert_eq(th_query_int(c1, "SELECT sum(count) FROM keep"), 8);
+	cr_assert_eq(th_query_int(c1, "SELECT count(*) FROM added"), 2);
+	cr_assert_eq(th_query_int(co, "SELECT sum(count) FROM keep"), 8);
+
+	/* the dropped view's snapshots go at the next checkpoint: only keep's remain on w1 */
+	snaps_ctx sc = {w1, (int)th_query_int(co, "SELECT count(*) FROM pipeline_cluster.shards "
+						  "WHERE continuous_view = 'keep' AND owner = "
+						  "'w1' AND shard_type = 'primary'")};
+	cr_assert(th_wait_until(snapshots_at_most, &sc, 10000),
+		  "snapshots of the dropped view are still there (%d files, want %d)",
+		  snapshot_files(w1), sc.max);
+	PQfinish(c1);
 	PQfinish(co);
 	th_cluster_stop(c);
 }
