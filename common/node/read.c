@@ -363,11 +363,13 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 		return 1;
 	}
 	if (strcmp(name, "pipeline_cluster.views") == 0) {
-		static const char *const names[] = {"name",	    "stream",	       "num_shards",
-						    "num_replicas", "sharding_policy", "query"};
+		static const char *const names[] = {
+		    "name",  "stream", "num_shards", "num_replicas", "sharding_policy",
+		    "query", "id"};
 		static const tally_type types[] = {TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_INT4,
-						   TALLY_T_INT4, TALLY_T_TEXT, TALLY_T_TEXT};
-		const int nc = 6;
+						   TALLY_T_INT4, TALLY_T_TEXT, TALLY_T_TEXT,
+						   TALLY_T_INT8};
+		const int nc = 7;
 		set_cols(a, rel, "views", nc, names, types);
 		tally_value *out =
 		    tally_arena_alloc(a, (size_t)(cat->nviews + 1) * nc * sizeof *out);
@@ -380,6 +382,7 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 			row[3] = tally_int(TALLY_T_INT4, v->num_replicas);
 			row[4] = text_val(a, policy_name(v->sharding_policy));
 			row[5] = text_val(a, v->query_text);
+			row[6] = tally_int(TALLY_T_INT8, (int64_t)v->id);
 		}
 		*rows = out;
 		*nrows = (size_t)cat->nviews;

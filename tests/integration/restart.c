@@ -161,16 +161,18 @@ Test(restart, coordinator_without_catalog_starts_over_cleanly, .fini = th_fini, 
 	th_cluster_stop(c);
 }
 
-/* Snapshot files in a worker's directory. */
-static int snapshot_files(const th_node *n)
+/* Snapshot files in a worker's directory (of one view id, or of all with view_id 0). */
+static int snapshot_files(const th_node *n, uint64_t view_id)
 {
-	char dir[600];
+	char dir[600], prefix[32];
 	snprintf(dir, sizeof dir, "%s/snap", n->dir);
+	snprintf(prefix, sizeof prefix, "%016llx-", (unsigned long long)view_id);
 	DIR *d = opendir(dir);
 	int count = 0;
 	struct dirent *de;
 	while (d && (de = readdir(d)))
-		count += strstr(de->d_name, ".snap") != NULL;
+		count += strstr(de->d_name, ".snap") != NULL &&
+			 (view_id == 0 || strncmp(de->d_name, prefix, strlen(prefix)) == 0);
 	if (d)
 		closedir(d);
 	return count;
@@ -178,13 +180,13 @@ static int snapshot_files(const th_node *n)
 
 typedef struct snaps_ctx {
 	const th_node *n;
-	int max;
+	uint64_t view_id;
 } snaps_ctx;
 
-static bool snapshots_at_most(void *p)
+static bool no_snapshots_of(void *p)
 {
 	snaps_ctx *s = p;
-	return snapshot_files(s->n) <= s->max;
+	return snapshot_files(s->n, s->view_id) == 0;
 }
 
 typedef struct views_ctx {
@@ -193,23 +195,31 @@ typedef struct views_ctx {
 	const char *want; /* "name:num_shards,..." */
 } views_ctx;
 
+/* "name:num_shards:query,..." of the views a node knows (heap string; NULL if it does not
+ * answer). */
+static char *views_of(const th_node *n)
+{
+	PGconn *conn = th_try_connect(n);
+	if (!conn)
+		return NULL;
+	PGresult *r =
+	    PQexec(conn, "SELECT name, num_shards, query FROM pipeline_cluster.views ORDER BY 1");
+	tally_buf b = {0};
+	for (int i = 0; PQresultStatus(r) == PGRES_TUPLES_OK && i < PQntuples(r); i++)
+		tally_buf_printf(&b, "%s%s:%s:%s", i ? "," : "", PQgetvalue(r, i, 0),
+				 PQgetvalue(r, i, 1), PQgetvalue(r, i, 2));
+	tally_buf_putc(&b, 0);
+	PQclear(r);
+	PQfinish(conn);
+	return (char *)b.data;
+}
+
 static bool views_are(void *p)
 {
 	views_ctx *v = p;
-	PGconn *conn = th_try_connect(th_worker(v->c, v->worker));
-	if (!conn)
-		return false;
-	PGresult *r =
-	    PQexec(conn, "SELECT name, num_shards FROM pipeline_cluster.views ORDER BY 1");
-	tally_buf b = {0};
-	for (int i = 0; PQresultStatus(r) == PGRES_TUPLES_OK && i < PQntuples(r); i++)
-		tally_buf_printf(&b, "%s%s:%s", i ? "," : "", PQgetvalue(r, i, 0),
-				 PQgetvalue(r, i, 1));
-	tally_buf_putc(&b, 0);
-	bool ok = strcmp((const char *)b.data, v->want) == 0;
-	tally_buf_free(&b);
-	PQclear(r);
-	PQfinish(conn);
+	char *got = views_of(th_worker(v->c, v->worker));
+	bool ok = got && strcmp(got, v->want) == 0;
+	free(got);
 	return ok;
 }
 
@@ -230,8 +240,10 @@ Test(restart, views_changed_while_a_worker_was_down, .fini = th_fini, .timeout =
 	th_run(co, "INSERT INTO s VALUES (1, 10), (2, 20), (3, 30), (4, 40), (5, 50), (6, 60)");
 	th_node *w1 = th_worker(c, 1);
 	/* the periodic checkpoint writes w1's shards to snapshots; a clean stop writes the rest */
+	uint64_t old_v = (uint64_t)th_query_int(co, "SELECT id FROM pipeline_cluster.views WHERE "
+						    "name = 'v'");
 	th_kill_node(c, w1, SIGTERM);
-	cr_assert_gt(snapshot_files(w1), 0, "w1 wrote no snapshot");
+	cr_assert_gt(snapshot_files(w1, old_v), 0, "w1 wrote no snapshot of v");
 
 	th_run(co, "DROP CONTINUOUS VIEW v");
 	th_run(co, "CREATE CONTINUOUS VIEW v WITH (num_shards = 3) AS SELECT k, max(v) FROM s "
@@ -240,8 +252,11 @@ Test(restart, views_changed_while_a_worker_was_down, .fini = th_fini, .timeout =
 	th_restart_node(c, w1);
 	up_ctx u = {c, 2};
 	cr_assert(th_wait_until(workers_up, &u, 15000), "w1 did not come back up");
-	views_ctx vc = {c, 1, "added:1,keep:2,v:3"};
-	cr_assert(th_wait_until(views_are, &vc, 10000), "w1 does not have the new views");
+	char *want = views_of(th_coord(c));
+	cr_assert(want && strstr(want, "added:") && strstr(want, "v:3:"), "coordinator: %s", want);
+	views_ctx vc = {c, 1, want};
+	cr_assert(th_wait_until(views_are, &vc, 20000), "w1 does not have the new views: %s", want);
+	free(want);
 
 	/* placed only on w2 while w1 was down: w1 ingests into them and reads them at once */
 	PGconn *c1 = th_connect(w1);
@@ -252,13 +267,11 @@ Test(restart, views_changed_while_a_worker_was_down, .fini = th_fini, .timeout =
 	cr_assert_eq(th_query_int(c1, "SELECT count(*) FROM added"), 2);
 	cr_assert_eq(th_query_int(co, "SELECT sum(count) FROM keep"), 8);
 
-	/* the dropped view's snapshots go at the next checkpoint: only keep's remain on w1 */
-	snaps_ctx sc = {w1, (int)th_query_int(co, "SELECT count(*) FROM pipeline_cluster.shards "
-						  "WHERE continuous_view = 'keep' AND owner = "
-						  "'w1' AND shard_type = 'primary'")};
-	cr_assert(th_wait_until(snapshots_at_most, &sc, 10000),
-		  "snapshots of the dropped view are still there (%d files, want %d)",
-		  snapshot_files(w1), sc.max);
+	/* the dropped view's snapshots go at the next checkpoint */
+	snaps_ctx sc = {w1, old_v};
+	cr_assert(th_wait_until(no_snapshots_of, &sc, 10000),
+		  "%d snapshots of the dropped view are still there", snapshot_files(w1, old_v));
+	cr_assert_gt(snapshot_files(w1, 0), 0, "the other views' snapshots went too");
 	PQfinish(c1);
 	PQfinish(co);
 	th_cluster_stop(c);
