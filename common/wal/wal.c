@@ -211,18 +211,6 @@ static int wal_read_full(int fd, uint8_t *p, size_t n, uint64_t off)
 	return 0;
 }
 
-static int wal_fsync_dir(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	int rc = fsync(fd);
-	int e = errno;
-	close(fd);
-	errno = e;
-	return rc;
-}
-
 /* mkdir -p */
 static int wal_mkdirs(const char *dir)
 {
@@ -791,7 +779,7 @@ static int wal_create_segment(tally_wal *w, uint64_t start, tally_err *err)
 		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
 				     "could not create write-ahead log segment \"%s\": %s", path,
 				     strerror(errno));
-	if (w->fsync && wal_fsync_dir(w->dir) != 0) {
+	if (w->fsync && tally_dir_sync(w->dir) != 0) {
 		int e = errno;
 		close(fd);
 		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
@@ -1047,7 +1035,7 @@ void tally_wal_truncate(tally_wal *w, uint64_t lsn)
 				       strerror(errno));
 	}
 	free(gone);
-	if (wal_fsync_dir(w->dir) != 0)
+	if (tally_dir_sync(w->dir) != 0)
 		tally_log_warn("could not fsync write-ahead log directory \"%s\": %s", w->dir,
 			       strerror(errno));
 }

@@ -64,6 +64,7 @@ static void run_random(double minutes, int rounds, int max_down_ms)
 	cr_assert_geq(s.rounds, 10, "only %d kill points", s.rounds);
 	cr_assert_gt(s.faults_worker + s.faults_origin, 0, "no worker was killed");
 	cr_assert_gt(s.faults_coordinator, 0, "the coordinator was never killed");
+	cr_assert_gt(s.faults_origin, 0, "no origin node was killed under its clients");
 	cr_assert_gt(s.stmts_acked, 0, "nothing was acknowledged");
 	assert_clean(&s, "after the fault run", false);
 	th_faults_free(f);
