@@ -381,6 +381,11 @@ int tally_store_replay(tally_store *st, const tally_map *m, uint64_t lsn, uint64
 				     "malformed apply record at log position %llu",
 				     (unsigned long long)lsn);
 	const tally_view_rt *v = tally_map_view_by_id(m, a.view_id);
+	if (!v && a.view_id >= m->cat->next_id)
+		return tally_err_set(err, TALLY_SQLSTATE_DATA_CORRUPTED,
+				     "log record at position %llu is for view id %llu, newer than "
+				     "the saved cluster map",
+				     (unsigned long long)lsn, (unsigned long long)a.view_id);
 	if (!v || !v->ok || a.target_shard >= (uint32_t)v->info->num_shards)
 		return 0; /* the view was dropped */
 	shard *s = get_locked(st, v, m->cat->epoch, a.target_shard, true);
@@ -435,6 +440,20 @@ void tally_store_read(tally_store *st, const tally_view_rt *v, uint32_t sh, cons
 	}
 	pthread_mutex_unlock(&s->mu);
 	pthread_rwlock_unlock(&st->mu);
+}
+
+uint64_t tally_store_max_lsn(tally_store *st)
+{
+	uint64_t max = 0;
+	pthread_rwlock_rdlock(&st->mu);
+	for (int i = 0; i < st->n; i++) {
+		pthread_mutex_lock(&st->shards[i]->mu);
+		if (st->shards[i]->applied_lsn > max)
+			max = st->shards[i]->applied_lsn;
+		pthread_mutex_unlock(&st->shards[i]->mu);
+	}
+	pthread_rwlock_unlock(&st->mu);
+	return max;
 }
 
 int tally_store_stats(tally_store *st, uint64_t view_id, uint32_t sh, tally_store_shard_stats *out)
@@ -551,7 +570,7 @@ static int snap_write(shard *s, int fd, uint64_t *lsn)
 	return w.failed ? -1 : 0;
 }
 
-static int snap_save(tally_store *st, shard *s, tally_err *err)
+static int snap_save(tally_store *st, tally_wal *wal, shard *s, tally_err *err)
 {
 	char name[64], tmp[800], path[800];
 	snap_name(name, sizeof name, s->view_id, s->shard);
@@ -568,6 +587,14 @@ static int snap_save(tally_store *st, shard *s, tally_err *err)
 	if (rc == 0 && st->fsync && fsync(fd) != 0)
 		rc = -1;
 	int e = errno;
+	/* The snapshot must never claim log positions the log does not have durably: a crash
+	 * could otherwise cut records it covers, and the log would reuse their positions for
+	 * records recovery would then skip. */
+	tally_err ferr;
+	if (rc == 0 && tally_wal_flush(wal, lsn, -1, &ferr) != 0) {
+		rc = -1;
+		e = EIO;
+	}
 	if (close(fd) != 0 && rc == 0) {
 		rc = -1;
 		e = errno;
@@ -587,7 +614,7 @@ static int snap_save(tally_store *st, shard *s, tally_err *err)
 	return 0;
 }
 
-int tally_store_checkpoint(tally_store *st, tally_err *err)
+int tally_store_checkpoint(tally_store *st, tally_wal *wal, tally_err *err)
 {
 	if (mkdir(st->dir, 0700) != 0 && errno != EEXIST)
 		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "could not create \"%s\": %s",
@@ -611,7 +638,7 @@ int tally_store_checkpoint(tally_store *st, tally_err *err)
 		bool dirty = s->applied_lsn != s->snap_lsn;
 		pthread_mutex_unlock(&s->mu);
 		if (dirty) {
-			rc = snap_save(st, s, err);
+			rc = snap_save(st, wal, s, err);
 			written++;
 		}
 	}
@@ -675,6 +702,10 @@ static int snap_load(tally_store *st, const tally_map *m, const char *path, tall
 		goto corrupt;
 	}
 	const tally_view_rt *v = tally_map_view_by_id(m, vid);
+	if (!v && vid >= m->cat->next_id) {
+		what = "its view is newer than the saved cluster map";
+		goto corrupt;
+	}
 	if (!v || !v->ok || sh >= (uint32_t)v->info->num_shards) {
 		/* a view dropped while this node was down or before its last checkpoint */
 		unlink(path);

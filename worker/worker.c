@@ -51,11 +51,18 @@ static void take_map(tally_worker *w, tally_catalog *cat)
 	if (cat->epoch > tally_node_epoch(n)) {
 		tally_buf enc = {0};
 		tally_catalog_encode(cat, &enc);
-		if (tally_file_replace(n->cfg.dir, "map", enc.data, enc.len,
-				       tally_settings_bool(&n->cfg.defaults, TALLY_SET_FSYNC)) != 0)
+		int rc = tally_file_replace(n->cfg.dir, "map", enc.data, enc.len,
+					    tally_settings_bool(&n->cfg.defaults, TALLY_SET_FSYNC));
+		tally_buf_free(&enc);
+		if (rc != 0) {
+			/* Not installed: a map in use must be on disk. The next heartbeat or a
+			 * peer's request tries again. */
 			tally_log_error("could not save the cluster map to \"%s/map\": %s",
 					n->cfg.dir, strerror(errno));
-		tally_buf_free(&enc);
+			tally_catalog_free(cat);
+			pthread_mutex_unlock(&w->map_mu);
+			return;
+		}
 	}
 	if (tally_node_install_map(n, cat)) {
 		tally_map *m = tally_node_map(n);
@@ -442,7 +449,23 @@ static int worker_replay(tally_node *n, uint8_t type, uint64_t lsn, uint64_t end
 static int worker_checkpoint(tally_node *n, tally_err *err)
 {
 	tally_worker *w = n->role.ctx;
-	return tally_store_checkpoint(w->store, err);
+	return tally_store_checkpoint(w->store, n->wal, err);
+}
+
+/* After replay: no shard may have applied log positions the log does not have (the log lost
+ * its end, or the directory was put together from different times). */
+static int worker_check(tally_node *n, uint64_t log_end, tally_err *err)
+{
+	tally_worker *w = n->role.ctx;
+	uint64_t max = tally_store_max_lsn(w->store);
+	if (max <= log_end)
+		return 0;
+	tally_err_set(err, TALLY_SQLSTATE_DATA_CORRUPTED,
+		      "shard snapshots cover log position %llu but the log ends at %llu",
+		      (unsigned long long)max, (unsigned long long)log_end);
+	return tally_err_hint(err,
+			      "The log lost records the snapshots depend on. Restore the "
+			      "directory from a backup, or remove it to start this node empty.");
 }
 
 int tally_worker_start(tally_worker **out, const tally_node_config *cfg)
@@ -458,6 +481,7 @@ int tally_worker_start(tally_worker **out, const tally_node_config *cfg)
 				.recover = worker_recover,
 				.replay = worker_replay,
 				.checkpoint = worker_checkpoint,
+				.check = worker_check,
 				.ctx = w};
 	if (tally_node_open(&w->node, cfg, &role) != 0) {
 		tally_node_close(&w->node);

@@ -26,9 +26,12 @@ int tally_store_load(tally_store *st, const tally_map *m, tally_err *err);
 /* Recovery: one TALLY_REC_APPLY record [lsn, end), merged unless its shard already has it. */
 int tally_store_replay(tally_store *st, const tally_map *m, uint64_t lsn, uint64_t end,
 		       const uint8_t *body, uint32_t len, tally_err *err);
-/* Snapshot every shard changed since its last snapshot; remove snapshots of shards gone.
- * Not concurrently with itself (the node runs one checkpoint at a time). */
-int tally_store_checkpoint(tally_store *st, tally_err *err);
+/* Snapshot every shard changed since its last snapshot (each renamed into place only once wal
+ * has durably every record it covers); remove snapshots of shards gone. Not concurrently
+ * with itself (the node runs one checkpoint at a time). */
+int tally_store_checkpoint(tally_store *st, tally_wal *wal, tally_err *err);
+/* The highest log position any shard copy has applied (0 if none). */
+uint64_t tally_store_max_lsn(tally_store *st);
 /* Append READ_OK's body for one shard (u32 ngroups + groups) to reply: every group, or with
  * key only the group with that encoded key (if the shard has it). */
 void tally_store_read(tally_store *st, const tally_view_rt *v, uint32_t shard, const uint8_t *key,

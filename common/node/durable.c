@@ -31,6 +31,15 @@
 #define STATE_MAGIC 0x544E5354u /* "TNST" */
 #define STATE_VERSION 1
 
+static uint64_t new_log_id(void)
+{
+	uint64_t id = 0;
+	while (id == 0)
+		if (getrandom(&id, sizeof id, 0) != (ssize_t)sizeof id)
+			id = (uint64_t)tally_now_us() ^ ((uint64_t)getpid() << 40);
+	return id;
+}
+
 static int state_write(tally_node *n, uint64_t redo, tally_err *err)
 {
 	tally_buf b = {0};
@@ -61,10 +70,7 @@ static int state_read(tally_node *n, uint64_t *redo, tally_err *err)
 	}
 	if (rc == 1) {
 		/* A new directory: draw the log id, the origin id of this node's batches. */
-		uint64_t id = 0;
-		while (id == 0)
-			if (getrandom(&id, sizeof id, 0) != (ssize_t)sizeof id)
-				id = (uint64_t)tally_now_us() ^ ((uint64_t)getpid() << 40);
+		uint64_t id = new_log_id();
 		n->log_id = id;
 		n->fresh_dir = true;
 		*redo = 0;
@@ -129,8 +135,20 @@ static void *ckpt_main(void *arg)
 			break;
 		tally_wal_stats st;
 		tally_wal_stats_get(n->wal, &st);
+		if (st.broken) {
+			/* Nothing can be logged any more: every apply and statement here would
+			 * fail while peers keep sending. Go down (as PostgreSQL PANICs) so the
+			 * cluster sees this node down and it can be restarted. */
+			tally_log_error(
+			    "the write-ahead log failed; exiting (restart the node once "
+			    "the cause, e.g. a full disk, is fixed)");
+			_exit(70);
+		}
+		/* Log written since the last checkpoint began (not since the redo point: an
+		 * undelivered batch can pin that far back, and checkpointing would free
+		 * nothing). */
 		bool due = tally_mono_us() - last >= interval_us ||
-			   st.insert_lsn - n->ckpt_redo >= max_wal;
+			   st.insert_lsn - n->ckpt_insert >= max_wal;
 		if (!due || st.insert_lsn == n->ckpt_insert)
 			continue; /* nothing logged since the last one: nothing to do */
 		pthread_mutex_unlock(&n->ckpt_mu);
@@ -157,7 +175,10 @@ int tally_node_checkpoint(tally_node *n, tally_err *err)
 	pthread_mutex_lock(&n->ckpt_mu);
 	n->ckpt_insert = st.insert_lsn;
 	pthread_mutex_unlock(&n->ckpt_mu);
-	if (n->role.checkpoint)
+	/* Everything before the redo point must be on disk before anything says so (the state
+	 * file, snapshots): otherwise a crash could cut records they count as written. */
+	rc = tally_wal_flush(n->wal, redo, -1, err);
+	if (rc == 0 && n->role.checkpoint)
 		rc = n->role.checkpoint(n, err);
 	if (rc == 0) {
 		uint64_t ob = tally_outbox_min_lsn(n->outbox);
@@ -207,6 +228,31 @@ int tally_node_durable_open(tally_node *n)
 		goto fail;
 	if (tally_wal_replay(n->wal, redo, replay_record, n, &err) != 0)
 		goto fail;
+	tally_wal_stats ws;
+	tally_wal_stats_get(n->wal, &ws);
+	if (ws.insert_lsn < redo) {
+		tally_err_set(&err, TALLY_SQLSTATE_DATA_CORRUPTED,
+			      "the write-ahead log ends at position %llu, before the last "
+			      "checkpoint's %llu",
+			      (unsigned long long)ws.insert_lsn, (unsigned long long)redo);
+		tally_err_hint(&err, "Restore the directory from a backup, or remove it to start "
+				     "this node empty.");
+		goto fail;
+	}
+	if (n->role.check && n->role.check(n, ws.insert_lsn, &err) != 0)
+		goto fail;
+	if (ws.cut_bytes > 0) {
+		/* Records were cut. With fsync off some of them may have been sent and applied
+		 * already, and their seqs would now be handed out again: start a new batch
+		 * sequence under a new origin id (pending batches keep theirs). */
+		uint64_t old = n->log_id;
+		n->log_id = new_log_id();
+		if (state_write(n, redo, &err) != 0)
+			goto fail;
+		tally_log_warn("the log lost its last %llu bytes: new log id %016llx (was %016llx)",
+			       (unsigned long long)ws.cut_bytes, (unsigned long long)n->log_id,
+			       (unsigned long long)old);
+	}
 	n->ckpt_redo = redo;
 	n->recovery_ms = (tally_mono_us() - t0) / 1000;
 	uint64_t batches, bytes, dl, rs;

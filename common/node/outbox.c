@@ -556,8 +556,8 @@ static int pick_round(tally_outbox *ob, const tally_map *m, ob_batch **pick, uin
 		}
 		if (b->dest_epoch != m->cat->epoch) {
 			const tally_view_info *v = tally_catalog_view_by_id(m->cat, b->view_id);
-			if (!v && m->cat->epoch == 0)
-				continue; /* no map yet: nothing is known to be dropped */
+			if (!v && b->view_id >= m->cat->next_id)
+				continue; /* a view newer than this map (or no map yet): wait */
 			if (!v || b->shard >= (uint32_t)v->num_shards) {
 				tally_log_info("discarding a batch for shard %u of dropped view id "
 					       "%llu",

@@ -84,7 +84,8 @@ struct tally_wal {
 	bool stop;
 	bool broken;
 	char broken_msg[512];
-	wal_seg *segs; /* sorted by start; the last one is the one being written */
+	uint64_t cut_bytes; /* torn tail cut at replay */
+	wal_seg *segs;	    /* sorted by start; the last one is the one being written */
 	size_t nsegs;
 	size_t capsegs;
 	uint64_t writes;
@@ -581,6 +582,9 @@ static int wal_bad_record(tally_wal *w, size_t i, int fd, const char *path, uint
 		return wal_corrupt(w, path, off, what, 0, later, err);
 
 	uint64_t cut = s->size - off;
+	pthread_mutex_lock(&w->mu);
+	w->cut_bytes += cut;
+	pthread_mutex_unlock(&w->mu);
 	tally_log_warn(
 	    "write-ahead log: cutting off a torn tail of %llu bytes in segment \"%s\" at "
 	    "offset %llu (LSN %llu): %s",
@@ -1052,6 +1056,8 @@ void tally_wal_stats_get(tally_wal *w, tally_wal_stats *out)
 		out->disk_bytes += w->segs[i].size;
 	out->writes = w->writes;
 	out->fsyncs = w->fsyncs;
+	out->cut_bytes = w->cut_bytes;
+	out->broken = w->broken;
 	pthread_mutex_unlock(&w->mu);
 }
 

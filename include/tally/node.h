@@ -174,6 +174,8 @@ typedef struct tally_node_role {
 	int (*replay)(tally_node *n, uint8_t type, uint64_t lsn, uint64_t end, const uint8_t *p,
 		      uint32_t len, tally_err *err);
 	int (*checkpoint)(tally_node *n, tally_err *err);
+	/* After replay, with the end of the log: refuse (-1 with err) state the log cannot back. */
+	int (*check)(tally_node *n, uint64_t log_end, tally_err *err);
 	void *ctx;
 } tally_node_role;
 

@@ -88,6 +88,8 @@ typedef struct tally_wal_stats {
 	uint64_t disk_bytes;  /* their total size */
 	uint64_t writes;      /* write batches by the flusher since open */
 	uint64_t fsyncs;      /* fdatasync calls since open */
+	uint64_t cut_bytes;   /* bytes of a torn tail cut off by replay (0: the log was whole) */
+	bool broken;	      /* a write or fdatasync failed: nothing more can be logged */
 } tally_wal_stats;
 
 void tally_wal_stats_get(tally_wal *w, tally_wal_stats *out);

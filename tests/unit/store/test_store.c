@@ -60,6 +60,8 @@ static tally_map *map_make(uint64_t epoch, const char *view_sql)
 	tally_err err;
 	tally_err_clear(&err);
 	cr_assert_eq(tally_catalog_add_stream(c, "s", 2, cols, &err), 0, "%s", err.message);
+	if (!view_sql)
+		c->next_id = 3; /* as after view 2 was dropped: ids are never reused */
 	if (view_sql) {
 		uint32_t prim[NSHARDS] = {1, 1};
 		tally_view_info vi;
@@ -799,7 +801,7 @@ Test(store, snapshot_round_trip, .timeout = 60)
 		check_shard(f.st, f.v, sh, &m);
 	tally_err err;
 	tally_err_clear(&err);
-	cr_assert_eq(tally_store_checkpoint(f.st, &err), 0, "%s", err.message);
+	cr_assert_eq(tally_store_checkpoint(f.st, f.wal, &err), 0, "%s", err.message);
 	cr_assert_eq(snap_count(&f), 2);
 	tally_buf dump_old[NSHARDS] = {{0}}, dump_new = {0};
 	tally_store_shard_stats old[NSHARDS];
@@ -850,7 +852,7 @@ Test(store, snapshot_round_trip, .timeout = 60)
 		check_shard(f.st, f.v, sh, &m);
 
 	/* nothing changed since a checkpoint -> the file is not rewritten; changed -> it is */
-	cr_assert_eq(tally_store_checkpoint(f.st, &err), 0, "%s", err.message);
+	cr_assert_eq(tally_store_checkpoint(f.st, f.wal, &err), 0, "%s", err.message);
 	for (uint32_t sh = 0; sh < NSHARDS; sh++) {
 		tally_store_shard_stats s = stats_of(f.st, sh);
 		cr_assert_eq(s.snapshot_lsn, s.applied_lsn);
@@ -873,7 +875,7 @@ Test(store, replay_after_snapshot_skips_what_it_holds, .timeout = 60)
 	work_send(&f, &m, &w, 60, 1200); /* A */
 	tally_err err;
 	tally_err_clear(&err);
-	cr_assert_eq(tally_store_checkpoint(f.st, &err), 0, "%s", err.message);
+	cr_assert_eq(tally_store_checkpoint(f.st, f.wal, &err), 0, "%s", err.message);
 	tally_store_shard_stats a_stats[NSHARDS];
 	for (uint32_t sh = 0; sh < NSHARDS; sh++)
 		a_stats[sh] = stats_of(f.st, sh);
@@ -1030,7 +1032,7 @@ Test(store, corrupt_snapshot_is_refused, .timeout = 60)
 	work_send(&f, &m, &w, 20, 400);
 	tally_err err;
 	tally_err_clear(&err);
-	cr_assert_eq(tally_store_checkpoint(f.st, &err), 0, "%s", err.message);
+	cr_assert_eq(tally_store_checkpoint(f.st, f.wal, &err), 0, "%s", err.message);
 	cr_assert_eq(snap_count(&f), 2);
 	char path[256];
 	snap_path(&f, 1, path, sizeof path);
@@ -1083,7 +1085,7 @@ Test(store, dropped_view_snapshots_and_shards_go, .timeout = 60)
 	work_send(&f, &m, &w, 20, 400);
 	tally_err err;
 	tally_err_clear(&err);
-	cr_assert_eq(tally_store_checkpoint(f.st, &err), 0, "%s", err.message);
+	cr_assert_eq(tally_store_checkpoint(f.st, f.wal, &err), 0, "%s", err.message);
 	cr_assert_eq(snap_count(&f), 2);
 
 	/* the map drops the view: sync drops the shards, the next checkpoint their files */
@@ -1093,7 +1095,7 @@ Test(store, dropped_view_snapshots_and_shards_go, .timeout = 60)
 	cr_assert_eq(tally_store_stats(f.st, 2, 0, &s), -1);
 	cr_assert_eq(tally_store_stats(f.st, 2, 1, &s), -1);
 	cr_assert_eq(snap_count(&f), 2);
-	cr_assert_eq(tally_store_checkpoint(f.st, &err), 0, "%s", err.message);
+	cr_assert_eq(tally_store_checkpoint(f.st, f.wal, &err), 0, "%s", err.message);
 	cr_assert_eq(snap_count(&f), 0);
 	/* a batch decided on the older map does not bring the shard back */
 	tally_buf b = {0};
@@ -1115,9 +1117,26 @@ Test(store, dropped_view_snapshots_and_shards_go, .timeout = 60)
 	work_free(&w);
 	memset(&w, 0, sizeof w);
 	work_send(&f, &m, &w, 10, 100);
-	cr_assert_eq(tally_store_checkpoint(f.st, &err), 0, "%s", err.message);
+	cr_assert_eq(tally_store_checkpoint(f.st, f.wal, &err), 0, "%s", err.message);
 	cr_assert_eq(snap_count(&f), 2);
+	/* a map that is older than the view (its next id not past it) says nothing about it:
+	 * load and replay refuse instead of treating the view as dropped */
+	tally_map *old = map_make(1, NULL);
+	old->cat->next_id = 2;
 	tally_store *st = tally_store_alloc(f.dir, false);
+	cr_assert_eq(tally_store_load(st, old, &err), -1, "a snapshot newer than the map loaded");
+	cr_assert_str_eq(err.sqlstate, TALLY_SQLSTATE_DATA_CORRUPTED);
+	cr_assert_eq(snap_count(&f), 2, "snapshots of a view newer than the map were removed");
+	tally_store_free(st);
+	st = tally_store_alloc(f.dir, false);
+	tally_err_clear(&err);
+	cr_assert_eq(tally_store_replay(st, old, 1, 1 + TALLY_WAL_HDR + (uint32_t)b.len, b.data,
+					(uint32_t)b.len, &err),
+		     -1, "a record of a view newer than the map was skipped");
+	cr_assert_str_eq(err.sqlstate, TALLY_SQLSTATE_DATA_CORRUPTED);
+	tally_store_free(st);
+	tally_map_put(old);
+	st = tally_store_alloc(f.dir, false);
 	cr_assert_eq(tally_store_load(st, gone, &err), 0, "%s", err.message);
 	cr_assert_eq(tally_store_stats(st, 2, 0, &s), -1);
 	cr_assert_eq(tally_store_stats(st, 2, 1, &s), -1);
@@ -1140,7 +1159,7 @@ Test(store, changed_aggregates_are_refused, .timeout = 60)
 	work_send(&f, &m, &w, 20, 400);
 	tally_err err;
 	tally_err_clear(&err);
-	cr_assert_eq(tally_store_checkpoint(f.st, &err), 0, "%s", err.message);
+	cr_assert_eq(tally_store_checkpoint(f.st, f.wal, &err), 0, "%s", err.message);
 	char path[256];
 	snap_path(&f, 0, path, sizeof path);
 
@@ -1202,7 +1221,7 @@ Test(store, inconsistent_snapshot_with_good_checksum_is_refused, .timeout = 60)
 	work_send(&f, &m, &w, 30, 600);
 	tally_err err;
 	tally_err_clear(&err);
-	cr_assert_eq(tally_store_checkpoint(f.st, &err), 0, "%s", err.message);
+	cr_assert_eq(tally_store_checkpoint(f.st, f.wal, &err), 0, "%s", err.message);
 	char path[256];
 	snap_path(&f, 0, path, sizeof path);
 	tally_buf orig = {0}, b = {0};
@@ -1350,7 +1369,7 @@ Test(store, empty_store_checkpoints_and_loads, .timeout = 60)
 	fx_open(&f);
 	tally_err err;
 	tally_err_clear(&err);
-	cr_assert_eq(tally_store_checkpoint(f.st, &err), 0, "%s", err.message);
+	cr_assert_eq(tally_store_checkpoint(f.st, f.wal, &err), 0, "%s", err.message);
 	cr_assert_eq(snap_count(&f), 0);
 	tally_store *st = tally_store_alloc(f.dir, false);
 	cr_assert_eq(tally_store_load(st, f.map, &err), 0, "%s", err.message);
@@ -1362,7 +1381,7 @@ Test(store, empty_store_checkpoints_and_loads, .timeout = 60)
 	memset(&m, 0, sizeof m);
 	const row r = {0, 3};
 	send_rows(&f, &m, 1, 1, 0, &r, 1);
-	cr_assert_eq(tally_store_checkpoint(f.st, &err), 0, "%s", err.message);
+	cr_assert_eq(tally_store_checkpoint(f.st, f.wal, &err), 0, "%s", err.message);
 	cr_assert_eq(snap_count(&f), 1);
 	fx_close(&f);
 }
@@ -1439,7 +1458,7 @@ Test(store, checkpoints_during_applies_recover_exactly, .timeout = 60)
 	uint64_t done = 0;
 	const int64_t deadline = tally_mono_us() + 30 * 1000000;
 	while (done < 6002 && tally_mono_us() < deadline) {
-		if (tally_store_checkpoint(f.st, &err) != 0)
+		if (tally_store_checkpoint(f.st, f.wal, &err) != 0)
 			failed++;
 		checkpoints++;
 		done = 0;
