@@ -107,21 +107,21 @@ static void push_map(tally_coord *c, uint32_t skip_node)
 	tally_rpc_call *calls = tally_xcalloc((size_t)nnodes + 1, sizeof *calls);
 	char(*addr)[128] = tally_xcalloc((size_t)nnodes + 1, sizeof *addr);
 	char(*name)[TALLY_NAME_MAX] = tally_xcalloc((size_t)nnodes + 1, sizeof *name);
-	int nc = 0;
-	/* A worker silent for a few heartbeats is probably dead (the failure detector has not
-	 * said so yet): pushing to it would hold the caller (a registering worker's reply, a
-	 * DDL) for the whole push timeout. If it is alive after all, its next heartbeat reply
-	 * carries the map. */
-	int64_t hb = tally_settings_ms(&n->cfg.defaults, TALLY_SET_HEARTBEAT_INTERVAL) * 1000;
-	int64_t stale = tally_now_us() - (hb * 4 > 1000000 ? hb * 4 : 1000000);
-	for (int i = 0; i < nnodes; i++) {
-		const tally_node_info *ni = &c->cat->nodes[i];
-		if (ni->state != TALLY_NODE_UP || ni->id == skip_node ||
-		    ni->last_heartbeat_us < stale)
-			continue;
-		tally_strlcpy(addr[nc], ni->data_addr, sizeof addr[nc]);
-		tally_strlcpy(name[nc], ni->name, sizeof name[nc]);
-		nc++;
+	/* Workers marked up first, then those marked down: a worker can be alive and still not
+	 * heartbeat (its way out is broken, or it was slow), and a worker that ingests with an
+	 * old map sends its rows to the views it knows. The down ones get a short timeout. */
+	int nc = 0, nup = 0;
+	for (int pass = 0; pass < 2; pass++) {
+		for (int i = 0; i < nnodes; i++) {
+			const tally_node_info *ni = &c->cat->nodes[i];
+			if ((ni->state == TALLY_NODE_UP) != (pass == 0) || ni->id == skip_node)
+				continue;
+			tally_strlcpy(addr[nc], ni->data_addr, sizeof addr[nc]);
+			tally_strlcpy(name[nc], ni->name, sizeof name[nc]);
+			nc++;
+		}
+		if (pass == 0)
+			nup = nc;
 	}
 	pthread_mutex_unlock(&c->mu);
 	for (int i = 0; i < nc; i++) {
@@ -131,9 +131,10 @@ static void push_map(tally_coord *c, uint32_t skip_node)
 		calls[i].addr = addr[i];
 		calls[i].peer = name[i];
 	}
-	tally_rpc_call_many(n->rpc, calls, nc, 2000);
+	tally_rpc_call_many(n->rpc, calls, nup, 2000);
+	tally_rpc_call_many(n->rpc, calls + nup, nc - nup, 300);
 	for (int i = 0; i < nc; i++) {
-		if (calls[i].rc != 0)
+		if (calls[i].rc != 0 && i < nup)
 			tally_log_warn("could not publish map epoch %llu to %s: %s",
 				       (unsigned long long)epoch, calls[i].peer, calls[i].errmsg);
 		tally_buf_free(&calls[i].req);

@@ -101,7 +101,9 @@ static int do_register(tally_worker *w)
 	tally_msg_put_register(&req, &m);
 	tally_msg_end(&req);
 	tally_rpc_call c;
-	int rc = coord_call(w, &req, &c, 2000);
+	/* The coordinator answers once it has pushed the new address to the other workers
+	 * (up to 2 s for a dead one it has not marked down yet). */
+	int rc = coord_call(w, &req, &c, 5000);
 	if (rc == 0) {
 		uint32_t id;
 		/* The id is set before the map is installed: a request that finds this node the

@@ -7,6 +7,12 @@
  * for them all: a fan-out costs one round trip, not one per peer. Automatic resend is off:
  * a request is delivered at most once by the transport (exactly-once comes from batch ids).
  *
+ * Deadlines are ours, not NNG's: NNG 1.5's aio timeouts can fire arbitrarily late (its
+ * expiration queue is not kept in order, nanomsg/nng#1486), which stalled heartbeats for tens
+ * of seconds and hung shutdowns. Each aio completes into a callback that signals a condvar;
+ * the caller waits on it with its own deadline and cancels the aio when it passes
+ * (nng_aio_cancel completes it at once, through the protocol's cancel function).
+ *
  * Server: one rep0 socket and a pool of service threads, each owning one context and looping
  * receive -> handle -> reply. Handlers run on those threads, never inside NNG callbacks.
  */
@@ -16,6 +22,75 @@
 #include <nng/protocol/reqrep0/req.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+/* nng_close, but give up after ms: NNG 1.5 can wedge a socket (see below), and a node
+ * shutting down must not hang on it: everything durable is on disk by then or after. */
+typedef struct close_job {
+	nng_socket sock;
+	bool done;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int refs; /* the closer thread and the waiter; the last one frees */
+} close_job;
+
+static void close_job_put(close_job *j)
+{
+	pthread_mutex_lock(&j->mu);
+	bool last = --j->refs == 0;
+	pthread_mutex_unlock(&j->mu);
+	if (last) {
+		pthread_cond_destroy(&j->cv);
+		pthread_mutex_destroy(&j->mu);
+		free(j);
+	}
+}
+
+static void *close_main(void *arg)
+{
+	close_job *j = arg;
+	nng_close(j->sock);
+	pthread_mutex_lock(&j->mu);
+	j->done = true;
+	pthread_cond_broadcast(&j->cv);
+	pthread_mutex_unlock(&j->mu);
+	close_job_put(j);
+	return NULL;
+}
+
+static void close_bounded(nng_socket sock, int ms, const char *what)
+{
+	close_job *j = tally_xcalloc(1, sizeof *j);
+	j->sock = sock;
+	j->refs = 2;
+	pthread_mutex_init(&j->mu, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&j->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	pthread_t th;
+	if (pthread_create(&th, NULL, close_main, j) != 0) {
+		j->refs = 1;
+		nng_close(sock);
+		close_job_put(j);
+		return;
+	}
+	pthread_detach(th);
+	int64_t deadline = tally_mono_us() + (int64_t)ms * 1000;
+	pthread_mutex_lock(&j->mu);
+	while (!j->done && tally_mono_us() < deadline) {
+		struct timespec ts = {(time_t)(deadline / 1000000),
+				      (long)(deadline % 1000000) * 1000};
+		pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+	}
+	bool done = j->done;
+	pthread_mutex_unlock(&j->mu);
+	if (!done)
+		tally_log_warn(
+		    "rpc: closing the %s socket did not finish in %d ms; going on without", what,
+		    ms);
+	close_job_put(j);
+}
 
 typedef struct peer {
 	char addr[128];
@@ -40,7 +115,7 @@ void tally_rpc_free(tally_rpc *r)
 	if (!r)
 		return;
 	for (int i = 0; i < r->npeers; i++)
-		nng_close(r->peers[i].sock);
+		close_bounded(r->peers[i].sock, 2000, r->peers[i].addr);
 	free(r->peers);
 	pthread_mutex_destroy(&r->mu);
 	free(r);
@@ -91,14 +166,125 @@ static void call_fail(tally_rpc_call *c, int rv, const char *what)
 		 c->peer ? c->peer : "?", c->addr, nng_strerror(rv));
 }
 
+/* Completion token of one call's aio. The callback and the waiter share it under tok_mu; if
+ * the waiter gives up on an operation NNG never completes, it marks the token abandoned and
+ * the callback (should it ever run) frees it. One mutex and condvar serve every call: a
+ * completion wakes all waiting callers, each rechecks its own tokens. */
+typedef struct rpc_tok {
+	bool done;
+	bool abandoned;
+} rpc_tok;
+
+static pthread_mutex_t tok_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t tok_cv;
+static pthread_once_t tok_once = PTHREAD_ONCE_INIT;
+
+static void tok_init(void)
+{
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&tok_cv, &ca);
+	pthread_condattr_destroy(&ca);
+}
+
+/* Runs on an NNG thread when a call's send or receive completes. */
+static void rpc_aio_done(void *arg)
+{
+	rpc_tok *t = arg;
+	pthread_mutex_lock(&tok_mu);
+	if (t->abandoned) {
+		pthread_mutex_unlock(&tok_mu);
+		free(t);
+		return;
+	}
+	t->done = true;
+	pthread_cond_broadcast(&tok_cv);
+	pthread_mutex_unlock(&tok_mu);
+}
+
+/* Start an operation on c's aio (op is nng_ctx_send or nng_ctx_recv). */
+static void rpc_start(tally_rpc_call *c, void (*op)(nng_ctx, nng_aio *), int timeout_ms)
+{
+	rpc_tok *t = c->tok;
+	pthread_mutex_lock(&tok_mu);
+	t->done = false;
+	pthread_mutex_unlock(&tok_mu);
+	nng_aio_set_timeout(c->aio, timeout_ms);
+	op(c->ctx, c->aio);
+}
+
+/* A peer socket that would not complete a cancelled operation is wedged: forget it (it is
+ * leaked, not closed: closing it could hang too) so that the next call dials a new one. */
+static void rpc_forget(tally_rpc *r, const char *addr)
+{
+	pthread_mutex_lock(&r->mu);
+	for (int i = 0; i < r->npeers; i++) {
+		if (strcmp(r->peers[i].addr, addr) == 0) {
+			r->peers[i] = r->peers[--r->npeers];
+			break;
+		}
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
+/* Wait until c's operation completes; at the deadline cancel it. NNG 1.5 normally completes
+ * a cancelled operation at once; one that still has not completed 2 s later is abandoned
+ * (returns false: its aio and context are leaked, and its socket replaced). */
+static bool rpc_wait(tally_rpc *r, tally_rpc_call *c, int64_t deadline_us)
+{
+	rpc_tok *t = c->tok;
+	bool cancelled = false;
+	pthread_mutex_lock(&tok_mu);
+	while (!t->done) {
+		if (tally_mono_us() >= deadline_us) {
+			if (cancelled) {
+				t->abandoned = true;
+				pthread_mutex_unlock(&tok_mu);
+				tally_log_warn(
+				    "rpc: an operation to %s did not complete when cancelled; "
+				    "abandoning it and its connection",
+				    c->addr);
+				c->tok = NULL;
+				c->aio = NULL;
+				c->ctx_open = false;
+				rpc_forget(r, c->addr);
+				return false;
+			}
+			pthread_mutex_unlock(&tok_mu);
+			c->cancelled = cancelled = true;
+			nng_aio_cancel(c->aio);
+			pthread_mutex_lock(&tok_mu);
+			deadline_us = tally_mono_us() + 2000000;
+			continue;
+		}
+		struct timespec ts = {(time_t)(deadline_us / 1000000),
+				      (long)(deadline_us % 1000000) * 1000};
+		pthread_cond_timedwait(&tok_cv, &tok_mu, &ts);
+	}
+	pthread_mutex_unlock(&tok_mu);
+	return true;
+}
+
+/* The result of c's completed operation; a cancellation of ours reads as a timeout. */
+static int rpc_result(const tally_rpc_call *c)
+{
+	int rv = nng_aio_result(c->aio);
+	return rv == NNG_ECANCELED && c->cancelled ? NNG_ETIMEDOUT : rv;
+}
+
 void tally_rpc_call_many(tally_rpc *r, tally_rpc_call *calls, int n, int timeout_ms)
 {
+	pthread_once(&tok_once, tok_init);
+	int64_t deadline = tally_mono_us() + (int64_t)timeout_ms * 1000;
 	for (int i = 0; i < n; i++) {
 		tally_rpc_call *c = &calls[i];
 		c->rc = 1; /* pending */
 		c->reply = NULL;
 		c->ctx_open = false;
 		c->aio = NULL;
+		c->tok = NULL;
+		c->cancelled = false;
 		c->errmsg[0] = 0;
 		c->sqlstate[0] = 0;
 		nng_socket s;
@@ -110,7 +296,8 @@ void tally_rpc_call_many(tally_rpc *r, tally_rpc_call *calls, int n, int timeout
 			continue;
 		}
 		c->ctx_open = true;
-		if ((rv = nng_aio_alloc(&c->aio, NULL, NULL)) != 0) {
+		c->tok = tally_xcalloc(1, sizeof(rpc_tok));
+		if ((rv = nng_aio_alloc(&c->aio, rpc_aio_done, c->tok)) != 0) {
 			call_fail(c, rv, "send to");
 			continue;
 		}
@@ -121,15 +308,17 @@ void tally_rpc_call_many(tally_rpc *r, tally_rpc_call *calls, int n, int timeout
 		}
 		memcpy(nng_msg_body(m), c->req.data, c->req.len);
 		nng_aio_set_msg(c->aio, m);
-		nng_aio_set_timeout(c->aio, timeout_ms);
-		nng_ctx_send(c->ctx, c->aio);
+		rpc_start(c, nng_ctx_send, timeout_ms);
 	}
 	for (int i = 0; i < n; i++) {
 		tally_rpc_call *c = &calls[i];
 		if (c->rc != 1)
 			continue;
-		nng_aio_wait(c->aio);
-		int rv = nng_aio_result(c->aio);
+		if (!rpc_wait(r, c, deadline)) {
+			call_fail(c, NNG_ETIMEDOUT, "send to");
+			continue;
+		}
+		int rv = rpc_result(c);
 		if (rv != 0) {
 			nng_msg *m = nng_aio_get_msg(c->aio);
 			if (m)
@@ -137,15 +326,18 @@ void tally_rpc_call_many(tally_rpc *r, tally_rpc_call *calls, int n, int timeout
 			call_fail(c, rv, "send to");
 			continue;
 		}
-		nng_aio_set_timeout(c->aio, timeout_ms);
-		nng_ctx_recv(c->ctx, c->aio);
+		rpc_start(c, nng_ctx_recv, timeout_ms);
 	}
+	deadline = tally_mono_us() + (int64_t)timeout_ms * 1000;
 	for (int i = 0; i < n; i++) {
 		tally_rpc_call *c = &calls[i];
 		if (c->rc != 1)
 			continue;
-		nng_aio_wait(c->aio);
-		int rv = nng_aio_result(c->aio);
+		if (!rpc_wait(r, c, deadline)) {
+			call_fail(c, NNG_ETIMEDOUT, "get a reply in time from");
+			continue;
+		}
+		int rv = rpc_result(c);
 		if (rv != 0) {
 			call_fail(c, rv,
 				  rv == NNG_ETIMEDOUT ? "get a reply in time from"
@@ -185,8 +377,10 @@ void tally_rpc_calls_done(tally_rpc_call *calls, int n)
 			nng_msg_free(c->reply);
 		c->reply = NULL;
 		if (c->aio)
-			nng_aio_free(c->aio);
+			nng_aio_free(c->aio); /* waits for a callback still running */
 		c->aio = NULL;
+		free(c->tok);
+		c->tok = NULL;
 		if (c->ctx_open)
 			nng_ctx_close(c->ctx);
 		c->ctx_open = false;
@@ -320,7 +514,7 @@ void tally_rpc_server_close(tally_rpc_server *s)
 	__atomic_store_n(&s->stopping, 1, __ATOMIC_RELEASE);
 	for (int i = 0; i < s->nthreads; i++)
 		pthread_join(s->threads[i], NULL);
-	nng_close(s->sock);
+	close_bounded(s->sock, 3000, "server");
 	free(s->threads);
 	free(s);
 }

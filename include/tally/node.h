@@ -129,6 +129,8 @@ typedef struct tally_rpc_call {
 	nng_ctx ctx;
 	nng_aio *aio;
 	bool ctx_open;
+	void *tok;	/* completion token shared with the aio callback (heap) */
+	bool cancelled; /* our deadline passed and we cancelled the operation */
 } tally_rpc_call;
 
 /* Send every request in parallel and wait for each reply (timeout_ms each). A reply of type

@@ -555,6 +555,10 @@ bool th_faults_wait_up(th_faults *f, int deadline_ms)
 	if (th_wait_until(faults_up_cond, &x, deadline_ms))
 		return true;
 	fprintf(stderr, "faults: cluster not up after %d ms: %s\n", deadline_ms, x.why);
+	/* a node that is running but not up is hung somewhere: keep its stacks */
+	for (int i = 0; i < f->c->nnodes; i++)
+		if (th_node_alive(&f->c->nodes[i]))
+			th_node_dump_stacks(&f->c->nodes[i]);
 	return false;
 }
 

@@ -649,6 +649,28 @@ th_cluster *th_cluster_start(int nworkers, const th_opts *opts)
 	return c;
 }
 
+/* A node that does not exit when told: append every thread's stack to its log (gdb, if the
+ * machine has it), so the hang can be diagnosed from the kept directory. */
+void th_node_dump_stacks(const th_node *n)
+{
+	if (access("/usr/bin/gdb", X_OK) != 0)
+		return;
+	char pid[32], *out = NULL;
+	snprintf(pid, sizeof pid, "%d", (int)n->pid);
+	char *const argv[] = {"/usr/bin/gdb",	     "-p", pid, "-batch", "-nx", "-ex",
+			      "thread apply all bt", NULL};
+	th_run_process(argv, NULL, &out, NULL, 60000);
+	FILE *f = fopen(n->log, "a");
+	if (f && out) {
+		fprintf(f, "---- harness: stacks of %s (pid %s), which did not exit ----\n%s\n",
+			n->name, pid, out);
+		fprintf(stderr, "harness: stacks of %s appended to %s\n", n->name, n->log);
+	}
+	if (f)
+		fclose(f);
+	free(out);
+}
+
 void th_kill_node(th_cluster *c, th_node *n, int sig)
 {
 	if (n->pid <= 0)
@@ -665,8 +687,10 @@ void th_kill_node(th_cluster *c, th_node *n, int sig)
 		if (n->stopped)
 			kill(n->pid, SIGCONT);
 		int st = 0;
-		if (!th_wait_pid(n->pid, &st, 20000))
+		if (!th_wait_pid(n->pid, &st, 20000)) {
+			th_node_dump_stacks(n);
 			cluster_fail(c, "%s did not exit within 20 s of signal %d", n->name, sig);
+		}
 		n->exit_status = st;
 		n->pid = 0;
 		n->stopped = false;
@@ -710,6 +734,7 @@ static bool cluster_stop(th_cluster *c, char *why, size_t whysz)
 			ok = false;
 			snprintf(why + strlen(why), whysz - strlen(why),
 				 "%s did not exit within 20 s of SIGTERM; ", n->name);
+			th_node_dump_stacks(n);
 			kill(n->pid, SIGKILL);
 			th_wait_pid(n->pid, &st, 5000);
 			n->pid = 0;

@@ -103,6 +103,9 @@ void th_kill_node(th_cluster *c, th_node *n, int sig);
 void th_restart_node(th_cluster *c, th_node *n);
 /* true if the process is alive (kill(pid, 0) and not reaped as exited). */
 bool th_node_alive(th_node *n);
+/* Append every thread's stack of a running node to its log (gdb, if installed): for a node
+ * that hangs. */
+void th_node_dump_stacks(const th_node *n);
 /* Print the last lines of a node's log to stderr. */
 void th_node_log_tail(const th_node *n, int lines);
 
