@@ -66,7 +66,10 @@ static int catalog_load(tally_coord *c, const char *dir)
 	int64_t now = tally_now_us();
 	for (int i = 0; i < cat->nnodes; i++)
 		cat->nodes[i].last_heartbeat_us = now;
-	cat->epoch++;
+	/* Epochs count from the cluster's creation time in microseconds, one per change, and
+	 * node up/down changes are not saved (see publish_locked): now is past every epoch the
+	 * workers can have seen. */
+	cat->epoch = cat->epoch + 1 > (uint64_t)now ? cat->epoch + 1 : (uint64_t)now;
 	tally_catalog_free(c->cat);
 	c->cat = cat;
 	tally_log_info("loaded the catalog: %d workers, %d streams, %d views, epoch %llu",
@@ -84,12 +87,16 @@ static int coord_recover(tally_node *n, tally_err *err)
 	return 0;
 }
 
-/* A change to the catalog (caller holds c->mu and has bumped the epoch): persist it and
- * install it as this node's map. Pushing it to the workers is push_map's job, done after the
- * lock is released. */
-static void publish_locked(tally_coord *c)
+/* A change to the catalog (caller holds c->mu and has bumped the epoch): persist it (if
+ * persist) and install it as this node's map. Pushing it to the workers is push_map's job,
+ * done after the lock is released. A node going down or up is not persisted: it is runtime
+ * state (a restarted coordinator gives every worker a full failure timeout), and an fsync
+ * under c->mu on a busy disk would hold every heartbeat up and make other workers look down
+ * in turn. */
+static void publish_locked(tally_coord *c, bool persist)
 {
-	catalog_save(c);
+	if (persist)
+		catalog_save(c);
 	tally_node_install_map(&c->node, tally_catalog_clone(c->cat));
 }
 
@@ -377,7 +384,7 @@ static int ddl_locked(tally_coord *c, const char *sql, int default_replicas, cha
 	}
 	if (changed) {
 		cat->epoch++;
-		publish_locked(c);
+		publish_locked(c, true);
 		*published = true;
 	}
 	rc = 0;
@@ -436,7 +443,7 @@ static void handle_register(tally_coord *c, const tally_msg_hdr *h, tally_rd *r,
 	c->cat->epoch++;
 	tally_log_info("node %s registered as %u at %s (sql %s)", m.name, id, m.data_addr,
 		       m.sql_addr);
-	publish_locked(c);
+	publish_locked(c, true);
 	tally_msg_begin(reply, TALLY_MSG_REGISTER_OK, h->req_id, c->cat->epoch);
 	tally_buf_put_u32(reply, id);
 	put_catalog(reply, c->cat);
@@ -471,7 +478,7 @@ static void handle_heartbeat(tally_coord *c, const tally_msg_hdr *h, tally_rd *r
 		ni->state = TALLY_NODE_UP;
 		c->cat->epoch++;
 		tally_log_info("node %s is up again", ni->name);
-		publish_locked(c);
+		publish_locked(c, false);
 		published = true;
 	}
 	tally_msg_begin(reply, TALLY_MSG_HEARTBEAT_OK, h->req_id, c->cat->epoch);
@@ -570,7 +577,7 @@ static void *fd_main(void *arg)
 		}
 		if (changed) {
 			c->cat->epoch++;
-			publish_locked(c);
+			publish_locked(c, false);
 		}
 		pthread_mutex_unlock(&c->mu);
 		if (changed)
