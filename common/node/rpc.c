@@ -20,6 +20,7 @@
 
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/protocol/reqrep0/req.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -92,9 +93,36 @@ static void close_bounded(nng_socket sock, int ms, const char *what)
 	close_job_put(j);
 }
 
+/* Close a replaced socket later, in the background: by then every call that took it before
+ * the replacement has finished (their deadlines are far shorter), so no context of ours is
+ * in use on it when it closes. */
+static void *retire_main(void *arg)
+{
+	nng_socket *s = arg;
+	struct timespec ts = {15, 0};
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+	nng_close(*s);
+	free(s);
+	return NULL;
+}
+
+static void rpc_retire(nng_socket sock)
+{
+	nng_socket *s = tally_xmalloc(sizeof *s);
+	*s = sock;
+	pthread_t th;
+	if (pthread_create(&th, NULL, retire_main, s) != 0) {
+		free(s); /* left open: better than blocking here */
+		return;
+	}
+	pthread_detach(th);
+}
+
 typedef struct peer {
 	char addr[128];
 	nng_socket sock;
+	int send_timeouts; /* sends in a row that found no connection in time */
 } peer;
 
 struct tally_rpc {
@@ -152,6 +180,7 @@ static int rpc_socket(tally_rpc *r, const char *addr, nng_socket *out)
 	}
 	tally_strlcpy(r->peers[r->npeers].addr, addr, sizeof r->peers[r->npeers].addr);
 	r->peers[r->npeers].sock = s;
+	r->peers[r->npeers].send_timeouts = 0;
 	r->npeers++;
 	*out = s;
 	pthread_mutex_unlock(&r->mu);
@@ -224,6 +253,29 @@ static void rpc_forget(tally_rpc *r, const char *addr)
 			r->peers[i] = r->peers[--r->npeers];
 			break;
 		}
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
+/* After a send: one that found no connection for its whole timeout counts against the
+ * socket. NNG 1.5's dialer can stay stuck after its peer restarted on the same address, so
+ * after three in a row the socket is replaced by a fresh one. */
+static void rpc_note_send(tally_rpc *r, const char *addr, bool timed_out)
+{
+	pthread_mutex_lock(&r->mu);
+	for (int i = 0; i < r->npeers; i++) {
+		if (strcmp(r->peers[i].addr, addr) != 0)
+			continue;
+		if (!timed_out) {
+			r->peers[i].send_timeouts = 0;
+		} else if (++r->peers[i].send_timeouts >= 3) {
+			tally_log_warn("rpc: no connection to %s for three sends in a row; dialing "
+				       "it again on a new socket",
+				       addr);
+			rpc_retire(r->peers[i].sock);
+			r->peers[i] = r->peers[--r->npeers];
+		}
+		break;
 	}
 	pthread_mutex_unlock(&r->mu);
 }
@@ -319,6 +371,7 @@ void tally_rpc_call_many(tally_rpc *r, tally_rpc_call *calls, int n, int timeout
 			continue;
 		}
 		int rv = rpc_result(c);
+		rpc_note_send(r, c->addr, rv == NNG_ETIMEDOUT);
 		if (rv != 0) {
 			nng_msg *m = nng_aio_get_msg(c->aio);
 			if (m)
