@@ -1,6 +1,7 @@
 /*
- * files.c - small file helpers every durable part shares: write-everything, atomic replace
- * (temp file, fsync, rename, fsync of the directory) and read-whole-file.
+ * files.c - small helpers every durable part shares: write-everything, atomic replace (temp
+ * file, fsync, rename, fsync of the directory), read-whole-file, and monotonic-clock
+ * condvars for their deadline waits.
  */
 #include "tally/core.h"
 
@@ -8,7 +9,24 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+void tally_cond_init_mono(pthread_cond_t *cv)
+{
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(cv, &ca);
+	pthread_condattr_destroy(&ca);
+}
+
+struct timespec tally_mono_ts(int64_t deadline_us)
+{
+	struct timespec ts = {(time_t)(deadline_us / 1000000),
+			      (long)(deadline_us % 1000000) * 1000};
+	return ts;
+}
 
 int tally_write_all(int fd, const void *p, size_t n)
 {

@@ -126,10 +126,7 @@ static void *ckpt_main(void *arg)
 	int64_t last = tally_mono_us();
 	pthread_mutex_lock(&n->ckpt_mu);
 	while (!n->ckpt_stopping) {
-		struct timespec ts;
-		int64_t wake = tally_mono_us() + 200000;
-		ts.tv_sec = (time_t)(wake / 1000000);
-		ts.tv_nsec = (long)(wake % 1000000) * 1000;
+		struct timespec ts = tally_mono_ts(tally_mono_us() + 200000);
 		pthread_cond_timedwait(&n->ckpt_cv, &n->ckpt_mu, &ts);
 		if (n->ckpt_stopping)
 			break;
@@ -207,11 +204,7 @@ int tally_node_durable_open(tally_node *n)
 	tally_err_clear(&err);
 	int64_t t0 = tally_mono_us();
 	pthread_mutex_init(&n->ckpt_mu, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&n->ckpt_cv, &ca);
-	pthread_condattr_destroy(&ca);
+	tally_cond_init_mono(&n->ckpt_cv);
 	n->outbox = tally_outbox_alloc(n);
 	uint64_t redo = 0;
 	char waldir[600];

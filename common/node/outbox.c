@@ -255,12 +255,8 @@ tally_outbox *tally_outbox_alloc(tally_node *n)
 	tally_outbox *ob = tally_xcalloc(1, sizeof *ob);
 	ob->n = n;
 	pthread_mutex_init(&ob->mu, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&ob->work_cv, &ca);
-	pthread_cond_init(&ob->done_cv, &ca);
-	pthread_condattr_destroy(&ca);
+	tally_cond_init_mono(&ob->work_cv);
+	tally_cond_init_mono(&ob->done_cv);
 	ob->list.next = ob->list.prev = &ob->list;
 	return ob;
 }
@@ -383,12 +379,6 @@ static void detach_wait(tally_outbox *ob, ob_wait *w)
 			b->wait = NULL;
 }
 
-static void deadline_ts(struct timespec *ts, int64_t deadline_mono_us)
-{
-	ts->tv_sec = (time_t)(deadline_mono_us / 1000000);
-	ts->tv_nsec = (long)(deadline_mono_us % 1000000) * 1000;
-}
-
 int tally_outbox_submit(tally_node *n, tally_buf *bodies, int nb, tally_insert_level level,
 			int timeout_ms, tally_err *err)
 {
@@ -464,8 +454,7 @@ int tally_outbox_submit(tally_node *n, tally_buf *bodies, int nb, tally_insert_l
 		int64_t deadline = tally_mono_us() + (int64_t)timeout_ms * 1000;
 		pthread_mutex_lock(&ob->mu);
 		while (w.remaining > 0 && tally_mono_us() < deadline) {
-			struct timespec ts;
-			deadline_ts(&ts, deadline);
+			struct timespec ts = tally_mono_ts(deadline);
 			pthread_cond_timedwait(&ob->done_cv, &ob->mu, &ts);
 		}
 		if (w.remaining > 0) {
@@ -628,8 +617,7 @@ static void *sender_main(void *arg)
 				log_done(ob, &done, ndone);
 				pthread_mutex_lock(&ob->mu);
 			} else {
-				struct timespec ts;
-				deadline_ts(&ts, wake);
+				struct timespec ts = tally_mono_ts(wake);
 				pthread_cond_timedwait(&ob->work_cv, &ob->mu, &ts);
 			}
 			pthread_mutex_unlock(&ob->mu);

@@ -64,11 +64,7 @@ static void close_bounded(nng_socket sock, int ms, const char *what)
 	j->sock = sock;
 	j->refs = 2;
 	pthread_mutex_init(&j->mu, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&j->cv, &ca);
-	pthread_condattr_destroy(&ca);
+	tally_cond_init_mono(&j->cv);
 	pthread_t th;
 	if (pthread_create(&th, NULL, close_main, j) != 0) {
 		j->refs = 1;
@@ -80,8 +76,7 @@ static void close_bounded(nng_socket sock, int ms, const char *what)
 	int64_t deadline = tally_mono_us() + (int64_t)ms * 1000;
 	pthread_mutex_lock(&j->mu);
 	while (!j->done && tally_mono_us() < deadline) {
-		struct timespec ts = {(time_t)(deadline / 1000000),
-				      (long)(deadline % 1000000) * 1000};
+		struct timespec ts = tally_mono_ts(deadline);
 		pthread_cond_timedwait(&j->cv, &j->mu, &ts);
 	}
 	bool done = j->done;
@@ -210,11 +205,7 @@ static pthread_once_t tok_once = PTHREAD_ONCE_INIT;
 
 static void tok_init(void)
 {
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&tok_cv, &ca);
-	pthread_condattr_destroy(&ca);
+	tally_cond_init_mono(&tok_cv);
 }
 
 /* Runs on an NNG thread when a call's send or receive completes. */
@@ -310,8 +301,7 @@ static bool rpc_wait(tally_rpc *r, tally_rpc_call *c, int64_t deadline_us)
 			deadline_us = tally_mono_us() + 2000000;
 			continue;
 		}
-		struct timespec ts = {(time_t)(deadline_us / 1000000),
-				      (long)(deadline_us % 1000000) * 1000};
+		struct timespec ts = tally_mono_ts(deadline_us);
 		pthread_cond_timedwait(&tok_cv, &tok_mu, &ts);
 	}
 	pthread_mutex_unlock(&tok_mu);

@@ -242,13 +242,7 @@ static int wal_mkdirs(const char *dir)
 
 static void wal_deadline(struct timespec *ts, int timeout_ms)
 {
-	clock_gettime(CLOCK_MONOTONIC, ts);
-	ts->tv_sec += timeout_ms / 1000;
-	ts->tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
+	*ts = tally_mono_ts(tally_mono_us() + (int64_t)timeout_ms * 1000);
 }
 
 /* ---- open --------------------------------------------------------------------------------- */
@@ -306,14 +300,10 @@ int tally_wal_open(const tally_wal_options *o, tally_wal **out, tally_err *err)
 	w->fsync = o->fsync;
 	w->fd = -1;
 
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_mutex_init(&w->mu, NULL);
-	pthread_cond_init(&w->data_cv, &ca);
-	pthread_cond_init(&w->space_cv, &ca);
-	pthread_cond_init(&w->flush_cv, &ca);
-	pthread_condattr_destroy(&ca);
+	tally_cond_init_mono(&w->data_cv);
+	tally_cond_init_mono(&w->space_cv);
+	tally_cond_init_mono(&w->flush_cv);
 
 	if (wal_list(w, err) != 0) {
 		tally_wal_close(w);

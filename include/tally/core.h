@@ -9,6 +9,7 @@
 #ifndef TALLY_CORE_H
 #define TALLY_CORE_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -217,6 +218,10 @@ void tally_log(tally_log_level lvl, const char *fmt, ...) __attribute__((format(
 
 int64_t tally_now_us(void);  /* wall clock, microseconds since the Unix epoch */
 int64_t tally_mono_us(void); /* monotonic clock, microseconds */
+/* Initialise a condvar whose timed waits take CLOCK_MONOTONIC deadlines (tally_mono_us). */
+void tally_cond_init_mono(pthread_cond_t *cv);
+/* The timespec of a tally_mono_us() deadline, for pthread_cond_timedwait. */
+struct timespec tally_mono_ts(int64_t deadline_us);
 
 /* ---- checksums ---------------------------------------------------------------------------- */
 
