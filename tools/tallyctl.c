@@ -99,24 +99,6 @@ static int ctl_parse_int(const char *s, long min, long max, int *out)
 	return 0;
 }
 
-static int ctl_mkdirs(const char *path)
-{
-	char tmp[PATH_MAX];
-	if (tally_strlcpy(tmp, path, sizeof tmp) >= sizeof tmp)
-		return -1;
-	for (char *p = tmp + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = 0;
-		if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-			return -1;
-		*p = '/';
-	}
-	if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-		return -1;
-	return 0;
-}
-
 static void node_path(const ctl_cluster *c, const ctl_node *n, const char *file, char *out,
 		      size_t outsz)
 {
@@ -297,7 +279,7 @@ static int cluster_lock(const ctl_cluster *c)
 /* Resolve DIR to an absolute path; create it when create is set. */
 static int cluster_dir(ctl_cluster *c, const char *dir, bool create)
 {
-	if (create && ctl_mkdirs(dir) != 0) {
+	if (create && tally_mkdir_p(dir, 0755) != 0) {
 		fprintf(stderr, "tallyctl: could not create directory \"%s\": %s\n", dir,
 			strerror(errno));
 		return -1;
@@ -558,7 +540,7 @@ static int node_spawn(ctl_cluster *c, ctl_node *n, const char *coord_addr, int d
 	char dir[PATH_MAX + 80], logpath[PATH_MAX + 80];
 	node_path(c, n, NULL, dir, sizeof dir);
 	node_path(c, n, "log", logpath, sizeof logpath);
-	if (ctl_mkdirs(dir) != 0) {
+	if (tally_mkdir_p(dir, 0755) != 0) {
 		fprintf(stderr, "tallyctl: could not create directory \"%s\": %s\n", dir,
 			strerror(errno));
 		return -1;

@@ -171,73 +171,37 @@ static void wal_segs_push(tally_wal *w, uint64_t start, uint64_t size)
 	w->nsegs++;
 }
 
+/* Write (or read) exactly n bytes at off, retrying short transfers and EINTR. A write that
+ * makes no progress is ENOSPC; a read that meets the end of the file is EIO (it shrank under
+ * us). */
+static int wal_io_full(int fd, uint8_t *p, size_t n, uint64_t off, bool write)
+{
+	while (n > 0) {
+		ssize_t k = write ? pwrite(fd, p, n, (off_t)off) : pread(fd, p, n, (off_t)off);
+		if (k < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (k == 0) {
+			errno = write ? ENOSPC : EIO;
+			return -1;
+		}
+		p += k;
+		n -= (size_t)k;
+		off += (uint64_t)k;
+	}
+	return 0;
+}
+
 static int wal_write_full(int fd, const uint8_t *p, size_t n, uint64_t off)
 {
-	while (n > 0) {
-		ssize_t k = pwrite(fd, p, n, (off_t)off);
-		if (k < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		if (k == 0) {
-			errno = ENOSPC;
-			return -1;
-		}
-		p += k;
-		n -= (size_t)k;
-		off += (uint64_t)k;
-	}
-	return 0;
+	return wal_io_full(fd, (uint8_t *)p, n, off, true);
 }
 
-/* Read exactly n bytes at off; a short file is EIO (it shrank under us). */
 static int wal_read_full(int fd, uint8_t *p, size_t n, uint64_t off)
 {
-	while (n > 0) {
-		ssize_t k = pread(fd, p, n, (off_t)off);
-		if (k < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		if (k == 0) {
-			errno = EIO;
-			return -1;
-		}
-		p += k;
-		n -= (size_t)k;
-		off += (uint64_t)k;
-	}
-	return 0;
-}
-
-/* mkdir -p */
-static int wal_mkdirs(const char *dir)
-{
-	char path[4096];
-	if (tally_strlcpy(path, dir, sizeof path) >= sizeof path) {
-		errno = ENAMETOOLONG;
-		return -1;
-	}
-	for (char *p = path + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = 0;
-		if (mkdir(path, 0700) != 0 && errno != EEXIST)
-			return -1;
-		*p = '/';
-	}
-	if (mkdir(path, 0700) != 0 && errno != EEXIST)
-		return -1;
-	struct stat st;
-	if (stat(path, &st) != 0)
-		return -1;
-	if (!S_ISDIR(st.st_mode)) {
-		errno = ENOTDIR;
-		return -1;
-	}
-	return 0;
+	return wal_io_full(fd, p, n, off, false);
 }
 
 static void wal_deadline(struct timespec *ts, int timeout_ms)
@@ -289,7 +253,7 @@ int tally_wal_open(const tally_wal_options *o, tally_wal **out, tally_err *err)
 	if (!o || !o->dir || !o->dir[0])
 		return tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
 				     "write-ahead log directory must not be empty");
-	if (wal_mkdirs(o->dir) != 0)
+	if (tally_mkdir_p(o->dir, 0700) != 0)
 		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
 				     "could not create write-ahead log directory \"%s\": %s",
 				     o->dir, strerror(errno));

@@ -238,6 +238,9 @@ int tally_write_all(int fd, const void *p, size_t n);
 int tally_file_replace(const char *dir, const char *name, const void *p, size_t n, bool sync);
 /* Read a whole file into b (appended). 0; 1 if it does not exist; -1 with errno on error. */
 int tally_file_read(const char *path, tally_buf *b);
+/* mkdir -p with the given mode for the directories it creates; the path must end up a
+ * directory. 0, or -1 with errno (ENAMETOOLONG, ENOTDIR, ...). */
+int tally_mkdir_p(const char *path, unsigned mode);
 /* fsync a directory. 0, or -1 with errno. */
 int tally_dir_sync(const char *dir);
 
