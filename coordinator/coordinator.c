@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -243,6 +244,8 @@ static int ddl_create_view(tally_coord *c, const tally_stmt *st, int default_rep
 	v.sharding_policy = st->u.create_view.sharding_policy < 0
 				? TALLY_POLICY_READ_OPTIMIZED
 				: st->u.create_view.sharding_policy;
+	v.replication = st->u.create_view.replication < 0 ? TALLY_REPL_ASYNC
+							  : (uint8_t)st->u.create_view.replication;
 	v.primary = tally_xcalloc((size_t)nshards, sizeof *v.primary);
 	v.replicas = tally_xcalloc((size_t)nshards * (size_t)(nrep ? nrep : 1), sizeof *v.replicas);
 	rc = tally_ring_place(mem, nworkers, name, nshards, nrep, 0, v.primary, v.replicas, err);
@@ -251,6 +254,176 @@ static int ddl_create_view(tally_coord *c, const tally_stmt *st, int default_rep
 	free(mem);
 	free(v.primary);
 	free(v.replicas);
+	return rc;
+}
+
+/* ---- remove_node ------------------------------------------------------------------------------
+ *
+ * SELECT pipeline_cluster.remove_node('X') takes a dead worker out of the cluster for good:
+ * for every shard with a copy on X, a live replica becomes primary where X was primary, and
+ * each copy slot X leaves (its replica slot, or the slot of the promoted replica) gets a new
+ * node (tally_ring_replace). The plan is made on a clone of the catalog and replaces c->cat
+ * only if every shard of every view could be handled, so a refusal changes nothing. */
+
+/* Which replica of shard `shard` of v becomes its primary: the index of the first replica
+ * whose node is up, -1 if none is. */
+static int pick_promotion(tally_coord *c, const tally_view_info *v, int shard)
+{
+	for (int r = 0; r < v->num_replicas; r++) {
+		uint32_t id = v->replicas[(size_t)shard * (size_t)v->num_replicas + (size_t)r];
+		const tally_node_info *ni = tally_catalog_node(c->cat, id);
+		if (ni && ni->state == TALLY_NODE_UP)
+			return r;
+	}
+	return -1;
+}
+
+/* Append "; what" to the notice, ending it with "..." once it is full. */
+static void moved_note(char *notice, size_t noticesz, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void moved_note(char *notice, size_t noticesz, const char *fmt, ...)
+{
+	size_t len = strlen(notice);
+	if (noticesz < 8 || len + 4 >= noticesz)
+		return;
+	char piece[256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(piece, sizeof piece, fmt, ap);
+	va_end(ap);
+	const char *sep = len && notice[len - 1] != ' ' ? "; " : "";
+	if (len + strlen(sep) + strlen(piece) + 4 < noticesz)
+		snprintf(notice + len, noticesz - len, "%s%s", sep, piece);
+	else
+		snprintf(notice + len, noticesz - len, "...");
+}
+
+/* Plan and apply the removal of node `name` (caller holds c->mu). On success c->cat is the
+ * new catalog (epoch not yet bumped) and notice lists what moved. Errors: 42704 unknown node,
+ * 55000 node up / a shard with no live copy, 53000 too few live workers. */
+static int ddl_remove_node(tally_coord *c, const char *name, char *notice, size_t noticesz,
+			   tally_err *err)
+{
+	const tally_node_info *x = tally_catalog_node_by_name(c->cat, name);
+	if (!x)
+		return tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_OBJECT,
+				     "node \"%s\" does not exist", name);
+	if (x->state == TALLY_NODE_UP) {
+		tally_err_set(err, "55000", "cannot remove node \"%s\": it is up", name);
+		return tally_err_hint(
+		    err, "Stop it first; remove_node is for nodes that are gone for good.");
+	}
+	uint32_t xid = x->id;
+	tally_catalog *cat = tally_catalog_clone(c->cat);
+	tally_ring_member *mem = tally_xcalloc((size_t)cat->nnodes + 1, sizeof *mem);
+	int nup = members(cat, mem); /* X is down, so never a candidate */
+	int rc = -1;
+	snprintf(notice, noticesz, "removed node \"%s\": ", name);
+	size_t prefix = strlen(notice);
+
+	for (int i = 0; i < cat->nviews; i++) {
+		tally_view_info *v = &cat->views[i];
+		int R = v->num_replicas;
+		bool affected = false;
+		/* First the promotions: a shard whose only live copies were on X refuses the
+		 * whole statement before anything is placed. */
+		for (int s = 0; s < v->num_shards; s++) {
+			bool holds = v->primary[s] == xid;
+			for (int r = 0; r < R; r++)
+				holds |= v->replicas[(size_t)s * (size_t)R + (size_t)r] == xid;
+			affected |= holds;
+			if (v->primary[s] != xid)
+				continue;
+			int r = pick_promotion(c, v, s);
+			if (r < 0) {
+				tally_err_set(err, "55000",
+					      "cannot remove node \"%s\": shard %s_%d has no live "
+					      "copy to promote",
+					      name, v->name, s);
+				tally_err_detail(err,
+						 "Node \"%s\" holds the primary of shard %s_%d and "
+						 "none of its %d replicas is up.",
+						 name, v->name, s, R);
+				tally_err_hint(
+				    err,
+				    "Bring a node holding a copy of shard %s_%d back, or "
+				    "drop continuous view \"%s\".",
+				    v->name, s, v->name);
+				goto out;
+			}
+		}
+		if (!affected)
+			continue;
+		if (nup < R + 1) {
+			tally_err_set(
+			    err, TALLY_SQLSTATE_INSUFFICIENT_RESOURCES,
+			    "cannot remove node \"%s\": view \"%s\" needs %d nodes that are "
+			    "up, and %d would remain",
+			    name, v->name, R + 1, nup);
+			tally_err_detail(err,
+					 "Continuous view \"%s\" keeps num_replicas = %d copies "
+					 "besides each primary.",
+					 v->name, R);
+			tally_err_hint(err, "Add a worker first.");
+			goto out;
+		}
+		for (int s = 0; s < v->num_shards; s++) {
+			uint32_t *rep = &v->replicas[(size_t)s * (size_t)R];
+			int slot = -1;
+			if (v->primary[s] == xid) {
+				int r = pick_promotion(c, v, s);
+				v->primary[s] = rep[r];
+				rep[r] = 0;
+				slot = r;
+				const tally_node_info *pn = tally_catalog_node(cat, v->primary[s]);
+				moved_note(notice, noticesz, "promoted %s_%d on %s", v->name, s,
+					   pn ? pn->name : "?");
+			} else {
+				for (int r = 0; r < R; r++)
+					if (rep[r] == xid) {
+						rep[r] = 0;
+						slot = r;
+					}
+			}
+			if (slot < 0 || R == 0)
+				continue;
+			uint32_t id;
+			if (tally_ring_replace(mem, nup, v->name, v->num_shards, R, v->primary,
+					       v->replicas, s, 0, &id, err) != 0) {
+				/* nup >= R + 1 leaves a node without a copy; keep the message
+				 * about the removal if it happens anyway. */
+				tally_err_set(
+				    err, TALLY_SQLSTATE_INSUFFICIENT_RESOURCES,
+				    "cannot remove node \"%s\": no live node can take a new "
+				    "copy of shard %s_%d",
+				    name, v->name, s);
+				tally_err_hint(err, "Add a worker first.");
+				goto out;
+			}
+			rep[slot] = id;
+			const tally_node_info *nn = tally_catalog_node(cat, id);
+			moved_note(notice, noticesz, "new replica of %s_%d on %s", v->name, s,
+				   nn ? nn->name : "?");
+		}
+	}
+	if (tally_catalog_remove_node(cat, xid) != 0) {
+		tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
+			      "could not remove node \"%s\": a shard copy is still placed on it",
+			      name);
+		goto out;
+	}
+	if (strlen(notice) == prefix)
+		moved_note(notice, noticesz, "it held no shard copies");
+	tally_log_info("%s", notice);
+	tally_catalog_free(c->cat);
+	c->cat = cat;
+	cat = NULL;
+	rc = 0;
+out:
+	if (rc != 0)
+		notice[0] = 0;
+	tally_catalog_free(cat);
+	free(mem);
 	return rc;
 }
 
@@ -375,6 +548,14 @@ static int ddl_locked(tally_coord *c, const char *sql, int default_replicas, cha
 			goto out;
 		}
 		tally_catalog_drop_view(cat, name);
+		changed = 1;
+		break;
+	}
+	case TALLY_STMT_REMOVE_NODE: {
+		tally_strlcpy(tag, "SELECT 1", tagsz);
+		if (ddl_remove_node(c, st->u.remove_node.name, notice, noticesz, err) != 0)
+			goto out;
+		cat = c->cat; /* replaced by the plan */
 		changed = 1;
 		break;
 	}

@@ -17,7 +17,7 @@ int main(int argc, char **argv)
 	memset(&cfg, 0, sizeof cfg);
 	cfg.role = TALLY_ROLE_WORKER;
 	tally_strlcpy(cfg.host, "127.0.0.1", sizeof cfg.host);
-	cfg.rpc_threads = 16; /* applies wait for the log: many in flight make group commit pay */
+	cfg.rpc_threads = 32; /* applies wait for the log (and sync replicas): many in flight pay */
 	tally_settings_defaults(&cfg.defaults);
 	int rc = tally_node_parse_args(argc, argv, &cfg, usage);
 	if (rc)

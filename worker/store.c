@@ -28,12 +28,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #define SNAP_MAGIC 0x54534E50u /* "TSNP" */
-#define SNAP_VERSION 1
-#define DEDUP_ABOVE_MAX 65536 /* out-of-order batches one origin may have above its hi */
+#define SNAP_VERSION 2	       /* 2: gen and rlsn after the LSN */
+#define DEDUP_ABOVE_MAX 65536  /* out-of-order batches one origin may have above its hi */
 
 typedef struct dedup {
 	uint64_t origin; /* 0 = empty slot */
@@ -41,6 +42,16 @@ typedef struct dedup {
 	uint32_t nabove, capabove;
 	uint64_t *above; /* applied seqs > hi + 1, sorted */
 } dedup;
+
+/* One change record a primary copy keeps for its replicas (DESIGN §6). */
+typedef struct rrec {
+	uint64_t rlsn; /* position in the shard's history */
+	uint64_t end;  /* end LSN of the node's log record holding it */
+	int64_t us;    /* when it was applied (monotonic) */
+	uint32_t len;
+	uint8_t kind; /* TALLY_SREC_* */
+	uint8_t *data;
+} rrec;
 
 typedef struct shard {
 	uint64_t view_id;
@@ -56,6 +67,13 @@ typedef struct shard {
 	uint64_t snap_lsn;    /* applied_lsn the snapshot on disk covers */
 	uint64_t batches;     /* applied since start (not counting duplicates) */
 	uint64_t duplicates;  /* batches recognised as already applied */
+	/* replication: the history this copy belongs to and its position in it */
+	uint64_t gen;  /* 0 = none yet; low 16 bits: node id of the primary that began it */
+	uint64_t rlsn; /* change records applied in that history */
+	rrec *rb;      /* records kept for replicas: a ring of rb_cap, rb_n from rb_head */
+	size_t rb_head, rb_n, rb_cap;
+	uint64_t rb_bytes;
+	bool retired; /* replaced by a snapshot from the primary: never written to disk again */
 } shard;
 
 struct tally_store {
@@ -68,11 +86,15 @@ struct tally_store {
 	uint64_t synced_epoch; /* epoch of the last map tally_store_sync applied */
 	char dir[600];	       /* DIR/snap */
 	bool fsync;
+	uint64_t keep_bytes;	 /* change records a primary copy keeps for its replicas */
+	pthread_mutex_t snap_mu; /* one snapshot file written at a time; orders retirement */
 };
 
-tally_store *tally_store_alloc(const char *node_dir, bool fsync)
+tally_store *tally_store_alloc(const char *node_dir, bool fsync, uint64_t keep_bytes)
 {
 	tally_store *st = tally_xcalloc(1, sizeof *st);
+	st->keep_bytes = keep_bytes;
+	pthread_mutex_init(&st->snap_mu, NULL);
 	pthread_rwlockattr_t ra;
 	pthread_rwlockattr_init(&ra);
 	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
@@ -83,8 +105,21 @@ tally_store *tally_store_alloc(const char *node_dir, bool fsync)
 	return st;
 }
 
+static void rb_clear(shard *s)
+{
+	for (size_t i = 0; i < s->rb_n; i++) {
+		rrec *x = &s->rb[(s->rb_head + i) % s->rb_cap];
+		free(x->data);
+	}
+	free(s->rb);
+	s->rb = NULL;
+	s->rb_head = s->rb_n = s->rb_cap = 0;
+	s->rb_bytes = 0;
+}
+
 static void shard_free(shard *s)
 {
+	rb_clear(s);
 	tally_gtab_fini(&s->groups);
 	tally_arena_free(&s->arena);
 	for (size_t i = 0; i < s->ddcap; i++)
@@ -106,6 +141,7 @@ void tally_store_free(tally_store *st)
 	free(st->shards);
 	free(st->dropped);
 	pthread_rwlock_destroy(&st->mu);
+	pthread_mutex_destroy(&st->snap_mu);
 	free(st);
 }
 
@@ -228,7 +264,7 @@ static shard *find(tally_store *st, uint64_t view_id, uint32_t sh)
 	return NULL;
 }
 
-static shard *shard_new(tally_store *st, const tally_view_rt *v, uint32_t sh)
+static shard *shard_alloc(const tally_view_rt *v, uint32_t sh)
 {
 	shard *s = tally_xcalloc(1, sizeof *s);
 	s->view_id = v->info->id;
@@ -238,12 +274,143 @@ static shard *shard_new(tally_store *st, const tally_view_rt *v, uint32_t sh)
 	s->aggs = tally_xcalloc((size_t)s->naggs + 1, sizeof *s->aggs);
 	memcpy(s->aggs, v->plan->aggs, (size_t)s->naggs * sizeof *s->aggs);
 	tally_gtab_init(&s->groups, s->aggs, s->naggs, &s->arena);
+	return s;
+}
+
+static void table_add(tally_store *st, shard *s)
+{
 	if (st->n == st->cap) {
 		st->cap = st->cap ? st->cap * 2 : 16;
 		st->shards = tally_xrealloc(st->shards, (size_t)st->cap * sizeof *st->shards);
 	}
 	st->shards[st->n++] = s;
+}
+
+/* Keep s for freeing at the next checkpoint (caller holds st->mu for writing). */
+static void retire(tally_store *st, shard *s)
+{
+	if (st->ndropped == st->capdropped) {
+		st->capdropped = st->capdropped ? st->capdropped * 2 : 16;
+		st->dropped =
+		    tally_xrealloc(st->dropped, (size_t)st->capdropped * sizeof *st->dropped);
+	}
+	st->dropped[st->ndropped++] = s;
+}
+
+static shard *shard_new(tally_store *st, const tally_view_rt *v, uint32_t sh)
+{
+	shard *s = shard_alloc(v, sh);
+	table_add(st, s);
 	return s;
+}
+
+/* ---- change records kept for replicas ------------------------------------------------------ */
+
+static void rb_pop(shard *s)
+{
+	rrec *x = &s->rb[s->rb_head];
+	s->rb_bytes -= x->len;
+	free(x->data);
+	s->rb_head = (s->rb_head + 1) % s->rb_cap;
+	s->rb_n--;
+}
+
+/* Keep record rlsn (a copy of data) for the replicas, dropping the oldest beyond keep bytes:
+ * a replica that needs those gets a snapshot instead. */
+static void rb_push(shard *s, uint64_t keep, uint64_t rlsn, uint64_t end, uint8_t kind,
+		    const uint8_t *data, uint32_t len)
+{
+	if (s->rb_n && s->rb[(s->rb_head + s->rb_n - 1) % s->rb_cap].rlsn + 1 != rlsn)
+		rb_clear(s); /* not contiguous (history changed): start over */
+	if (s->rb_n == s->rb_cap) {
+		size_t ncap = s->rb_cap ? s->rb_cap * 2 : 64;
+		rrec *nr = tally_xcalloc(ncap, sizeof *nr);
+		for (size_t i = 0; i < s->rb_n; i++)
+			nr[i] = s->rb[(s->rb_head + i) % s->rb_cap];
+		free(s->rb);
+		s->rb = nr;
+		s->rb_head = 0;
+		s->rb_cap = ncap;
+	}
+	rrec *x = &s->rb[(s->rb_head + s->rb_n) % s->rb_cap];
+	x->rlsn = rlsn;
+	x->end = end;
+	x->us = tally_mono_us();
+	x->kind = kind;
+	x->len = len;
+	x->data = tally_xmalloc(len ? len : 1);
+	if (len)
+		memcpy(x->data, data, len);
+	s->rb_n++;
+	s->rb_bytes += len;
+	while (s->rb_n > 1 && s->rb_bytes > keep)
+		rb_pop(s);
+}
+
+/* A new history identity for a copy this node (self) becomes the primary of. */
+static uint64_t gen_new(uint32_t self)
+{
+	uint64_t r = 0;
+	while ((r >> 16) == 0)
+		if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+			r = (uint64_t)tally_now_us() << 16;
+	return (r & ~0xFFFFull) | (self & 0xFFFFu);
+}
+
+static bool gen_mine(uint64_t gen, uint32_t self)
+{
+	return gen != 0 && (gen & 0xFFFFu) == (self & 0xFFFFu);
+}
+
+/* Append one TALLY_REC_SHARD record: header + n records (kinds[i], bodies[i]). */
+static int log_shard(tally_wal *wal, const shard *s, uint64_t gen, uint64_t first, uint32_t n,
+		     const uint8_t *kinds, const struct iovec *bodies, uint64_t *start,
+		     uint64_t *end, tally_err *err)
+{
+	uint8_t hdr[32];
+	tally_put_be64(hdr, s->view_id);
+	tally_put_be32(hdr + 8, s->shard);
+	tally_put_be64(hdr + 12, gen);
+	tally_put_be64(hdr + 20, first);
+	tally_put_be32(hdr + 28, n);
+	struct iovec stackv[1 + 2 * 16];
+	uint8_t stackh[5 * 16];
+	struct iovec *iov = n <= 16 ? stackv : tally_xcalloc(1 + 2 * (size_t)n, sizeof *iov);
+	uint8_t *rh = n <= 16 ? stackh : tally_xmalloc(5 * (size_t)n);
+	iov[0] = (struct iovec){hdr, sizeof hdr};
+	for (uint32_t i = 0; i < n; i++) {
+		rh[5 * i] = kinds[i];
+		tally_put_be32(rh + 5 * i + 1, (uint32_t)bodies[i].iov_len);
+		iov[1 + 2 * i] = (struct iovec){rh + 5 * i, 5};
+		iov[2 + 2 * i] = bodies[i];
+	}
+	int rc = tally_wal_append(wal, TALLY_REC_SHARD, iov, 1 + 2 * (int)n, start, end, err);
+	if (n > 16) {
+		free(iov);
+		free(rh);
+	}
+	return rc;
+}
+
+/* Make this node (self) the author of s's history if it is not yet (a new primary copy, or a
+ * replica promoted): a new gen, logged (as a record with no changes) before any change made
+ * under it. Caller holds s->mu. */
+static int ensure_gen(shard *s, tally_wal *wal, uint32_t self, tally_err *err)
+{
+	if (gen_mine(s->gen, self))
+		return 0;
+	uint64_t gen = gen_new(self), start, end;
+	if (log_shard(wal, s, gen, s->rlsn + 1, 0, NULL, NULL, &start, &end, err) != 0)
+		return -1;
+	if (s->gen)
+		tally_log_info("shard %llu/%u: this node is its primary now; new history %016llx "
+			       "from position %llu",
+			       (unsigned long long)s->view_id, s->shard, (unsigned long long)gen,
+			       (unsigned long long)s->rlsn);
+	s->gen = gen;
+	s->applied_lsn = end;
+	rb_clear(s);
+	return 0;
 }
 
 /* Find (and with create, make) a shard copy. Returns with st->mu read-locked: the caller
@@ -322,8 +489,8 @@ static int merge_groups(shard *s, const tally_view_rt *v, const tally_msg_apply 
 }
 
 int tally_store_apply(tally_store *st, tally_wal *wal, const tally_view_rt *v, uint64_t epoch,
-		      const tally_msg_apply *a, const uint8_t *body, size_t bodylen, tally_rd *r,
-		      uint64_t *flush_lsn, tally_err *err)
+		      uint32_t self, const tally_msg_apply *a, const uint8_t *body, size_t bodylen,
+		      tally_rd *r, uint64_t *flush_lsn, uint64_t *rlsn, tally_err *err)
 {
 	shard *s = get_locked(st, v, epoch, a->target_shard, true);
 	if (!s) {
@@ -337,18 +504,23 @@ int tally_store_apply(tally_store *st, tally_wal *wal, const tally_view_rt *v, u
 	 * seqs; it is taken in only with a batch that is applied or recognised.) */
 	if (dd_seen(s, a->origin, a->seq)) {
 		/* Applied before: acknowledge again, once the log has it durably (the first
-		 * attempt's flush may still be running). */
+		 * attempt's flush may still be running) and, for sync replication, once the
+		 * replicas have everything up to here. */
 		dd_floor(s, a->origin, a->floor);
 		s->duplicates++;
 		*flush_lsn = s->applied_lsn;
+		*rlsn = s->rlsn;
 	} else if (!dd_has_room(s, a->origin, a->seq, a->floor)) {
 		rc = tally_err_set(err, TALLY_SQLSTATE_INSUFFICIENT_RESOURCES,
 				   "shard %s_%u has too many out-of-order batches from one origin",
 				   v->info->name, a->target_shard);
-	} else if ((rc = merge_batch(s, v, a, r, err)) == 0) {
+	} else if ((rc = merge_batch(s, v, a, r, err)) == 0 &&
+		   (rc = ensure_gen(s, wal, self, err)) == 0) {
+		uint8_t kind = TALLY_SREC_APPLY;
 		struct iovec iov = {(void *)body, bodylen};
 		uint64_t start, end;
-		if (tally_wal_append(wal, TALLY_REC_APPLY, &iov, 1, &start, &end, err) != 0) {
+		if (log_shard(wal, s, s->gen, s->rlsn + 1, 1, &kind, &iov, &start, &end, err) !=
+		    0) {
 			rc = -1;
 		} else if (merge_groups(s, v, a, r) != 0) {
 			/* Logged but not fully merged: recovery would merge it all. Refuse to go
@@ -361,8 +533,13 @@ int tally_store_apply(tally_store *st, tally_wal *wal, const tally_view_rt *v, u
 			dd_floor(s, a->origin, a->floor);
 			dd_add(s, a->origin, a->seq);
 			s->applied_lsn = end;
+			s->rlsn++;
 			s->batches++;
+			if (v->info->num_replicas > 0)
+				rb_push(s, st->keep_bytes, s->rlsn, end, kind, body,
+					(uint32_t)bodylen);
 			*flush_lsn = end;
+			*rlsn = s->rlsn;
 		}
 	}
 	pthread_mutex_unlock(&s->mu);
@@ -370,9 +547,107 @@ int tally_store_apply(tally_store *st, tally_wal *wal, const tally_view_rt *v, u
 	return rc;
 }
 
-int tally_store_replay(tally_store *st, const tally_map *m, uint64_t lsn, uint64_t end,
-		       const uint8_t *body, uint32_t len, tally_err *err)
+/* Merge one change record into s (caller holds s->mu): rd r positioned at the body of kind.
+ * With check, the whole record is validated first (nothing changes if it is refused). */
+static int apply_rec(shard *s, const tally_view_rt *v, uint8_t kind, const uint8_t *p, uint32_t len,
+		     bool check, tally_err *err)
 {
+	if (kind != TALLY_SREC_APPLY)
+		return tally_err_set(err, TALLY_SQLSTATE_PROTOCOL,
+				     "unknown change record kind %u for shard %s_%u", kind,
+				     v->info->name, s->shard);
+	tally_rd r;
+	tally_rd_init(&r, p, len);
+	tally_msg_apply a;
+	if (tally_msg_get_apply(&r, &a) != 0 || a.view_id != s->view_id ||
+	    a.target_shard != s->shard)
+		return tally_err_set(err, TALLY_SQLSTATE_PROTOCOL,
+				     "malformed change record for shard %s_%u", v->info->name,
+				     s->shard);
+	if (check)
+		return merge_batch(s, v, &a, &r, err);
+	if (merge_groups(s, v, &a, &r) != 0)
+		return tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
+				     "out of memory applying to shard %s_%u", v->info->name,
+				     s->shard);
+	dd_floor(s, a.origin, a.floor);
+	dd_add(s, a.origin, a.seq);
+	s->batches++;
+	return 0;
+}
+
+/* Replay of a TALLY_REC_SHARD record: u64 view, u32 shard, u64 gen, u64 first, u32 n, then n x
+ * (u8 kind, u32 len, body). */
+static int replay_shard(tally_store *st, const tally_map *m, uint32_t self, uint64_t lsn,
+			uint64_t end, const uint8_t *body, uint32_t len, tally_err *err)
+{
+	tally_rd r;
+	tally_rd_init(&r, body, len);
+	uint64_t vid, gen, first;
+	uint32_t sh, n;
+	if (tally_rd_u64(&r, &vid) || tally_rd_u32(&r, &sh) || tally_rd_u64(&r, &gen) ||
+	    tally_rd_u64(&r, &first) || tally_rd_u32(&r, &n) || gen == 0 || first == 0 ||
+	    n > tally_rd_left(&r) / 5)
+		goto bad;
+	const tally_view_rt *v = tally_map_view_by_id(m, vid);
+	if (!v && vid >= m->cat->next_id)
+		return tally_err_set(err, TALLY_SQLSTATE_DATA_CORRUPTED,
+				     "log record at position %llu is for view id %llu, newer than "
+				     "the saved cluster map",
+				     (unsigned long long)lsn, (unsigned long long)vid);
+	if (!v || !v->ok || sh >= (uint32_t)v->info->num_shards)
+		return 0; /* the view was dropped */
+	bool keep = v->info->num_replicas > 0 && v->info->primary[sh] == self;
+	shard *s = get_locked(st, v, m->cat->epoch, sh, true);
+	int rc = 0;
+	if (s) {
+		pthread_mutex_lock(&s->mu);
+		if (lsn >= s->applied_lsn) {
+			if (gen != s->gen)
+				rb_clear(s);
+			s->gen = gen;
+			s->rlsn = first - 1;
+			for (uint32_t i = 0; i < n && rc == 0; i++) {
+				uint8_t kind;
+				const uint8_t *p;
+				uint32_t plen;
+				if (tally_rd_u8(&r, &kind) ||
+				    tally_rd_str(&r, &p, &plen, TALLY_MSG_MAX)) {
+					rc = tally_err_set(
+					    err, TALLY_SQLSTATE_DATA_CORRUPTED,
+					    "malformed shard record at log position %llu",
+					    (unsigned long long)lsn);
+					break;
+				}
+				rc = apply_rec(s, v, kind, p, plen, true, err);
+				if (rc == 0)
+					rc = apply_rec(s, v, kind, p, plen, false, err);
+				if (rc == 0) {
+					s->rlsn++;
+					if (keep)
+						rb_push(s, st->keep_bytes, s->rlsn, end, kind, p,
+							plen);
+				}
+			}
+			s->applied_lsn = end;
+		}
+		pthread_mutex_unlock(&s->mu);
+	}
+	pthread_rwlock_unlock(&st->mu);
+	return rc;
+bad:
+	return tally_err_set(err, TALLY_SQLSTATE_DATA_CORRUPTED,
+			     "malformed shard record at log position %llu",
+			     (unsigned long long)lsn);
+}
+
+int tally_store_replay(tally_store *st, const tally_map *m, uint32_t self, uint8_t type,
+		       uint64_t lsn, uint64_t end, const uint8_t *body, uint32_t len,
+		       tally_err *err)
+{
+	if (type == TALLY_REC_SHARD)
+		return replay_shard(st, m, self, lsn, end, body, len, err);
+	/* TALLY_REC_APPLY: a primary's batch as logged before replication existed */
 	tally_rd r;
 	tally_rd_init(&r, body, len);
 	tally_msg_apply a;
@@ -395,15 +670,12 @@ int tally_store_replay(tally_store *st, const tally_map *m, uint64_t lsn, uint64
 		if (lsn >= s->applied_lsn)
 			dd_floor(s, a.origin, a.floor);
 		if (lsn >= s->applied_lsn && !dd_seen(s, a.origin, a.seq)) {
-			rc = merge_batch(s, v, &a, &r, err);
-			if (rc == 0 && merge_groups(s, v, &a, &r) != 0)
-				rc = tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
-						   "out of memory replaying shard %s_%u",
-						   v->info->name, a.target_shard);
+			rc = apply_rec(s, v, TALLY_SREC_APPLY, body, len, true, err);
+			if (rc == 0)
+				rc = apply_rec(s, v, TALLY_SREC_APPLY, body, len, false, err);
 			if (rc == 0) {
-				dd_add(s, a.origin, a.seq);
 				s->applied_lsn = end;
-				s->batches++;
+				s->rlsn++;
 			}
 		}
 		pthread_mutex_unlock(&s->mu);
@@ -468,6 +740,10 @@ int tally_store_stats(tally_store *st, uint64_t view_id, uint32_t sh, tally_stor
 		out->applied_lsn = s->applied_lsn;
 		out->snapshot_lsn = s->snap_lsn;
 		out->origins = s->ndd;
+		out->gen = s->gen;
+		out->rlsn = s->rlsn;
+		out->kept_records = s->rb_n;
+		out->kept_bytes = s->rb_bytes;
 		pthread_mutex_unlock(&s->mu);
 	}
 	pthread_rwlock_unlock(&st->mu);
@@ -481,19 +757,270 @@ void tally_store_sync(tally_store *st, const tally_map *m)
 		st->synced_epoch = m->cat->epoch;
 	int j = 0;
 	for (int i = 0; i < st->n; i++) {
-		if (tally_catalog_view_by_id(m->cat, st->shards[i]->view_id)) {
+		if (tally_catalog_view_by_id(m->cat, st->shards[i]->view_id))
 			st->shards[j++] = st->shards[i];
-			continue;
-		}
-		if (st->ndropped == st->capdropped) {
-			st->capdropped = st->capdropped ? st->capdropped * 2 : 16;
-			st->dropped = tally_xrealloc(st->dropped,
-						     (size_t)st->capdropped * sizeof *st->dropped);
-		}
-		st->dropped[st->ndropped++] = st->shards[i];
+		else
+			retire(st, st->shards[i]);
 	}
 	st->n = j;
 	pthread_rwlock_unlock(&st->mu);
+}
+
+static int snap_write(shard *s, int fd, tally_buf *mem, uint64_t *lsn);
+static int snap_parse(const tally_map *m, const uint8_t *p, size_t len, shard **out,
+		      const char **what);
+static int snap_save_locked(tally_store *st, tally_wal *wal, shard *s, tally_err *err);
+
+/* ---- replication (DESIGN §6) ------------------------------------------------------------- */
+
+int tally_store_pos(tally_store *st, uint64_t view_id, uint32_t sh, uint64_t *gen, uint64_t *rlsn)
+{
+	pthread_rwlock_rdlock(&st->mu);
+	shard *s = find(st, view_id, sh);
+	if (s) {
+		pthread_mutex_lock(&s->mu);
+		*gen = s->gen;
+		*rlsn = s->rlsn;
+		pthread_mutex_unlock(&s->mu);
+	}
+	pthread_rwlock_unlock(&st->mu);
+	return s ? 0 : -1;
+}
+
+int tally_store_repl_fetch(tally_store *st, tally_wal *wal, uint64_t view_id, uint32_t sh,
+			   uint32_t self, uint64_t r_gen, uint64_t r_rlsn, size_t max_bytes,
+			   tally_repl_out *o, tally_err *err)
+{
+	o->gen = o->rlsn = o->end = o->first = o->last_end = o->lag_bytes = 0;
+	o->nrec = 0;
+	o->lag_us = 0;
+	pthread_rwlock_rdlock(&st->mu);
+	shard *s = find(st, view_id, sh);
+	int rc = TALLY_REPL_NONE;
+	if (!s)
+		goto out;
+	pthread_mutex_lock(&s->mu);
+	if (ensure_gen(s, wal, self, err) != 0) {
+		rc = -1;
+		goto unlock;
+	}
+	o->gen = s->gen;
+	o->rlsn = s->rlsn;
+	o->end = s->applied_lsn;
+	/* lag: the kept records after the replica's position */
+	for (size_t i = s->rb_n; i > 0; i--) {
+		const rrec *x = &s->rb[(s->rb_head + i - 1) % s->rb_cap];
+		if (x->rlsn <= r_rlsn)
+			break;
+		o->lag_bytes += x->len;
+		o->lag_us = tally_mono_us() - x->us;
+	}
+	bool same = r_gen == s->gen || r_rlsn == 0;
+	if (!same && gen_mine(r_gen, self)) {
+		/* The replica's history was begun by this node, but this copy is another one:
+		 * this node lost its state. Never overwrite the replica with less. */
+		rc = TALLY_REPL_DIVERGED;
+		goto unlock;
+	}
+	if (same && r_rlsn > s->rlsn) {
+		rc = TALLY_REPL_DIVERGED;
+		goto unlock;
+	}
+	if (same && r_rlsn == s->rlsn) {
+		rc = TALLY_REPL_RECORDS; /* up to date */
+		goto unlock;
+	}
+	/* The records after r_rlsn, if this copy still keeps them from there. */
+	if (!same || !s->rb_n || s->rb[s->rb_head].rlsn > r_rlsn + 1) {
+		rc = TALLY_REPL_SNAPSHOT;
+		goto unlock;
+	}
+	uint64_t k = r_rlsn + 1 - s->rb[s->rb_head].rlsn;
+	o->first = r_rlsn + 1;
+	for (; k < s->rb_n; k++) {
+		const rrec *x = &s->rb[(s->rb_head + k) % s->rb_cap];
+		if (o->nrec && o->recs->len + x->len + 5 > max_bytes)
+			break;
+		tally_buf_putc(o->recs, x->kind);
+		tally_buf_put_str(o->recs, x->data, x->len);
+		o->nrec++;
+		o->last_end = x->end;
+	}
+	rc = TALLY_REPL_RECORDS;
+unlock:
+	pthread_mutex_unlock(&s->mu);
+out:
+	pthread_rwlock_unlock(&st->mu);
+	return rc;
+}
+
+void tally_store_repl_trim(tally_store *st, uint64_t view_id, uint32_t sh, uint64_t gen,
+			   uint64_t upto)
+{
+	pthread_rwlock_rdlock(&st->mu);
+	shard *s = find(st, view_id, sh);
+	if (s) {
+		pthread_mutex_lock(&s->mu);
+		if (s->gen == gen)
+			while (s->rb_n && s->rb[s->rb_head].rlsn <= upto)
+				rb_pop(s);
+		pthread_mutex_unlock(&s->mu);
+	}
+	pthread_rwlock_unlock(&st->mu);
+}
+
+int tally_store_repl_apply(tally_store *st, tally_wal *wal, const tally_view_rt *v, uint64_t epoch,
+			   uint32_t sh, uint64_t gen, uint64_t first, uint32_t n, tally_rd *recs,
+			   uint64_t *pos_gen, uint64_t *pos_rlsn, uint64_t *flush_lsn,
+			   tally_err *err)
+{
+	shard *s = get_locked(st, v, epoch, sh, true);
+	if (!s) {
+		pthread_rwlock_unlock(&st->mu);
+		return tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE,
+				     "continuous view \"%s\" was dropped", v->info->name);
+	}
+	pthread_mutex_lock(&s->mu);
+	int rc = 0;
+	*flush_lsn = s->applied_lsn;
+	/* An empty copy takes any history from its start; otherwise only the continuation of its
+	 * own (the primary sends a snapshot when the histories differ). */
+	bool fits = gen != 0 && (gen == s->gen ? first <= s->rlsn + 1 : s->rlsn == 0 && first == 1);
+	if (fits && n > 0) {
+		/* Skip what this copy has (a resend), check the rest completely, then log it
+		 * as one record and merge it. */
+		uint64_t skip = s->rlsn + 1 - first;
+		uint32_t m = 0;
+		uint8_t *kinds = tally_xmalloc((size_t)n + 1);
+		struct iovec *bodies = tally_xcalloc((size_t)n + 1, sizeof *bodies);
+		for (uint32_t i = 0; i < n && rc == 0; i++) {
+			uint8_t kind;
+			const uint8_t *p;
+			uint32_t len;
+			if (tally_rd_u8(recs, &kind) ||
+			    tally_rd_str(recs, &p, &len, TALLY_MSG_MAX)) {
+				rc = tally_err_set(err, TALLY_SQLSTATE_PROTOCOL,
+						   "malformed REPL records for shard %s_%u",
+						   v->info->name, sh);
+			} else if (i >= skip) {
+				kinds[m] = kind;
+				bodies[m] = (struct iovec){(void *)p, len};
+				m++;
+			}
+		}
+		/* every record must fit the table at once: check them one by one (each check
+		 * reserves room for its groups) */
+		for (uint32_t i = 0; i < m && rc == 0; i++)
+			rc = apply_rec(s, v, kinds[i], bodies[i].iov_base,
+				       (uint32_t)bodies[i].iov_len, true, err);
+		uint64_t start, end;
+		if (rc == 0 && m > 0 &&
+		    (rc = log_shard(wal, s, gen, s->rlsn + 1, m, kinds, bodies, &start, &end,
+				    err)) == 0) {
+			for (uint32_t i = 0; i < m; i++) {
+				if (apply_rec(s, v, kinds[i], bodies[i].iov_base,
+					      (uint32_t)bodies[i].iov_len, false, err) != 0) {
+					tally_log_error("shard %s_%u no longer matches the log; "
+							"exiting so that recovery rebuilds it",
+							v->info->name, sh);
+					abort();
+				}
+			}
+			s->gen = gen;
+			s->rlsn += m;
+			s->applied_lsn = end;
+			*flush_lsn = end;
+		}
+		free(kinds);
+		free(bodies);
+	}
+	*pos_gen = s->gen;
+	*pos_rlsn = s->rlsn;
+	pthread_mutex_unlock(&s->mu);
+	pthread_rwlock_unlock(&st->mu);
+	return rc;
+}
+
+int tally_store_snap_encode(tally_store *st, tally_wal *wal, uint64_t view_id, uint32_t sh,
+			    uint32_t self, tally_buf *out, uint64_t *gen, uint64_t *rlsn,
+			    tally_err *err)
+{
+	pthread_rwlock_rdlock(&st->mu);
+	shard *s = find(st, view_id, sh);
+	int rc = -1;
+	uint64_t lsn = 0;
+	if (!s) {
+		tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE, "no copy of shard %u", sh);
+	} else {
+		pthread_mutex_lock(&s->mu);
+		rc = ensure_gen(s, wal, self, err);
+		if (rc == 0) {
+			*gen = s->gen;
+			*rlsn = s->rlsn;
+			tally_buf_free(out);
+			rc = snap_write(s, -1, out, &lsn);
+		}
+		pthread_mutex_unlock(&s->mu);
+	}
+	pthread_rwlock_unlock(&st->mu);
+	/* Never hand out state this node's log does not have durably (a crash would lose it
+	 * here and leave the replica ahead). */
+	if (rc == 0 && tally_wal_flush(wal, lsn, -1, err) != 0)
+		rc = -1;
+	return rc;
+}
+
+int tally_store_snap_install(tally_store *st, tally_wal *wal, const tally_map *m, const uint8_t *p,
+			     size_t len, uint64_t *gen, uint64_t *rlsn, tally_err *err)
+{
+	shard *s;
+	const char *what = NULL;
+	if (snap_parse(m, p, len, &s, &what) != 0)
+		return tally_err_set(err, TALLY_SQLSTATE_PROTOCOL, "bad shard snapshot: %s", what);
+	if (!s)
+		return tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE,
+				     "shard snapshot of a view this node does not have");
+	if (s->gen == 0) {
+		shard_free(s);
+		return tally_err_set(err, TALLY_SQLSTATE_PROTOCOL,
+				     "shard snapshot without history");
+	}
+	/* Replace the copy: records of the shard before this log position belong to the state
+	 * replaced (recovery skips them), records after it to the new one. The old copy is
+	 * retired under snap_mu, so no checkpoint writes it again. */
+	if (tally_mkdir_p(st->dir, 0700) != 0) {
+		shard_free(s);
+		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "could not create \"%s\": %s",
+				     st->dir, strerror(errno));
+	}
+	pthread_mutex_lock(&st->snap_mu);
+	pthread_rwlock_wrlock(&st->mu);
+	shard *old = find(st, s->view_id, s->shard);
+	tally_wal_stats ws;
+	if (old)
+		pthread_mutex_lock(&old->mu);
+	tally_wal_stats_get(wal, &ws);
+	s->applied_lsn = ws.insert_lsn;
+	s->snap_lsn = 0;
+	if (old) {
+		for (int i = 0; i < st->n; i++)
+			if (st->shards[i] == old)
+				st->shards[i] = s;
+		old->retired = true;
+		pthread_mutex_unlock(&old->mu);
+		retire(st, old);
+	} else {
+		table_add(st, s);
+	}
+	*gen = s->gen;
+	*rlsn = s->rlsn;
+	pthread_rwlock_unlock(&st->mu);
+	int rc = snap_save_locked(st, wal, s, err);
+	pthread_mutex_unlock(&st->snap_mu);
+	if (rc == 0 && st->fsync && tally_dir_sync(st->dir) != 0)
+		rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "could not fsync \"%s\": %s",
+				   st->dir, strerror(errno));
+	return rc;
 }
 
 /* ---- snapshots ---------------------------------------------------------------------------- */
@@ -522,7 +1049,7 @@ typedef struct snap_writer {
 
 static void sw_drain(snap_writer *w, size_t keep_below)
 {
-	if (w->buf.len < keep_below || w->failed)
+	if (w->fd < 0 || w->buf.len < keep_below || w->failed)
 		return;
 	w->crc = tally_crc32c(w->crc, w->buf.data, w->buf.len);
 	if (tally_write_all(w->fd, w->buf.data, w->buf.len) != 0)
@@ -530,8 +1057,9 @@ static void sw_drain(snap_writer *w, size_t keep_below)
 	tally_buf_reset(&w->buf);
 }
 
-/* Write shard s (caller holds s->mu) to fd; returns the covered LSN in *lsn. */
-static int snap_write(shard *s, int fd, uint64_t *lsn)
+/* Write shard s (caller holds s->mu) to fd, or with fd < 0 into *mem; returns the covered
+ * LSN in *lsn. */
+static int snap_write(shard *s, int fd, tally_buf *mem, uint64_t *lsn)
 {
 	snap_writer w = {.fd = fd};
 	tally_buf_put_u32(&w.buf, SNAP_MAGIC);
@@ -539,6 +1067,8 @@ static int snap_write(shard *s, int fd, uint64_t *lsn)
 	tally_buf_put_u64(&w.buf, s->view_id);
 	tally_buf_put_u32(&w.buf, s->shard);
 	tally_buf_put_u64(&w.buf, s->applied_lsn);
+	tally_buf_put_u64(&w.buf, s->gen);
+	tally_buf_put_u64(&w.buf, s->rlsn);
 	aggs_put(&w.buf, s->aggs, s->naggs);
 	tally_buf_put_u32(&w.buf, (uint32_t)s->ndd);
 	for (size_t i = 0; i < s->ddcap; i++) {
@@ -560,17 +1090,33 @@ static int snap_write(shard *s, int fd, uint64_t *lsn)
 		tally_group_put(&w.buf, g->key, g->keylen, s->aggs, s->naggs, g->states);
 		sw_drain(&w, 1 << 20);
 	}
+	*lsn = s->applied_lsn;
+	if (fd < 0) {
+		tally_buf_put_u32(&w.buf, tally_crc32c(0, w.buf.data, w.buf.len));
+		*mem = w.buf;
+		return 0;
+	}
 	sw_drain(&w, 0);
 	tally_buf_put_u32(&w.buf, w.crc);
 	if (!w.failed && tally_write_all(fd, w.buf.data, w.buf.len) != 0)
 		w.failed = errno ? errno : EIO;
 	tally_buf_free(&w.buf);
-	*lsn = s->applied_lsn;
 	errno = w.failed;
 	return w.failed ? -1 : 0;
 }
 
+/* Write s's snapshot file, unless s was replaced (retired) meanwhile: one file at a time, so a
+ * checkpoint that began with a shard a snapshot from the primary replaced cannot put the old
+ * state back on disk after the new one. */
 static int snap_save(tally_store *st, tally_wal *wal, shard *s, tally_err *err)
+{
+	pthread_mutex_lock(&st->snap_mu);
+	int rc = s->retired ? 0 : snap_save_locked(st, wal, s, err);
+	pthread_mutex_unlock(&st->snap_mu);
+	return rc;
+}
+
+static int snap_save_locked(tally_store *st, tally_wal *wal, shard *s, tally_err *err)
 {
 	char name[64], tmp[800], path[800];
 	snap_name(name, sizeof name, s->view_id, s->shard);
@@ -582,7 +1128,7 @@ static int snap_save(tally_store *st, tally_wal *wal, shard *s, tally_err *err)
 				     tmp, strerror(errno));
 	uint64_t lsn;
 	pthread_mutex_lock(&s->mu);
-	int rc = snap_write(s, fd, &lsn);
+	int rc = snap_write(s, fd, NULL, &lsn);
 	pthread_mutex_unlock(&s->mu);
 	if (rc == 0 && st->fsync && fsync(fd) != 0)
 		rc = -1;
@@ -668,7 +1214,94 @@ int tally_store_checkpoint(tally_store *st, tally_wal *wal, tally_err *err)
 	return rc;
 }
 
-/* Load one snapshot file (mapped) into a new shard. */
+/* Parse a snapshot (file format) into a new detached shard (*out), checked against its view in
+ * m. Returns 0 (with *out NULL when its view was dropped or the shard no longer exists), or -1
+ * with *what saying what is wrong. */
+static int snap_parse(const tally_map *m, const uint8_t *p, size_t len, shard **out,
+		      const char **what)
+{
+	*out = NULL;
+	tally_rd r;
+	uint32_t magic = 0, version = 0, sh = 0, naggs = 0, ndd = 0;
+	uint64_t vid = 0, lsn = 0, ngroups = 0, gen = 0, rlsn = 0;
+	if (len < 8 || tally_crc32c(0, p, len - 4) != tally_be32(p + len - 4)) {
+		*what = "bad checksum or truncated file";
+		return -1;
+	}
+	tally_rd_init(&r, p, len - 4);
+	if (tally_rd_u32(&r, &magic) || magic != SNAP_MAGIC || tally_rd_u32(&r, &version) ||
+	    (version != 1 && version != SNAP_VERSION) || tally_rd_u64(&r, &vid) ||
+	    tally_rd_u32(&r, &sh) || tally_rd_u64(&r, &lsn) ||
+	    (version >= 2 && (tally_rd_u64(&r, &gen) || tally_rd_u64(&r, &rlsn))) ||
+	    tally_rd_u32(&r, &naggs)) {
+		*what = "bad header";
+		return -1;
+	}
+	const tally_view_rt *v = tally_map_view_by_id(m, vid);
+	if (!v && vid >= m->cat->next_id) {
+		*what = "its view is newer than the saved cluster map";
+		return -1;
+	}
+	if (!v || !v->ok || sh >= (uint32_t)v->info->num_shards)
+		return 0; /* a view dropped while this node was down or before its checkpoint */
+	tally_buf want = {0};
+	aggs_put(&want, v->plan->aggs, v->plan->naggs);
+	const uint8_t *got;
+	bool same = naggs == (uint32_t)v->plan->naggs &&
+		    tally_rd_bytes(&r, &got, (size_t)naggs * 3) == 0 &&
+		    memcmp(got, want.data + 4, (size_t)naggs * 3) == 0;
+	tally_buf_free(&want);
+	if (!same) {
+		*what = "its aggregates differ from the view's";
+		return -1;
+	}
+	shard *s = shard_alloc(v, sh);
+	if (tally_rd_u32(&r, &ndd) || ndd > tally_rd_left(&r) / 20) {
+		*what = "bad dedup state";
+		goto corrupt;
+	}
+	for (uint32_t i = 0; i < ndd; i++) {
+		uint64_t origin, hi;
+		uint32_t na;
+		if (tally_rd_u64(&r, &origin) || tally_rd_u64(&r, &hi) || tally_rd_u32(&r, &na) ||
+		    origin == 0 || na > DEDUP_ABOVE_MAX || na > tally_rd_left(&r) / 8) {
+			*what = "bad dedup state";
+			goto corrupt;
+		}
+		dedup *d = dd_find(s, origin, true);
+		d->hi = hi;
+		for (uint32_t k = 0; k < na; k++) {
+			uint64_t q;
+			tally_rd_u64(&r, &q);
+			dd_add(s, origin, q);
+		}
+	}
+	if (tally_rd_u64(&r, &ngroups) || ngroups > tally_rd_left(&r) / 4 ||
+	    tally_gtab_reserve(&s->groups, (size_t)ngroups) != 0) {
+		*what = "bad group count";
+		goto corrupt;
+	}
+	for (uint64_t i = 0; i < ngroups; i++) {
+		if (tally_group_merge_encoded(&s->groups, &r) != 0) {
+			*what = "bad group";
+			goto corrupt;
+		}
+	}
+	if (tally_rd_left(&r) != 0) {
+		*what = "trailing bytes";
+		goto corrupt;
+	}
+	s->applied_lsn = s->snap_lsn = lsn;
+	s->gen = gen;
+	s->rlsn = rlsn;
+	*out = s;
+	return 0;
+corrupt:
+	shard_free(s);
+	return -1;
+}
+
+/* Load one snapshot file (mapped) into the store. */
 static int snap_load(tally_store *st, const tally_map *m, const char *path, tally_err *err)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -687,91 +1320,30 @@ static int snap_load(tally_store *st, const tally_map *m, const char *path, tall
 				     strerror(errno));
 	int rc = 0;
 	const char *what = NULL;
-	tally_rd r;
-	uint32_t magic = 0, version = 0, sh = 0, naggs = 0, ndd = 0;
-	uint64_t vid = 0, lsn = 0, ngroups = 0;
-	if (len < 8 || tally_crc32c(0, p, len - 4) != tally_be32(p + len - 4)) {
-		what = "bad checksum or truncated file";
-		goto corrupt;
-	}
-	tally_rd_init(&r, p, len - 4);
-	if (tally_rd_u32(&r, &magic) || magic != SNAP_MAGIC || tally_rd_u32(&r, &version) ||
-	    version != SNAP_VERSION || tally_rd_u64(&r, &vid) || tally_rd_u32(&r, &sh) ||
-	    tally_rd_u64(&r, &lsn) || tally_rd_u32(&r, &naggs)) {
-		what = "bad header";
-		goto corrupt;
-	}
-	const tally_view_rt *v = tally_map_view_by_id(m, vid);
-	if (!v && vid >= m->cat->next_id) {
-		what = "its view is newer than the saved cluster map";
-		goto corrupt;
-	}
-	if (!v || !v->ok || sh >= (uint32_t)v->info->num_shards) {
-		/* a view dropped while this node was down or before its last checkpoint */
-		unlink(path);
-		goto out;
-	}
-	tally_buf want = {0};
-	aggs_put(&want, v->plan->aggs, v->plan->naggs);
-	const uint8_t *got;
-	bool same = naggs == (uint32_t)v->plan->naggs &&
-		    tally_rd_bytes(&r, &got, (size_t)naggs * 3) == 0 &&
-		    memcmp(got, want.data + 4, (size_t)naggs * 3) == 0;
-	tally_buf_free(&want);
-	if (!same) {
-		what = "its aggregates differ from the view's";
-		goto corrupt;
-	}
-	pthread_rwlock_wrlock(&st->mu);
-	shard *s = find(st, vid, sh);
-	if (!s)
-		s = shard_new(st, v, sh);
-	pthread_rwlock_unlock(&st->mu);
-	/* nobody else sees the store during recovery */
-	if (tally_rd_u32(&r, &ndd) || ndd > tally_rd_left(&r) / 20) {
-		what = "bad dedup state";
-		goto corrupt;
-	}
-	for (uint32_t i = 0; i < ndd; i++) {
-		uint64_t origin, hi;
-		uint32_t na;
-		if (tally_rd_u64(&r, &origin) || tally_rd_u64(&r, &hi) || tally_rd_u32(&r, &na) ||
-		    origin == 0 || na > DEDUP_ABOVE_MAX || na > tally_rd_left(&r) / 8) {
-			what = "bad dedup state";
-			goto corrupt;
+	shard *s;
+	if (snap_parse(m, p, len, &s, &what) != 0) {
+		tally_err_set(err, TALLY_SQLSTATE_DATA_CORRUPTED,
+			      "shard snapshot \"%s\" is corrupt: %s", path, what);
+		tally_err_hint(err, "The node refuses to start rather than serve wrong results. "
+				    "Restore the directory from a backup, or remove it to start "
+				    "this node empty.");
+		rc = -1;
+	} else if (!s) {
+		unlink(path); /* its view was dropped */
+	} else {
+		/* nobody else sees the store during recovery */
+		pthread_rwlock_wrlock(&st->mu);
+		shard *old = find(st, s->view_id, s->shard);
+		if (old) {
+			for (int i = 0; i < st->n; i++)
+				if (st->shards[i] == old)
+					st->shards[i] = s;
+			shard_free(old);
+		} else {
+			table_add(st, s);
 		}
-		dedup *d = dd_find(s, origin, true);
-		d->hi = hi;
-		for (uint32_t k = 0; k < na; k++) {
-			uint64_t q;
-			tally_rd_u64(&r, &q);
-			dd_add(s, origin, q);
-		}
+		pthread_rwlock_unlock(&st->mu);
 	}
-	if (tally_rd_u64(&r, &ngroups) || ngroups > tally_rd_left(&r) / 4 ||
-	    tally_gtab_reserve(&s->groups, (size_t)ngroups) != 0) {
-		what = "bad group count";
-		goto corrupt;
-	}
-	for (uint64_t i = 0; i < ngroups; i++) {
-		if (tally_group_merge_encoded(&s->groups, &r) != 0) {
-			what = "bad group";
-			goto corrupt;
-		}
-	}
-	if (tally_rd_left(&r) != 0) {
-		what = "trailing bytes";
-		goto corrupt;
-	}
-	s->applied_lsn = s->snap_lsn = lsn;
-	goto out;
-corrupt:
-	tally_err_set(err, TALLY_SQLSTATE_DATA_CORRUPTED, "shard snapshot \"%s\" is corrupt: %s",
-		      path, what);
-	tally_err_hint(err, "The node refuses to start rather than serve wrong results. Restore "
-			    "the directory from a backup, or remove it to start this node empty.");
-	rc = -1;
-out:
 	if (len)
 		munmap((void *)p, len);
 	return rc;

@@ -19,9 +19,22 @@
 
 typedef enum { W_UNREGISTERED = 0, W_REGISTERED } wstate;
 
+/* A snapshot arriving in chunks from a primary (replica side). */
+typedef struct snap_in {
+	uint64_t view_id;
+	uint32_t shard;
+	uint64_t gen, rlsn, total;
+	tally_buf buf;
+	int64_t touched_us;
+} snap_in;
+
 struct tally_worker {
 	tally_node node;
 	tally_store *store;
+	tally_repl *repl; /* set once started (atomic) */
+	pthread_mutex_t snap_mu;
+	snap_in *snaps;
+	size_t nsnaps;
 	pthread_mutex_t map_mu; /* orders saving and installing maps */
 	pthread_t hb_thread;
 	pthread_mutex_t mu;
@@ -70,6 +83,9 @@ static void take_map(tally_worker *w, tally_catalog *cat)
 		tally_log_debug("installed cluster map epoch %llu",
 				(unsigned long long)m->cat->epoch);
 		tally_map_put(m);
+		tally_repl *rp = __atomic_load_n(&w->repl, __ATOMIC_ACQUIRE);
+		if (rp)
+			tally_repl_map_changed(rp);
 	}
 	pthread_mutex_unlock(&w->map_mu);
 }
@@ -235,6 +251,22 @@ static const tally_view_rt *request_view(tally_worker *w, const tally_msg_hdr *h
 	return tally_map_view_by_id(*m, view_id);
 }
 
+/* After a primary copy applied a record at position rlsn: wake the replicator, and for
+ * replication = sync / quorum wait for the replicas (within the origin's send timeout). */
+static int replicated(tally_worker *w, const tally_view_rt *v, uint32_t shard, uint64_t rlsn,
+		      tally_err *err)
+{
+	tally_repl *rp = __atomic_load_n(&w->repl, __ATOMIC_ACQUIRE);
+	if (!rp || v->info->num_replicas == 0)
+		return 0;
+	tally_repl_notify(rp);
+	uint64_t gen, pos;
+	if (v->info->replication == TALLY_REPL_ASYNC ||
+	    tally_store_pos(w->store, v->info->id, shard, &gen, &pos) != 0)
+		return 0;
+	return tally_repl_wait(rp, v->info, shard, gen, rlsn, 1500, err);
+}
+
 static void handle_apply(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)
 {
 	tally_node *n = &w->node;
@@ -250,7 +282,7 @@ static void handle_apply(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, t
 	const tally_view_rt *v = request_view(w, h, a.view_id, &m);
 	tally_err err;
 	tally_err_clear(&err);
-	uint64_t lsn = 0;
+	uint64_t lsn = 0, rlsn = 0;
 	if (!v) {
 		tally_rpc_reply_error(
 		    reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_UNDEFINED_TABLE,
@@ -264,9 +296,10 @@ static void handle_apply(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, t
 		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_UNAVAILABLE,
 				      "node %s is not the primary of shard %s_%u", n->cfg.name,
 				      v->info->name, a.target_shard);
-	} else if (tally_store_apply(w->store, n->wal, v, m->cat->epoch, &a, body, bodylen, r, &lsn,
-				     &err) != 0 ||
-		   tally_wal_flush(n->wal, lsn, -1, &err) != 0) {
+	} else if (tally_store_apply(w->store, n->wal, v, m->cat->epoch, tally_node_id(n), &a, body,
+				     bodylen, r, &lsn, &rlsn, &err) != 0 ||
+		   tally_wal_flush(n->wal, lsn, -1, &err) != 0 ||
+		   replicated(w, v, a.target_shard, rlsn, &err) != 0) {
 		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, err.sqlstate, "%s",
 				      err.message);
 	} else {
@@ -310,6 +343,234 @@ static void handle_read(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, ta
 	tally_map_put(m);
 }
 
+/* ---- replication, replica side (DESIGN §6) ----------------------------------------------- */
+
+static bool placed(const tally_view_info *v, uint32_t sh, uint32_t from, uint32_t self)
+{
+	if (sh >= (uint32_t)v->num_shards || v->primary[sh] != from || self == 0)
+		return false;
+	for (int r = 0; r < v->num_replicas; r++)
+		if (v->replicas[sh * (uint32_t)v->num_replicas + (uint32_t)r] == self)
+			return true;
+	return false;
+}
+
+/* The view of a replication message from node `from` for shard sh: taken only if the map says
+ * `from` is the shard's primary and this node one of its replicas (a sender with a newer map
+ * makes this node fetch its map first). NULL with err otherwise; *m is released by the
+ * caller. */
+static const tally_view_rt *repl_view(tally_worker *w, const tally_msg_hdr *h, uint64_t view_id,
+				      uint32_t sh, uint32_t from, tally_map **m, tally_err *err)
+{
+	tally_node *n = &w->node;
+	const tally_view_rt *v = request_view(w, h, view_id, m);
+	if (v && v->ok && !placed(v->info, sh, from, tally_node_id(n)) &&
+	    h->epoch > (*m)->cat->epoch) {
+		tally_map_put(*m);
+		fetch_map(w, 1000);
+		*m = tally_node_map(n);
+		v = tally_map_view_by_id(*m, view_id);
+	}
+	if (!v || !v->ok) {
+		tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE,
+			      "node %s does not know view id %llu (map epoch %llu)", n->cfg.name,
+			      (unsigned long long)view_id, (unsigned long long)(*m)->cat->epoch);
+		return NULL;
+	}
+	if (!placed(v->info, sh, from, tally_node_id(n))) {
+		tally_err_set(err, TALLY_SQLSTATE_UNAVAILABLE,
+			      "node %s is not a replica of shard %s_%u with node %u its primary "
+			      "(map epoch %llu)",
+			      n->cfg.name, v->info->name, sh, from,
+			      (unsigned long long)(*m)->cat->epoch);
+		return NULL;
+	}
+	return v;
+}
+
+static void put_pos(tally_buf *reply, const tally_msg_hdr *h, uint64_t epoch, uint64_t gen,
+		    uint64_t rlsn, uint64_t have)
+{
+	tally_msg_begin(reply, TALLY_MSG_REPL_OK, h->req_id, epoch);
+	tally_buf_put_u64(reply, gen);
+	tally_buf_put_u64(reply, rlsn);
+	tally_buf_put_u64(reply, have);
+	tally_msg_end(reply);
+}
+
+static void handle_repl(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)
+{
+	tally_node *n = &w->node;
+	uint32_t from, sh, nrec;
+	uint64_t vid, gen, first;
+	if (tally_rd_u32(r, &from) || tally_rd_u64(r, &vid) || tally_rd_u32(r, &sh) ||
+	    tally_rd_u64(r, &gen) || tally_rd_u64(r, &first) || tally_rd_u32(r, &nrec) ||
+	    nrec > tally_rd_left(r) / 5 || (nrec && (gen == 0 || first == 0))) {
+		tally_rpc_reply_error(reply, h->req_id, tally_node_epoch(n),
+				      TALLY_SQLSTATE_PROTOCOL, "malformed REPL");
+		return;
+	}
+	tally_map *m;
+	tally_err err;
+	tally_err_clear(&err);
+	const tally_view_rt *v = repl_view(w, h, vid, sh, from, &m, &err);
+	uint64_t pgen = 0, prlsn = 0, lsn = 0;
+	if (!v ||
+	    tally_store_repl_apply(w->store, n->wal, v, m->cat->epoch, sh, gen, first, nrec, r,
+				   &pgen, &prlsn, &lsn, &err) != 0 ||
+	    tally_wal_flush(n->wal, lsn, -1, &err) != 0) {
+		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, err.sqlstate, "%s",
+				      err.message);
+	} else {
+		/* a transfer in progress for this shard says how far it got */
+		uint64_t have = 0;
+		pthread_mutex_lock(&w->snap_mu);
+		for (size_t i = 0; i < w->nsnaps; i++)
+			if (w->snaps[i].view_id == vid && w->snaps[i].shard == sh)
+				have = w->snaps[i].buf.len;
+		pthread_mutex_unlock(&w->snap_mu);
+		put_pos(reply, h, m->cat->epoch, pgen, prlsn, have);
+	}
+	tally_map_put(m);
+}
+
+/* Snapshot transfers idle this long are dropped (their primary gave up or died). */
+#define SNAP_IN_IDLE_US 60000000LL
+
+static void handle_repl_snap(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)
+{
+	tally_node *n = &w->node;
+	uint32_t from, sh, clen;
+	uint64_t vid, gen, rlsn, total, off;
+	const uint8_t *chunk;
+	if (tally_rd_u32(r, &from) || tally_rd_u64(r, &vid) || tally_rd_u32(r, &sh) ||
+	    tally_rd_u64(r, &gen) || tally_rd_u64(r, &rlsn) || tally_rd_u64(r, &total) ||
+	    tally_rd_u64(r, &off) || tally_rd_str(r, &chunk, &clen, TALLY_MSG_MAX) ||
+	    tally_msg_done(r) != 0 || gen == 0 || off > total || clen > total - off ||
+	    total > ((uint64_t)1 << 40)) {
+		tally_rpc_reply_error(reply, h->req_id, tally_node_epoch(n),
+				      TALLY_SQLSTATE_PROTOCOL, "malformed REPL_SNAP");
+		return;
+	}
+	tally_map *m;
+	tally_err err;
+	tally_err_clear(&err);
+	const tally_view_rt *v = repl_view(w, h, vid, sh, from, &m, &err);
+	if (!v) {
+		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, err.sqlstate, "%s",
+				      err.message);
+		tally_map_put(m);
+		return;
+	}
+	int64_t now = tally_mono_us();
+	pthread_mutex_lock(&w->snap_mu);
+	snap_in *si = NULL;
+	for (size_t i = 0; i < w->nsnaps;) {
+		snap_in *x = &w->snaps[i];
+		if (x->view_id == vid && x->shard == sh) {
+			si = x;
+			i++;
+		} else if (now - x->touched_us > SNAP_IN_IDLE_US) {
+			tally_buf_free(&x->buf);
+			w->snaps[i] = w->snaps[--w->nsnaps];
+		} else {
+			i++;
+		}
+	}
+	if (!si) {
+		w->snaps = tally_xrealloc(w->snaps, (w->nsnaps + 1) * sizeof *w->snaps);
+		si = &w->snaps[w->nsnaps++];
+		memset(si, 0, sizeof *si);
+		si->view_id = vid;
+		si->shard = sh;
+	}
+	if (off == 0 || si->gen != gen || si->rlsn != rlsn || si->total != total) {
+		/* a new transfer */
+		tally_buf_reset(&si->buf);
+		si->gen = gen;
+		si->rlsn = rlsn;
+		si->total = total;
+	}
+	si->touched_us = now;
+	if (off == si->buf.len)
+		tally_buf_append(&si->buf, chunk, clen);
+	uint64_t have = si->buf.len;
+	tally_buf done = {0};
+	if (have == total) {
+		done = si->buf; /* installed below, outside the lock */
+		si->buf = (tally_buf){0};
+		*si = w->snaps[--w->nsnaps];
+	}
+	pthread_mutex_unlock(&w->snap_mu);
+	if (have == total) {
+		uint64_t pgen, prlsn;
+		int rc = tally_store_snap_install(w->store, n->wal, m, done.data, done.len, &pgen,
+						  &prlsn, &err);
+		tally_buf_free(&done);
+		if (rc != 0) {
+			tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, err.sqlstate, "%s",
+					      err.message);
+		} else {
+			tally_log_info("installed a snapshot of shard %s_%u from node %u "
+				       "(position %llu)",
+				       v->info->name, sh, from, (unsigned long long)prlsn);
+			put_pos(reply, h, m->cat->epoch, pgen, prlsn, total);
+		}
+	} else {
+		uint64_t pgen = 0, prlsn = 0;
+		tally_store_pos(w->store, vid, sh, &pgen, &prlsn);
+		put_pos(reply, h, m->cat->epoch, pgen, prlsn, have);
+	}
+	tally_map_put(m);
+}
+
+static void handle_status(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)
+{
+	tally_node *n = &w->node;
+	tally_repl *rp = __atomic_load_n(&w->repl, __ATOMIC_ACQUIRE);
+	if (tally_msg_done(r) != 0) {
+		tally_rpc_reply_error(reply, h->req_id, tally_node_epoch(n),
+				      TALLY_SQLSTATE_PROTOCOL, "malformed STATUS");
+		return;
+	}
+	tally_repl_row *rows = NULL;
+	size_t nr = rp ? tally_repl_rows(rp, &rows) : 0;
+	tally_msg_begin(reply, TALLY_MSG_STATUS_OK, h->req_id, tally_node_epoch(n));
+	tally_buf_put_u32(reply, (uint32_t)nr);
+	for (size_t i = 0; i < nr; i++) {
+		tally_buf_put_u64(reply, rows[i].view_id);
+		tally_buf_put_u32(reply, rows[i].shard);
+		tally_buf_put_u32(reply, rows[i].replica);
+		tally_buf_put_str(reply, rows[i].state, (uint32_t)strlen(rows[i].state));
+		tally_buf_put_u64(reply, rows[i].primary_rlsn);
+		tally_buf_put_u64(reply, rows[i].sent_rlsn);
+		tally_buf_put_u64(reply, rows[i].applied_rlsn);
+		tally_buf_put_u64(reply, rows[i].lag_records);
+		tally_buf_put_u64(reply, rows[i].lag_bytes);
+		tally_buf_put_u64(reply, (uint64_t)rows[i].lag_ms);
+	}
+	tally_msg_end(reply);
+	free(rows);
+}
+
+static void handle_pos(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)
+{
+	tally_node *n = &w->node;
+	uint64_t vid, gen = 0, rlsn = 0;
+	uint32_t sh;
+	if (tally_rd_u64(r, &vid) || tally_rd_u32(r, &sh) || tally_msg_done(r) != 0) {
+		tally_rpc_reply_error(reply, h->req_id, tally_node_epoch(n),
+				      TALLY_SQLSTATE_PROTOCOL, "malformed POS");
+		return;
+	}
+	bool has = tally_store_pos(w->store, vid, sh, &gen, &rlsn) == 0;
+	tally_msg_begin(reply, TALLY_MSG_POS_OK, h->req_id, tally_node_epoch(n));
+	tally_buf_putc(reply, has);
+	tally_buf_put_u64(reply, gen);
+	tally_buf_put_u64(reply, rlsn);
+	tally_msg_end(reply);
+}
+
 static void worker_handle(tally_node *n, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)
 {
 	tally_worker *w = n->role.ctx;
@@ -319,6 +580,18 @@ static void worker_handle(tally_node *n, const tally_msg_hdr *h, tally_rd *r, ta
 		break;
 	case TALLY_MSG_READ:
 		handle_read(w, h, r, reply);
+		break;
+	case TALLY_MSG_REPL:
+		handle_repl(w, h, r, reply);
+		break;
+	case TALLY_MSG_REPL_SNAP:
+		handle_repl_snap(w, h, r, reply);
+		break;
+	case TALLY_MSG_STATUS:
+		handle_status(w, h, r, reply);
+		break;
+	case TALLY_MSG_POS:
+		handle_pos(w, h, r, reply);
 		break;
 	case TALLY_MSG_MAP_PUSH:
 		if (install_from(w, r) != 0 || tally_msg_done(r) != 0) {
@@ -438,12 +711,12 @@ static int worker_replay(tally_node *n, uint8_t type, uint64_t lsn, uint64_t end
 			 uint32_t len, tally_err *err)
 {
 	tally_worker *w = n->role.ctx;
-	if (type != TALLY_REC_APPLY)
+	if (type != TALLY_REC_APPLY && type != TALLY_REC_SHARD)
 		return tally_err_set(err, TALLY_SQLSTATE_DATA_CORRUPTED,
 				     "unexpected record type %u at log position %llu", type,
 				     (unsigned long long)lsn);
 	tally_map *m = tally_node_map(n);
-	int rc = tally_store_replay(w->store, m, lsn, end, p, len, err);
+	int rc = tally_store_replay(w->store, m, tally_node_id(n), type, lsn, end, p, len, err);
 	tally_map_put(m);
 	return rc;
 }
@@ -473,9 +746,11 @@ static int worker_check(tally_node *n, uint64_t log_end, tally_err *err)
 int tally_worker_start(tally_worker **out, const tally_node_config *cfg)
 {
 	tally_worker *w = tally_xcalloc(1, sizeof *w);
-	w->store =
-	    tally_store_alloc(cfg->dir, tally_settings_bool(&cfg->defaults, TALLY_SET_FSYNC));
+	w->store = tally_store_alloc(
+	    cfg->dir, tally_settings_bool(&cfg->defaults, TALLY_SET_FSYNC),
+	    (uint64_t)tally_settings_bytes(&cfg->defaults, TALLY_SET_REPLICATION_BUFFER));
 	pthread_mutex_init(&w->mu, NULL);
+	pthread_mutex_init(&w->snap_mu, NULL);
 	pthread_mutex_init(&w->map_mu, NULL);
 	pthread_cond_init(&w->cv, NULL);
 	tally_node_role role = {.ddl = worker_ddl,
@@ -491,6 +766,7 @@ int tally_worker_start(tally_worker **out, const tally_node_config *cfg)
 		free(w);
 		return -1;
 	}
+	__atomic_store_n(&w->repl, tally_repl_start(&w->node, w->store), __ATOMIC_RELEASE);
 	pthread_create(&w->hb_thread, NULL, hb_main, w);
 	*out = w;
 	return 0;
@@ -503,8 +779,15 @@ void tally_worker_stop(tally_worker *w)
 	pthread_cond_broadcast(&w->cv);
 	pthread_mutex_unlock(&w->mu);
 	pthread_join(w->hb_thread, NULL);
+	tally_repl *rp = __atomic_exchange_n(&w->repl, NULL, __ATOMIC_ACQ_REL);
+	tally_repl_stop(rp);
 	tally_node_close(&w->node);
+	tally_repl_free(rp);
 	tally_store_free(w->store);
+	for (size_t i = 0; i < w->nsnaps; i++)
+		tally_buf_free(&w->snaps[i].buf);
+	free(w->snaps);
+	pthread_mutex_destroy(&w->snap_mu);
 	pthread_cond_destroy(&w->cv);
 	pthread_mutex_destroy(&w->mu);
 	pthread_mutex_destroy(&w->map_mu);

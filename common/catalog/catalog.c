@@ -5,13 +5,16 @@
  *
  * Encoding, all integers big-endian, strings as u32 length + bytes (no NUL):
  *
- *   u32 magic "TLCT" | u32 version (1) | u64 epoch | u64 next_id
+ *   u32 magic "TLCT" | u32 version (2) | u64 epoch | u64 next_id
  *   u32 nnodes,   per node:   u32 id, str name, str data_addr, str sql_addr, u8 state,
  *                             u64 incarnation, i64 last_heartbeat_us
  *   u32 nstreams, per stream: u64 id, str name, u32 ncols, per column: str name, u8 type
  *   u32 nviews,   per view:   u64 id, str name, str stream, str query_text, u32 num_shards,
- *                             u32 num_replicas, u8 sharding_policy, u32 primary[num_shards],
- *                             u32 replicas[num_shards * num_replicas]
+ *                             u32 num_replicas, u8 sharding_policy, u8 replication,
+ *                             u32 primary[num_shards], u32 replicas[num_shards * num_replicas]
+ *
+ * Version 1 is the same without the replication byte; it still decodes (as async), so a data
+ * directory written before views had a replication mode loads.
  *
  * The decoder bounds every count before allocating (also by the bytes left, so a short blob
  * cannot make it allocate much), and rejects duplicate names or node ids, unknown enum
@@ -24,7 +27,8 @@
 #include "tally/ring.h"
 
 #define CATALOG_MAGIC 0x544C4354u /* "TLCT" */
-#define CATALOG_VERSION 1
+#define CATALOG_VERSION 2
+#define CATALOG_VERSION_V1 1 /* no replication byte */
 #define CATALOG_MAX_NODES 1024
 #define CATALOG_MAX_RELS 100000
 #define CATALOG_MAX_QUERY (1u << 20)
@@ -81,6 +85,7 @@ void tally_catalog_encode(const tally_catalog *c, tally_buf *b)
 		tally_buf_put_u32(b, (uint32_t)v->num_shards);
 		tally_buf_put_u32(b, (uint32_t)v->num_replicas);
 		tally_buf_putc(b, (uint8_t)v->sharding_policy);
+		tally_buf_putc(b, v->replication);
 		for (int k = 0; k < v->num_shards; k++)
 			tally_buf_put_u32(b, v->primary[k]);
 		for (int k = 0; k < v->num_shards * v->num_replicas; k++)
@@ -224,18 +229,20 @@ static int cat_decode_stream(tally_rd *r, tally_stream_info *s)
 	return 0;
 }
 
-static int cat_decode_view(tally_rd *r, tally_view_info *v)
+static int cat_decode_view(tally_rd *r, uint32_t version, tally_view_info *v)
 {
 	const uint8_t *q;
 	uint32_t qlen, ns, nr;
-	uint8_t policy;
+	uint8_t policy, repl = TALLY_REPL_ASYNC;
 	if (tally_rd_u64(r, &v->id) || cat_get_name(r, v->name, sizeof v->name, false) ||
 	    cat_get_name(r, v->stream, sizeof v->stream, false) ||
 	    tally_rd_str(r, &q, &qlen, CATALOG_MAX_QUERY) || tally_rd_u32(r, &ns) ||
 	    tally_rd_u32(r, &nr) || tally_rd_u8(r, &policy))
 		return -1;
+	if (version >= 2 && tally_rd_u8(r, &repl))
+		return -1;
 	if (memchr(q, 0, qlen) || ns < 1 || ns > TALLY_MAX_SHARDS || nr > TALLY_MAX_REPLICAS ||
-	    policy > TALLY_POLICY_WRITE_OPTIMIZED)
+	    policy > TALLY_POLICY_WRITE_OPTIMIZED || repl > TALLY_REPL_QUORUM)
 		return -1;
 	size_t ncopies = (size_t)ns * (nr + 1);
 	if (tally_rd_left(r) < ncopies * 4)
@@ -246,6 +253,7 @@ static int cat_decode_view(tally_rd *r, tally_view_info *v)
 	v->num_shards = (int)ns;
 	v->num_replicas = (int)nr;
 	v->sharding_policy = policy;
+	v->replication = repl;
 	v->primary = tally_xcalloc(ns, sizeof *v->primary);
 	v->replicas = tally_xcalloc((size_t)ns * nr + 1, sizeof *v->replicas);
 	for (uint32_t k = 0; k < ns; k++)
@@ -265,8 +273,8 @@ int tally_catalog_decode(const void *p, size_t n, tally_catalog **out)
 
 	tally_rd_init(&r, p, p ? n : 0);
 	if (tally_rd_u32(&r, &magic) || tally_rd_u32(&r, &version) || magic != CATALOG_MAGIC ||
-	    version != CATALOG_VERSION || tally_rd_u64(&r, &c->epoch) ||
-	    tally_rd_u64(&r, &c->next_id))
+	    (version != CATALOG_VERSION && version != CATALOG_VERSION_V1) ||
+	    tally_rd_u64(&r, &c->epoch) || tally_rd_u64(&r, &c->next_id))
 		goto fail;
 
 	if (cat_get_count(&r, CATALOG_MAX_NODES, NODE_MIN_BYTES, &cnt))
@@ -292,7 +300,7 @@ int tally_catalog_decode(const void *p, size_t n, tally_catalog **out)
 	c->views = tally_xcalloc(cnt ? cnt : 1, sizeof *c->views);
 	for (uint32_t i = 0; i < cnt; i++) {
 		c->nviews = (int)i + 1;
-		if (cat_decode_view(&r, &c->views[i]))
+		if (cat_decode_view(&r, version, &c->views[i]))
 			goto fail;
 	}
 
@@ -527,6 +535,9 @@ int tally_catalog_add_view(tally_catalog *c, const tally_view_info *v, tally_err
 	    v->sharding_policy != TALLY_POLICY_WRITE_OPTIMIZED)
 		return tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
 				     "invalid sharding_policy for view \"%s\"", v->name);
+	if (v->replication > TALLY_REPL_QUORUM)
+		return tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
+				     "invalid replication mode for view \"%s\"", v->name);
 	if (v->query_text && strlen(v->query_text) > CATALOG_MAX_QUERY)
 		return tally_err_set(err, TALLY_SQLSTATE_PROGRAM_LIMIT,
 				     "query of view \"%s\" is too long (limit %u bytes)", v->name,
@@ -603,4 +614,29 @@ uint32_t tally_catalog_upsert_node(tally_catalog *c, const tally_node_info *n)
 	if (d->state > TALLY_NODE_DOWN)
 		d->state = TALLY_NODE_DOWN;
 	return id;
+}
+
+int tally_catalog_remove_node(tally_catalog *c, uint32_t id)
+{
+	int at = -1;
+	for (int i = 0; i < c->nnodes; i++)
+		if (c->nodes[i].id == id)
+			at = i;
+	if (at < 0)
+		return -1;
+	/* Refuse rather than leave a placement naming a node the catalog no longer has: decode
+	 * would reject such a catalog at every node. */
+	for (int i = 0; i < c->nviews; i++) {
+		const tally_view_info *v = &c->views[i];
+		size_t nrep = (size_t)v->num_shards * (size_t)v->num_replicas;
+		for (int k = 0; k < v->num_shards; k++)
+			if (v->primary[k] == id)
+				return -1;
+		for (size_t k = 0; k < nrep; k++)
+			if (v->replicas[k] == id)
+				return -1;
+	}
+	memmove(&c->nodes[at], &c->nodes[at + 1], (size_t)(c->nnodes - at - 1) * sizeof *c->nodes);
+	c->nnodes--;
+	return 0;
 }

@@ -32,7 +32,7 @@ void tally_msg_end(tally_buf *b)
 
 static bool msg_type_known(uint8_t t)
 {
-	return t >= TALLY_MSG_ERROR && t <= TALLY_MSG_READ_OK;
+	return t >= TALLY_MSG_ERROR && t <= TALLY_MSG_TYPE_LAST;
 }
 
 int tally_msg_open(const void *p, size_t len, tally_msg_hdr *h, tally_rd *r)
@@ -256,6 +256,20 @@ const char *tally_msg_type_name(uint8_t type)
 		return "READ";
 	case TALLY_MSG_READ_OK:
 		return "READ_OK";
+	case TALLY_MSG_REPL:
+		return "REPL";
+	case TALLY_MSG_REPL_SNAP:
+		return "REPL_SNAP";
+	case TALLY_MSG_REPL_OK:
+		return "REPL_OK";
+	case TALLY_MSG_STATUS:
+		return "STATUS";
+	case TALLY_MSG_STATUS_OK:
+		return "STATUS_OK";
+	case TALLY_MSG_POS:
+		return "POS";
+	case TALLY_MSG_POS_OK:
+		return "POS_OK";
 	}
 	return "UNKNOWN";
 }

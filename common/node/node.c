@@ -32,6 +32,7 @@ int tally_node_open(tally_node *n, const tally_node_config *cfg, const tally_nod
 	n->started_us = tally_now_us();
 	n->incarnation = (uint64_t)n->started_us;
 	pthread_mutex_init(&n->map_mu, NULL);
+	pthread_mutex_init(&n->suspect_mu, NULL);
 	n->map = tally_map_build(tally_xcalloc(1, sizeof(tally_catalog)));
 	n->map->cat->next_id = 1;
 	n->rpc = tally_rpc_alloc();
@@ -82,6 +83,50 @@ tally_map *tally_node_map(tally_node *n)
 	__atomic_add_fetch(&m->refs, 1, __ATOMIC_ACQ_REL);
 	pthread_mutex_unlock(&n->map_mu);
 	return m;
+}
+
+void tally_node_suspect(tally_node *n, uint32_t id)
+{
+	int64_t until =
+	    tally_mono_us() + tally_settings_ms(&n->cfg.defaults, TALLY_SET_FAILURE_TIMEOUT) * 1000;
+	pthread_mutex_lock(&n->suspect_mu);
+	bool was = n->suspect[id % TALLY_SUSPECT_SLOTS].id == id &&
+		   n->suspect[id % TALLY_SUSPECT_SLOTS].until_us > tally_mono_us();
+	n->suspect[id % TALLY_SUSPECT_SLOTS].id = id;
+	n->suspect[id % TALLY_SUSPECT_SLOTS].until_us = until;
+	pthread_mutex_unlock(&n->suspect_mu);
+	if (!was)
+		tally_log_info("suspecting node %u: a message to it got no reply", id);
+}
+
+void tally_node_unsuspect(tally_node *n, uint32_t id)
+{
+	pthread_mutex_lock(&n->suspect_mu);
+	if (n->suspect[id % TALLY_SUSPECT_SLOTS].id == id)
+		n->suspect[id % TALLY_SUSPECT_SLOTS].until_us = 0;
+	pthread_mutex_unlock(&n->suspect_mu);
+}
+
+bool tally_node_suspected(tally_node *n, uint32_t id)
+{
+	pthread_mutex_lock(&n->suspect_mu);
+	bool s = n->suspect[id % TALLY_SUSPECT_SLOTS].id == id &&
+		 n->suspect[id % TALLY_SUSPECT_SLOTS].until_us > tally_mono_us();
+	pthread_mutex_unlock(&n->suspect_mu);
+	return s;
+}
+
+bool tally_node_reachable(tally_node *n, const tally_node_info *ni)
+{
+	return ni && ni->state == TALLY_NODE_UP && !tally_node_suspected(n, ni->id);
+}
+
+void tally_node_note_call(tally_node *n, uint32_t id, const tally_rpc_call *c)
+{
+	if (c->rc != 0 && !c->reply)
+		tally_node_suspect(n, id);
+	else if (c->reply)
+		tally_node_unsuspect(n, id);
 }
 
 uint64_t tally_node_epoch(tally_node *n)

@@ -565,7 +565,7 @@ static int pick_round(tally_outbox *ob, const tally_map *m, ob_batch **pick, uin
 			continue;
 		if (!*dest) {
 			const tally_node_info *pn = tally_catalog_node(m->cat, b->dest);
-			if (!pn || pn->state != TALLY_NODE_UP || dest_busy(ob, b->dest))
+			if (!tally_node_reachable(ob->n, pn) || dest_busy(ob, b->dest))
 				continue;
 			*dest = b->dest;
 		}
@@ -657,9 +657,11 @@ static void *sender_main(void *arg)
 			calls[i].peer = pn->name;
 			calls[i].req = reqs[i];
 		}
-		if (durable)
+		if (durable) {
 			tally_rpc_call_many(n->rpc, calls, np, timeout);
-		else
+			for (int i = 0; i < np; i++)
+				tally_node_note_call(n, dest, &calls[i]);
+		} else
 			tally_log_error("outbox: the log failed: %s", err.message);
 
 		pthread_mutex_lock(&ob->mu);

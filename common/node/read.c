@@ -4,10 +4,12 @@
  * group, finalized and handed back as rows of the view's columns for the session layer to
  * filter, sort and project. Also the pipeline_cluster.* system views.
  *
- * Copy choice: until replication lands (replicas hold no data yet) every shard is read from
- * its primary. A shard whose primary is down or does not answer fails the query with an
- * error naming it, unless pipeline_cluster.skip_unavailable is on: then it is skipped and a
- * WARNING names it.
+ * Copy choice (DESIGN §8): with pipeline_cluster.primary_only = off (the default) a shard is
+ * read from a copy on this node if it has one, else its primary, else a replica; copies the
+ * map shows down or this node suspects are passed over, and a copy that fails or does not
+ * answer is replaced by the next one. A shard with no copy left fails the query with an error
+ * naming it, unless pipeline_cluster.skip_unavailable is on: then it is skipped and a WARNING
+ * names it. Replicas may lag their primary (asynchronous replication).
  */
 #include "tally/node.h"
 #include "tally/ring.h"
@@ -52,6 +54,36 @@ int tally_read_pushdown_key(const tally_view_rt *v, const tally_select_plan *pla
 	return 1;
 }
 
+/* The copies of shard i in the order a reader tries them: with primary_only only the
+ * primary; otherwise a copy on this node first, then the primary (it has every applied batch:
+ * the least lagging), then the replicas starting at a rotating one (spreading load). */
+static int copies_of(const tally_view_info *v, int i, uint32_t self, bool primary_only,
+		     uint32_t rot, uint32_t *out)
+{
+	int n = 0, R = primary_only ? 0 : v->num_replicas;
+	const uint32_t *rep = v->replicas + (size_t)i * (size_t)v->num_replicas;
+	for (int r = 0; r < R; r++)
+		if (self && rep[r] == self)
+			out[n++] = self;
+	if (!n || out[0] != v->primary[i])
+		out[n++] = v->primary[i];
+	for (int k = 0; k < R; k++) {
+		uint32_t id = rep[(k + rot) % (uint32_t)R];
+		if (n && id == out[0])
+			continue;
+		out[n++] = id;
+	}
+	return n;
+}
+
+typedef struct shard_read {
+	int shard;
+	uint32_t cand[TALLY_MAX_REPLICAS + 2];
+	int ncand, next; /* next candidate to try */
+	bool done;
+	char why[300]; /* the last failure */
+} shard_read;
+
 int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const tally_settings *s,
 		    const uint8_t *key, uint32_t keylen, tally_arena *a, tally_value **rows,
 		    size_t *nrows, tally_err *warning, tally_err *err)
@@ -62,86 +94,132 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 	const tally_view_plan *p = rt->plan;
 	const tally_catalog *cat = m->cat;
 	bool skip = tally_settings_bool(s, TALLY_SET_SKIP_UNAVAILABLE);
+	bool primary_only = tally_settings_bool(s, TALLY_SET_PRIMARY_ONLY);
+	static uint32_t rotor; /* spreads reads over replicas; races only skew the spread */
+	uint32_t rot = __atomic_fetch_add(&rotor, 1, __ATOMIC_RELAXED);
 	int S = v->num_shards;
 	/* A full group key of a read_optimized view lives in exactly one shard. */
 	int only = -1;
 	if (key && v->sharding_policy == TALLY_POLICY_READ_OPTIMIZED)
 		only = (int)tally_ring_shard_of(tally_group_hash(key, keylen), (uint32_t)S);
-	tally_rpc_call *calls = tally_xcalloc((size_t)S, sizeof *calls);
-	int *shard_of_call = tally_xcalloc((size_t)S, sizeof(int));
-	int ncalls = 0, rc = 0;
-	tally_buf skipped = {0};
-	int nskipped = 0;
+	shard_read *sr = tally_xcalloc((size_t)S, sizeof *sr);
+	int nsr = 0;
 	for (int i = 0; i < S; i++) {
 		if (only >= 0 && i != only)
 			continue;
-		const tally_node_info *pn = tally_catalog_node(cat, v->primary[i]);
-		if (!pn || pn->state != TALLY_NODE_UP) {
-			if (!skip) {
-				rc = tally_err_set(
-				    err, TALLY_SQLSTATE_UNAVAILABLE,
-				    "shard %s_%d is unavailable: its primary %s is down", v->name,
-				    i, pn ? pn->name : "?");
-				tally_err_hint(err, "SET pipeline_cluster.skip_unavailable = on to "
-						    "read the other shards.");
-				goto out;
-			}
-			tally_buf_printf(&skipped, "%s%s_%d", nskipped++ ? ", " : "", v->name, i);
-			continue;
-		}
-		tally_rpc_call *c = &calls[ncalls];
-		tally_msg_begin(&c->req, TALLY_MSG_READ, tally_node_next_req(n), cat->epoch);
-		tally_msg_read r = {.view_id = v->id,
-				    .shard = (uint32_t)i,
-				    .has_key = key != NULL,
-				    .key = key,
-				    .keylen = keylen};
-		tally_msg_put_read(&c->req, &r);
-		tally_msg_end(&c->req);
-		c->addr = pn->data_addr;
-		c->peer = pn->name;
-		shard_of_call[ncalls++] = i;
+		shard_read *x = &sr[nsr++];
+		x->shard = i;
+		x->ncand = copies_of(v, i, tally_node_id(n), primary_only, rot, x->cand);
 	}
-	tally_rpc_call_many(n->rpc, calls, ncalls,
-			    (int)tally_settings_ms(s, TALLY_SET_RPC_TIMEOUT));
-
+	tally_rpc_call *calls = tally_xcalloc((size_t)S, sizeof *calls);
+	int *of_call = tally_xcalloc((size_t)S, sizeof(int));
+	int rc = 0, ncalls = 0;
+	tally_buf skipped = {0};
+	int nskipped = 0;
 	tally_gtab t;
 	tally_gtab_init(&t, p->aggs, p->naggs, a);
-	for (int i = 0; i < ncalls && rc == 0; i++) {
-		tally_rpc_call *c = &calls[i];
-		if (c->rc != 0) {
-			if (!skip) {
-				rc = tally_err_set(
-				    err, c->sqlstate[0] ? c->sqlstate : TALLY_SQLSTATE_UNAVAILABLE,
-				    "could not read shard %s_%d: %s", v->name, shard_of_call[i],
-				    c->errmsg);
-				break;
+	/* Waves: every shard not read yet asks its next reachable copy; a copy that fails or
+	 * does not answer is replaced by the next one in the following wave. */
+	for (int wave = 0; rc == 0; wave++) {
+		ncalls = 0;
+		for (int k = 0; k < nsr && rc == 0; k++) {
+			shard_read *x = &sr[k];
+			if (x->done)
+				continue;
+			const tally_node_info *pn = NULL;
+			while (x->next < x->ncand) {
+				const tally_node_info *ni =
+				    tally_catalog_node(cat, x->cand[x->next++]);
+				if (tally_node_reachable(n, ni)) {
+					pn = ni;
+					break;
+				}
+				if (!x->why[0] || wave == 0)
+					snprintf(x->why, sizeof x->why, "%s %s is %s",
+						 ni && ni->id == v->primary[x->shard]
+						     ? "its primary"
+						     : "replica",
+						 ni ? ni->name : "?",
+						 ni && ni->state == TALLY_NODE_UP ? "not answering"
+										  : "down");
 			}
-			tally_buf_printf(&skipped, "%s%s_%d", nskipped++ ? ", " : "", v->name,
-					 shard_of_call[i]);
-			continue;
+			if (!pn) {
+				x->done = true;
+				if (!skip) {
+					rc = tally_err_set(
+					    err, TALLY_SQLSTATE_UNAVAILABLE,
+					    "shard %s_%d is unavailable: %s%s", v->name, x->shard,
+					    x->why,
+					    primary_only
+						? " (pipeline_cluster.primary_only is on)"
+						: (x->ncand > 1 ? " and no other copy is reachable"
+								: ""));
+					tally_err_hint(err,
+						       "SET pipeline_cluster.skip_unavailable = on "
+						       "to read the other shards.");
+					break;
+				}
+				tally_buf_printf(&skipped, "%s%s_%d", nskipped++ ? ", " : "",
+						 v->name, x->shard);
+				continue;
+			}
+			tally_rpc_call *c = &calls[ncalls];
+			tally_buf req = c->req;
+			memset(c, 0, sizeof *c);
+			c->req = req;
+			tally_msg_begin(&c->req, TALLY_MSG_READ, tally_node_next_req(n),
+					cat->epoch);
+			tally_msg_read r = {.view_id = v->id,
+					    .shard = (uint32_t)x->shard,
+					    .has_key = key != NULL,
+					    .key = key,
+					    .keylen = keylen};
+			tally_msg_put_read(&c->req, &r);
+			tally_msg_end(&c->req);
+			c->addr = pn->data_addr;
+			c->peer = pn->name;
+			of_call[ncalls++] = k;
 		}
-		uint32_t ng;
-		if (c->hdr.type != TALLY_MSG_READ_OK || tally_rd_u32(&c->body, &ng) != 0) {
-			rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
-					   "malformed reply from node %s", c->peer);
+		if (rc != 0 || ncalls == 0)
 			break;
-		}
-		for (uint32_t k = 0; k < ng; k++) {
-			int mr = tally_group_merge_encoded(&t, &c->body);
-			if (mr != 0) {
-				rc = mr == -2 ? tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
-							      "out of memory merging shard %s_%d",
-							      v->name, shard_of_call[i])
-					      : tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
-							      "malformed shard data from node %s",
-							      c->peer);
+		tally_rpc_call_many(n->rpc, calls, ncalls,
+				    (int)tally_settings_ms(s, TALLY_SET_RPC_TIMEOUT));
+		for (int i = 0; i < ncalls && rc == 0; i++) {
+			tally_rpc_call *c = &calls[i];
+			shard_read *x = &sr[of_call[i]];
+			tally_node_note_call(n, x->cand[x->next - 1], c);
+			if (c->rc != 0) {
+				snprintf(x->why, sizeof x->why, "could not read it from %s: %s",
+					 c->peer, c->errmsg);
+				continue; /* the next copy, in the next wave */
+			}
+			x->done = true;
+			uint32_t ng;
+			if (c->hdr.type != TALLY_MSG_READ_OK || tally_rd_u32(&c->body, &ng) != 0) {
+				rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
+						   "malformed reply from node %s", c->peer);
 				break;
 			}
+			for (uint32_t k = 0; k < ng; k++) {
+				int mr = tally_group_merge_encoded(&t, &c->body);
+				if (mr != 0) {
+					rc = mr == -2
+						 ? tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
+								 "out of memory merging shard "
+								 "%s_%d",
+								 v->name, x->shard)
+						 : tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
+								 "malformed shard data from "
+								 "node %s",
+								 c->peer);
+					break;
+				}
+			}
+			if (rc == 0 && tally_msg_done(&c->body) != 0)
+				rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
+						   "malformed shard data from node %s", c->peer);
 		}
-		if (rc == 0 && tally_msg_done(&c->body) != 0)
-			rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
-					   "malformed shard data from node %s", c->peer);
+		tally_rpc_calls_done(calls, ncalls);
 	}
 	if (rc == 0) {
 		size_t ncol = (size_t)p->nout;
@@ -195,13 +273,12 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 			      (const char *)skipped.data);
 		warning->severity = TALLY_SEV_WARNING;
 	}
-out:
-	tally_rpc_calls_done(calls, ncalls);
 	for (int i = 0; i < S; i++)
 		tally_buf_free(&calls[i].req);
 	tally_buf_free(&skipped);
 	free(calls);
-	free(shard_of_call);
+	free(of_call);
+	free(sr);
 	return rc;
 }
 
@@ -244,6 +321,130 @@ static const char *policy_name(int p)
 	return p == TALLY_POLICY_WRITE_OPTIMIZED ? "write_optimized" : "read_optimized";
 }
 
+/* One status row of a replica stream, as a primary node reported it. */
+typedef struct repl_status {
+	uint64_t view_id;
+	uint32_t shard, primary, replica;
+	const uint8_t *state;
+	uint32_t statelen;
+	uint64_t prim, sent, applied, lag_records, lag_bytes, lag_ms;
+} repl_status;
+
+/* pipeline_cluster.replication: one row per replica copy in the map, with what its primary's
+ * node reports about the stream (asked now, in parallel); state 'unknown' when the primary's
+ * node does not answer. */
+static int sysview_replication(tally_node *n, const tally_catalog *cat, tally_arena *a,
+			       tally_relation *rel, tally_value **rows, size_t *nrows)
+{
+	static const char *const names[] = {
+	    "continuous_view", "shard",	      "shard_id",   "primary",	   "replica",
+	    "state",	       "primary_lsn", "sent_lsn",   "applied_lsn", "lag_records",
+	    "lag_bytes",       "lag_ms",      "replication"};
+	static const tally_type types[] = {TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_INT2, TALLY_T_TEXT,
+					   TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_INT8, TALLY_T_INT8,
+					   TALLY_T_INT8, TALLY_T_INT8, TALLY_T_INT8, TALLY_T_INT8,
+					   TALLY_T_TEXT};
+	const int nc = 13;
+	set_cols(a, rel, "replication", nc, names, types);
+	tally_rpc_call *calls = tally_xcalloc((size_t)cat->nnodes + 1, sizeof *calls);
+	int ncalls = 0;
+	for (int i = 0; i < cat->nnodes; i++) {
+		const tally_node_info *ni = &cat->nodes[i];
+		if (!tally_node_reachable(n, ni))
+			continue;
+		tally_rpc_call *c = &calls[ncalls++];
+		tally_msg_begin(&c->req, TALLY_MSG_STATUS, tally_node_next_req(n), cat->epoch);
+		tally_msg_end(&c->req);
+		c->addr = ni->data_addr;
+		c->peer = ni->name;
+	}
+	tally_rpc_call_many(n->rpc, calls, ncalls, 2000);
+	size_t nst = 0, capst = 16;
+	repl_status *st = tally_xcalloc(capst, sizeof *st);
+	for (int i = 0; i < ncalls; i++) {
+		tally_rpc_call *c = &calls[i];
+		const tally_node_info *ni = tally_catalog_node_by_name(cat, c->peer);
+		uint32_t k;
+		if (c->rc != 0 || c->hdr.type != TALLY_MSG_STATUS_OK || !ni ||
+		    tally_rd_u32(&c->body, &k) != 0)
+			continue;
+		for (uint32_t j = 0; j < k; j++) {
+			repl_status x = {.primary = ni->id};
+			if (tally_rd_u64(&c->body, &x.view_id) ||
+			    tally_rd_u32(&c->body, &x.shard) ||
+			    tally_rd_u32(&c->body, &x.replica) ||
+			    tally_rd_str(&c->body, &x.state, &x.statelen, 64) ||
+			    tally_rd_u64(&c->body, &x.prim) || tally_rd_u64(&c->body, &x.sent) ||
+			    tally_rd_u64(&c->body, &x.applied) ||
+			    tally_rd_u64(&c->body, &x.lag_records) ||
+			    tally_rd_u64(&c->body, &x.lag_bytes) ||
+			    tally_rd_u64(&c->body, &x.lag_ms))
+				break;
+			if (nst == capst) {
+				capst *= 2;
+				st = tally_xrealloc(st, capst * sizeof *st);
+			}
+			/* the state text points into the reply: copy it before the reply goes */
+			char *sv = tally_arena_strndup(a, (const char *)x.state, x.statelen);
+			x.state = (const uint8_t *)sv;
+			st[nst++] = x;
+		}
+	}
+	tally_rpc_calls_done(calls, ncalls);
+	for (int i = 0; i < ncalls; i++)
+		tally_buf_free(&calls[i].req);
+	free(calls);
+	size_t total = 0;
+	for (int i = 0; i < cat->nviews; i++)
+		total += (size_t)cat->views[i].num_shards * (size_t)cat->views[i].num_replicas;
+	tally_value *out = tally_arena_alloc(a, (total ? total : 1) * nc * sizeof *out);
+	size_t r = 0;
+	for (int i = 0; i < cat->nviews; i++) {
+		const tally_view_info *v = &cat->views[i];
+		for (int s = 0; s < v->num_shards; s++) {
+			for (int c = 0; c < v->num_replicas; c++) {
+				uint32_t rid = v->replicas[s * v->num_replicas + c];
+				const tally_node_info *pn = tally_catalog_node(cat, v->primary[s]);
+				const tally_node_info *rn = tally_catalog_node(cat, rid);
+				const repl_status *x = NULL;
+				for (size_t k = 0; k < nst && !x; k++)
+					if (st[k].view_id == v->id && st[k].shard == (uint32_t)s &&
+					    st[k].replica == rid && st[k].primary == v->primary[s])
+						x = &st[k];
+				char sh[TALLY_NAME_MAX + 16];
+				snprintf(sh, sizeof sh, "%s_%d", v->name, s);
+				tally_value *row = &out[r * nc];
+				row[0] = text_val(a, v->name);
+				row[1] = text_val(a, sh);
+				row[2] = tally_int(TALLY_T_INT2, s);
+				row[3] = text_val(a, pn ? pn->name : "?");
+				row[4] = text_val(a, rn ? rn->name : "?");
+				row[5] = text_val(a, x ? (const char *)x->state : "unknown");
+				if (x) {
+					row[6] = tally_int(TALLY_T_INT8, (int64_t)x->prim);
+					row[7] = tally_int(TALLY_T_INT8, (int64_t)x->sent);
+					row[8] = tally_int(TALLY_T_INT8, (int64_t)x->applied);
+					row[9] = tally_int(TALLY_T_INT8, (int64_t)x->lag_records);
+					row[10] = tally_int(TALLY_T_INT8, (int64_t)x->lag_bytes);
+					row[11] = tally_int(TALLY_T_INT8, (int64_t)x->lag_ms);
+				} else {
+					for (int k = 6; k <= 11; k++)
+						row[k] = tally_null(TALLY_T_INT8);
+				}
+				row[12] =
+				    text_val(a, v->replication == TALLY_REPL_SYNC     ? "sync"
+						: v->replication == TALLY_REPL_QUORUM ? "quorum"
+										      : "async");
+				r++;
+			}
+		}
+	}
+	free(st);
+	*rows = out;
+	*nrows = r;
+	return 1;
+}
+
 int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 		  tally_relation *rel, tally_value **rows, size_t *nrows, tally_err *err)
 {
@@ -283,7 +484,7 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 					row[6] = tally_bool(tally_node_id(n) != 0 &&
 							    id == tally_node_id(n));
 					row[7] = tally_bool(true);
-					row[8] = tally_bool(ni && ni->state == TALLY_NODE_UP);
+					row[8] = tally_bool(tally_node_reachable(n, ni));
 					row[9] = tally_int(TALLY_T_INT4, id);
 					r++;
 				}
@@ -297,12 +498,12 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 		static const char *const names[] = {"name",	   "role",	     "node_id",
 						    "state",	   "sql_addr",	     "data_addr",
 						    "incarnation", "last_heartbeat", "primaries",
-						    "replicas",	   "memory_bytes"};
+						    "replicas",	   "memory_bytes",   "reachable"};
 		static const tally_type types[] = {TALLY_T_TEXT, TALLY_T_TEXT,	      TALLY_T_INT4,
 						   TALLY_T_TEXT, TALLY_T_TEXT,	      TALLY_T_TEXT,
 						   TALLY_T_INT8, TALLY_T_TIMESTAMPTZ, TALLY_T_INT4,
-						   TALLY_T_INT4, TALLY_T_INT8};
-		const int nc = 11;
+						   TALLY_T_INT4, TALLY_T_INT8,	      TALLY_T_BOOL};
+		const int nc = 12;
 		set_cols(a, rel, "nodes", nc, names, types);
 		tally_value *out =
 		    tally_arena_alloc(a, (size_t)(cat->nnodes + 1) * nc * sizeof *out);
@@ -357,19 +558,23 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 			row[9] = tally_int(TALLY_T_INT4, repl);
 			row[10] = ni->id == tally_node_id(n) ? tally_int(TALLY_T_INT8, self_rss())
 							     : tally_null(TALLY_T_INT8);
+			row[11] =
+			    tally_bool(ni->id == tally_node_id(n) || tally_node_reachable(n, ni));
 		}
 		*rows = out;
 		*nrows = (size_t)cat->nnodes + 1;
 		return 1;
 	}
+	if (strcmp(name, "pipeline_cluster.replication") == 0)
+		return sysview_replication(n, cat, a, rel, rows, nrows);
 	if (strcmp(name, "pipeline_cluster.views") == 0) {
-		static const char *const names[] = {
-		    "name",  "stream", "num_shards", "num_replicas", "sharding_policy",
-		    "query", "id"};
+		static const char *const names[] = {"name",	    "stream",	       "num_shards",
+						    "num_replicas", "sharding_policy", "query",
+						    "id",	    "replication"};
 		static const tally_type types[] = {TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_INT4,
 						   TALLY_T_INT4, TALLY_T_TEXT, TALLY_T_TEXT,
-						   TALLY_T_INT8};
-		const int nc = 7;
+						   TALLY_T_INT8, TALLY_T_TEXT};
+		const int nc = 8;
 		set_cols(a, rel, "views", nc, names, types);
 		tally_value *out =
 		    tally_arena_alloc(a, (size_t)(cat->nviews + 1) * nc * sizeof *out);
@@ -383,6 +588,9 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 			row[4] = text_val(a, policy_name(v->sharding_policy));
 			row[5] = text_val(a, v->query_text);
 			row[6] = tally_int(TALLY_T_INT8, (int64_t)v->id);
+			row[7] = text_val(a, v->replication == TALLY_REPL_SYNC	   ? "sync"
+					     : v->replication == TALLY_REPL_QUORUM ? "quorum"
+										   : "async");
 		}
 		*rows = out;
 		*nrows = (size_t)cat->nviews;

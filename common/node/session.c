@@ -425,6 +425,26 @@ static int run_ddl(session *s, tally_pg_conn *c, const tally_stmt *st, tally_err
 	return tally_pg_send_command_complete(c, tag);
 }
 
+/* SELECT pipeline_cluster.remove_node('w2'): runs at the coordinator like DDL and answers as
+ * the function call it is spelled as, one row with the node's name. */
+static int run_remove_node(session *s, tally_pg_conn *c, const tally_stmt *st, tally_err *err)
+{
+	char tag[64];
+	tally_err notice;
+	tally_err_clear(&notice);
+	if (s->node->role.ddl(s->node, st->text, &s->settings, tag, sizeof tag, &notice, err) != 0)
+		return -1;
+	if (notice.sqlstate[0])
+		tally_pg_send_error(c, &notice);
+	tally_pg_col pc = {.name = "remove_node", .type_oid = TALLY_OID_TEXT, .typlen = -1};
+	const char *val = st->u.remove_node.name;
+	uint32_t len = (uint32_t)strlen(val);
+	if (tally_pg_send_row_description(c, 1, &pc) != 0 ||
+	    tally_pg_send_data_row(c, 1, &val, &len) != 0)
+		return -2;
+	return tally_pg_send_command_complete(c, "SELECT 1");
+}
+
 static int run_txn(session *s, tally_pg_conn *c, const tally_stmt *st)
 {
 	tally_err w;
@@ -493,6 +513,9 @@ static void session_query(void *p, tally_pg_conn *c, const char *sql)
 		case TALLY_STMT_CREATE_VIEW:
 		case TALLY_STMT_DROP_VIEW:
 			rc = run_ddl(s, c, st, &err);
+			break;
+		case TALLY_STMT_REMOVE_NODE:
+			rc = run_remove_node(s, c, st, &err);
 			break;
 		case TALLY_STMT_INSERT:
 			rc = run_insert(s, c, st, &err);
@@ -609,6 +632,15 @@ static int session_describe(void *p, const char *sql, const tally_pg_col **cols,
 		}
 		*cols = c;
 		*ncols = nc;
+		return 1;
+	}
+	if (st->kind == TALLY_STMT_REMOVE_NODE) {
+		tally_pg_col *c = tally_arena_alloc(a, sizeof *c);
+		c->name = "remove_node";
+		c->type_oid = TALLY_OID_TEXT;
+		c->typlen = -1;
+		*cols = c;
+		*ncols = 1;
 		return 1;
 	}
 	if (st->kind != TALLY_STMT_SELECT)

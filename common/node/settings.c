@@ -53,6 +53,11 @@ static const setting_def defs[TALLY_SET_COUNT_] = {
     [TALLY_SET_OUTBOX_LIMIT] = {"pipeline_cluster.outbox_limit", K_BYTES, "1GB", NULL, 1 << 20,
 				(int64_t)1 << 40,
 				"undelivered batch bytes after which ingest is refused", true},
+    [TALLY_SET_REPLICATION_BUFFER] = {"pipeline_cluster.replication_buffer", K_BYTES, "64MB", NULL,
+				      1 << 20, (int64_t)1 << 40,
+				      "latest change records a primary shard copy keeps for "
+				      "replicas that are behind (beyond: a snapshot)",
+				      true},
     [TALLY_SET_STATEMENT_MEMORY] = {"pipeline_cluster.statement_memory", K_BYTES, "1GB", NULL,
 				    1 << 20, (int64_t)1 << 40,
 				    "memory one statement may use to pre-aggregate its rows"},

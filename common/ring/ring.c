@@ -7,6 +7,10 @@
  * replica bound ceil(1.25 * S * R / n) (consistent hashing with bounded loads). Members are
  * sorted by name first and ties between equal points are broken by that order, so the result
  * depends only on the member set; member ids are only ever output, never hashed.
+ *
+ * When a node leaves for good, tally_ring_replace fills each copy slot it leaves with the
+ * first node clockwise from the shard's point that holds no copy of that shard, under the
+ * same replica bound; shards whose copies are elsewhere do not move.
  */
 #include "tally/ring.h"
 
@@ -68,17 +72,30 @@ static uint32_t ring_bound(uint64_t a, uint64_t n)
 	return (uint32_t)((5 * a + 4 * n - 1) / (4 * n));
 }
 
-int tally_ring_place(const tally_ring_member *members, int nmembers, const char *view,
-		     int num_shards, int num_replicas, int vnodes, uint32_t *primary,
-		     uint32_t *replicas, tally_err *err)
-{
-	const tally_ring_member **sorted = NULL;
-	ring_point *pts = NULL;
-	uint32_t *pcount = NULL, *rcount = NULL;
-	uint8_t *taken = NULL;
-	char *tmp = NULL;
-	int rc = -1;
+/* A ring built from a member set: members sorted by name, their points sorted by hash, and
+ * a scratch buffer for hashing "<view>/<i>". */
+typedef struct ring_built {
+	const tally_ring_member **sorted;
+	size_t n;
+	ring_point *pts;
+	size_t npts;
+	char *tmp;
+	size_t tmpsz;
+} ring_built;
 
+static void ring_built_free(ring_built *rb)
+{
+	free(rb->pts);
+	free(rb->tmp);
+	free(rb->sorted);
+	memset(rb, 0, sizeof *rb);
+}
+
+/* Validate the members and vnodes and build their ring; on error rb holds nothing. */
+static int ring_build(const tally_ring_member *members, int nmembers, const char *view, int vnodes,
+		      ring_built *rb, tally_err *err)
+{
+	memset(rb, 0, sizeof *rb);
 	if (!members || nmembers <= 0)
 		return tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
 				     "cannot place shards: the cluster has no worker nodes");
@@ -86,27 +103,6 @@ int tally_ring_place(const tally_ring_member *members, int nmembers, const char 
 		return tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
 				     "cannot place shards on %d worker nodes, the limit is %d",
 				     nmembers, RING_MAX_MEMBERS);
-	if (num_shards < 1 || num_shards > TALLY_MAX_SHARDS) {
-		tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
-			      "value %d out of bounds for option \"num_shards\"", num_shards);
-		return tally_err_detail(err, "Valid values are between \"1\" and \"%d\".",
-					TALLY_MAX_SHARDS);
-	}
-	if (num_replicas < 0 || num_replicas > TALLY_MAX_REPLICAS) {
-		tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
-			      "value %d out of bounds for option \"num_replicas\"", num_replicas);
-		return tally_err_detail(err, "Valid values are between \"0\" and \"%d\".",
-					TALLY_MAX_REPLICAS);
-	}
-	if (num_replicas + 1 > nmembers)
-		return tally_err_set(
-		    err, TALLY_SQLSTATE_INVALID_PARAMETER,
-		    "num_replicas %d requires at least %d worker nodes, the cluster "
-		    "has %d",
-		    num_replicas, num_replicas + 1, nmembers);
-	if (!view || !primary || (num_replicas > 0 && !replicas))
-		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
-				     "cannot place shards: missing view name or output array");
 	if (vnodes < 0)
 		return tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
 				     "invalid number of ring points per node: %d", vnodes);
@@ -134,35 +130,97 @@ int tally_ring_place(const tally_ring_member *members, int nmembers, const char 
 			maxname = l;
 	}
 
-	sorted = tally_xcalloc(n, sizeof *sorted);
+	rb->sorted = tally_xcalloc(n, sizeof *rb->sorted);
 	for (size_t m = 0; m < n; m++)
-		sorted[m] = &members[m];
-	qsort(sorted, n, sizeof *sorted, ring_member_cmp);
+		rb->sorted[m] = &members[m];
+	qsort(rb->sorted, n, sizeof *rb->sorted, ring_member_cmp);
 	for (size_t m = 1; m < n; m++) {
-		if (strcmp(sorted[m - 1]->name, sorted[m]->name) == 0) {
+		if (strcmp(rb->sorted[m - 1]->name, rb->sorted[m]->name) == 0) {
 			tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
 				      "cannot place shards: worker node name \"%s\" appears twice",
-				      sorted[m]->name);
-			goto out;
+				      rb->sorted[m]->name);
+			ring_built_free(rb);
+			return -1;
 		}
 	}
 
 	/* Room for "<name>#<k>" or "<view>/<i>" with any int. */
-	size_t tmpsz = maxname + 32;
-	tmp = tally_xmalloc(tmpsz);
-	pts = tally_xcalloc(npts, sizeof *pts);
+	rb->n = n;
+	rb->tmpsz = maxname + 32;
+	rb->tmp = tally_xmalloc(rb->tmpsz);
+	rb->pts = tally_xcalloc(npts, sizeof *rb->pts);
+	rb->npts = npts;
 	size_t np = 0;
 	for (size_t m = 0; m < n; m++) {
-		uint64_t w = sorted[m]->weight ? sorted[m]->weight : 1;
+		uint64_t w = rb->sorted[m]->weight ? rb->sorted[m]->weight : 1;
 		long cnt = (long)(w * (uint64_t)vnodes);
 		for (long k = 0; k < cnt; k++) {
-			pts[np].hash = ring_hash_fmt(tmp, tmpsz, sorted[m]->name, '#', k);
-			pts[np].member = (uint32_t)m;
+			rb->pts[np].hash =
+			    ring_hash_fmt(rb->tmp, rb->tmpsz, rb->sorted[m]->name, '#', k);
+			rb->pts[np].member = (uint32_t)m;
 			np++;
 		}
 	}
-	qsort(pts, npts, sizeof *pts, ring_point_cmp);
+	qsort(rb->pts, npts, sizeof *rb->pts, ring_point_cmp);
+	return 0;
+}
 
+/* Index of shard i's starting point for view. */
+static size_t ring_shard_start(ring_built *rb, const char *view, int i)
+{
+	uint64_t h = ring_hash_fmt(rb->tmp, rb->tmpsz, view, '/', i);
+	return ring_lower_bound(rb->pts, rb->npts, h);
+}
+
+static int ring_check_counts(int num_shards, int num_replicas, tally_err *err)
+{
+	if (num_shards < 1 || num_shards > TALLY_MAX_SHARDS) {
+		tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
+			      "value %d out of bounds for option \"num_shards\"", num_shards);
+		return tally_err_detail(err, "Valid values are between \"1\" and \"%d\".",
+					TALLY_MAX_SHARDS);
+	}
+	if (num_replicas < 0 || num_replicas > TALLY_MAX_REPLICAS) {
+		tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
+			      "value %d out of bounds for option \"num_replicas\"", num_replicas);
+		return tally_err_detail(err, "Valid values are between \"0\" and \"%d\".",
+					TALLY_MAX_REPLICAS);
+	}
+	return 0;
+}
+
+int tally_ring_place(const tally_ring_member *members, int nmembers, const char *view,
+		     int num_shards, int num_replicas, int vnodes, uint32_t *primary,
+		     uint32_t *replicas, tally_err *err)
+{
+	ring_built rb;
+	uint32_t *pcount = NULL, *rcount = NULL;
+	uint8_t *taken = NULL;
+	int rc = -1;
+
+	if (!members || nmembers <= 0)
+		return tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
+				     "cannot place shards: the cluster has no worker nodes");
+	if (nmembers > RING_MAX_MEMBERS)
+		return tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
+				     "cannot place shards on %d worker nodes, the limit is %d",
+				     nmembers, RING_MAX_MEMBERS);
+	if (ring_check_counts(num_shards, num_replicas, err))
+		return -1;
+	if (num_replicas + 1 > nmembers)
+		return tally_err_set(
+		    err, TALLY_SQLSTATE_INVALID_PARAMETER,
+		    "num_replicas %d requires at least %d worker nodes, the cluster "
+		    "has %d",
+		    num_replicas, num_replicas + 1, nmembers);
+	if (!view || !primary || (num_replicas > 0 && !replicas))
+		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
+				     "cannot place shards: missing view name or output array");
+	if (ring_build(members, nmembers, view, vnodes, &rb, err))
+		return -1;
+
+	size_t n = rb.n, npts = rb.npts;
+	const ring_point *pts = rb.pts;
 	pcount = tally_xcalloc(n, sizeof *pcount);
 	rcount = tally_xcalloc(n, sizeof *rcount);
 	taken = tally_xcalloc(n, 1);
@@ -170,8 +228,7 @@ int tally_ring_place(const tally_ring_member *members, int nmembers, const char 
 	uint32_t rbound = ring_bound((uint64_t)num_shards * (uint64_t)num_replicas, n);
 
 	for (int i = 0; i < num_shards; i++) {
-		uint64_t h = ring_hash_fmt(tmp, tmpsz, view, '/', i);
-		size_t start = ring_lower_bound(pts, npts, h);
+		size_t start = ring_shard_start(&rb, view, i);
 
 		/* Primary: the first node below the bound. n * pbound >= 1.25 * S > the number
 		 * placed so far, so one always exists; the fallback is defensive. */
@@ -186,7 +243,7 @@ int tally_ring_place(const tally_ring_member *members, int nmembers, const char 
 			}
 		}
 		pcount[pm]++;
-		primary[i] = sorted[pm]->id;
+		primary[i] = rb.sorted[pm]->id;
 
 		/* Replicas: walk on from the primary's point; distinct nodes, never the primary,
 		 * below the bound if any such node remains, otherwise ignoring it. */
@@ -213,7 +270,8 @@ int tally_ring_place(const tally_ring_member *members, int nmembers, const char 
 			}
 			taken[found] = 1;
 			rcount[found]++;
-			replicas[(size_t)i * (size_t)num_replicas + (size_t)r] = sorted[found]->id;
+			replicas[(size_t)i * (size_t)num_replicas + (size_t)r] =
+			    rb.sorted[found]->id;
 		}
 	}
 	rc = 0;
@@ -221,9 +279,75 @@ out:
 	free(taken);
 	free(rcount);
 	free(pcount);
-	free(pts);
-	free(tmp);
-	free(sorted);
+	ring_built_free(&rb);
+	return rc;
+}
+
+int tally_ring_replace(const tally_ring_member *members, int nmembers, const char *view,
+		       int num_shards, int num_replicas, const uint32_t *primary,
+		       const uint32_t *replicas, int shard, int vnodes, uint32_t *out,
+		       tally_err *err)
+{
+	ring_built rb;
+	uint32_t *rcount = NULL;
+	uint8_t *holds = NULL;
+	int rc = -1;
+
+	if (ring_check_counts(num_shards, num_replicas, err))
+		return -1;
+	if (!view || !primary || (num_replicas > 0 && !replicas) || !out)
+		return tally_err_set(err, TALLY_SQLSTATE_INTERNAL,
+				     "cannot place a shard copy: missing view name or placement");
+	if (shard < 0 || shard >= num_shards)
+		return tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
+				     "shard %d of view \"%s\" does not exist", shard, view);
+	if (ring_build(members, nmembers, view, vnodes, &rb, err))
+		return -1;
+
+	size_t n = rb.n;
+	rcount = tally_xcalloc(n, sizeof *rcount);
+	holds = tally_xcalloc(n, 1);
+	/* Member index of each id: the sorted order is what the walk reports. */
+	for (size_t m = 0; m < n; m++) {
+		uint32_t id = rb.sorted[m]->id;
+		if (primary[shard] == id)
+			holds[m] = 1;
+		for (int s = 0; s < num_shards; s++) {
+			for (int r = 0; r < num_replicas; r++) {
+				if (replicas[(size_t)s * (size_t)num_replicas + (size_t)r] != id)
+					continue;
+				rcount[m]++;
+				if (s == shard)
+					holds[m] = 1;
+			}
+		}
+	}
+	uint32_t rbound =
+	    ring_bound((uint64_t)num_shards * (uint64_t)(num_replicas ? num_replicas : 1), n);
+	size_t start = ring_shard_start(&rb, view, shard);
+	size_t found = n;
+	for (int pass = 0; pass < 2 && found == n; pass++) {
+		for (size_t s = 0; s < rb.npts; s++) {
+			uint32_t m = rb.pts[(start + s) % rb.npts].member;
+			if (holds[m] || (pass == 0 && rcount[m] >= rbound))
+				continue;
+			found = m;
+			break;
+		}
+	}
+	if (found == n) {
+		tally_err_set(err, TALLY_SQLSTATE_INSUFFICIENT_RESOURCES,
+			      "cannot place a new copy of shard %s_%d: each of the %zu worker "
+			      "nodes available holds one already",
+			      view, shard, n);
+		goto out;
+	}
+	*out = rb.sorted[found]->id;
+	rc = 0;
+out:
+	free(holds);
+	free(rcount);
+	ring_built_free(&rb);
 	return rc;
 }
 

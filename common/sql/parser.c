@@ -9,6 +9,7 @@
  * (SQL_MAX_DEPTH, 54001) so no input can exhaust the stack.
  */
 #include "sql_int.h"
+#include "tally/catalog.h"
 
 #include <errno.h>
 #include <math.h>
@@ -687,6 +688,11 @@ static int parse_primary(parser *p, tally_expr **out)
 		if (qual && strcmp(qual, "pg_catalog") != 0 && strcmp(qual, "public") != 0) {
 			tally_err_set(p->err, TALLY_SQLSTATE_UNDEFINED_FUNCTION,
 				      "function %s.%s does not exist", qual, name);
+			if (strcmp(qual, "pipeline_cluster") == 0 &&
+			    strcmp(name, "remove_node") == 0)
+				tally_err_hint(p->err, "pipeline_cluster.remove_node() must be "
+						       "called alone: SELECT "
+						       "pipeline_cluster.remove_node('w2').");
 			return sql_err_pos(p->err, pos);
 		}
 		tally_expr *f = sql_expr_new(p->a, N_FUNC, pos);
@@ -1553,6 +1559,22 @@ static int parse_view_options(parser *p, tally_stmt *st, bool *materialize)
 							 "\"write_optimized\".");
 				return sql_err_pos(p->err, pos);
 			}
+		} else if (strcmp(name, "replication") == 0) {
+			known = true;
+			if (val && strcasecmp(val, "async") == 0) {
+				st->u.create_view.replication = TALLY_REPL_ASYNC;
+			} else if (val && strcasecmp(val, "sync") == 0) {
+				st->u.create_view.replication = TALLY_REPL_SYNC;
+			} else if (val && strcasecmp(val, "quorum") == 0) {
+				st->u.create_view.replication = TALLY_REPL_QUORUM;
+			} else {
+				tally_err_set(p->err, TALLY_SQLSTATE_INVALID_PARAMETER,
+					      "invalid value for parameter \"replication\": \"%s\"",
+					      val ? val : "true");
+				tally_err_hint(
+				    p->err, "Valid values are \"async\", \"sync\" and \"quorum\".");
+				return sql_err_pos(p->err, pos);
+			}
 		} else if (strcmp(name, "action") == 0) {
 			known = true;
 			if (!val || strcasecmp(val, "materialize") != 0) {
@@ -1584,6 +1606,7 @@ static int parse_create_view(parser *p, tally_stmt *st, bool continuous, int cre
 	st->u.create_view.shard_factor = -1;
 	st->u.create_view.num_replicas = -1;
 	st->u.create_view.sharding_policy = -1;
+	st->u.create_view.replication = -1;
 	st->u.create_view.if_not_exists = parse_if_not_exists(p, &rc);
 	if (rc || parse_objname(p, st->u.create_view.name, TALLY_NAME_MAX, NULL))
 		return -1;
@@ -2269,6 +2292,103 @@ static int parse_txn_modes(parser *p)
 /* ---- statements --------------------------------------------------------------------------------
  */
 
+/* ---- SELECT pipeline_cluster.remove_node('w2') -------------------------------------------------
+ *
+ * Not a query but a cluster command spelled as PipelineDB spells it: recognised only as the
+ * whole statement, with one string literal, and sent to the coordinator like DDL. */
+
+static bool is_remove_node(parser *p)
+{
+	const sql_tok *s = peek_at(p, 1), *d = peek_at(p, 2), *f = peek_at(p, 3);
+	return s->kind == TK_IDENT && strcmp(s->str, "pipeline_cluster") == 0 &&
+	       d->kind == TK_DOT && f->kind == TK_IDENT && strcmp(f->str, "remove_node") == 0 &&
+	       peek_at(p, 4)->kind == TK_LPAREN;
+}
+
+/* The PostgreSQL type name an argument would resolve to, for "function f(...) does not
+ * exist": literals have theirs, a quoted string is "unknown". */
+static const char *remove_node_argtype(const tally_expr *e)
+{
+	if (e->kind == N_CONST)
+		return e->val.isnull || e->val.type == TALLY_T_UNKNOWN
+			   ? "unknown"
+			   : tally_type_name(e->val.type);
+	if (e->kind == N_CAST)
+		return tally_type_name(e->cast_to);
+	return "unknown";
+}
+
+static int parse_remove_node(parser *p, tally_stmt *st)
+{
+	int pos = peek_at(p, 1)->cpos;
+	for (int k = 0; k < 4; k++)
+		adv(p); /* SELECT pipeline_cluster . remove_node */
+	tally_expr *f = sql_expr_new(p->a, N_FUNC, pos);
+	f->name = "remove_node";
+	if (parse_func_args(p, f))
+		return -1;
+	if (cur(p)->kind != TK_SEMI && cur(p)->kind != TK_EOF) {
+		tally_err_set(p->err, TALLY_SQLSTATE_FEATURE_NOT_SUPPORTED,
+			      "pipeline_cluster.remove_node() must be called alone");
+		tally_err_hint(p->err,
+			       "Run it as SELECT pipeline_cluster.remove_node('<node name>').");
+		return sql_err_pos(p->err, cur(p)->cpos);
+	}
+	const tally_expr *arg = f->nargs == 1 ? f->args[0] : NULL;
+	/* 'w2' and 'w2'::text name the node; NULL and other types do not. */
+	const tally_expr *lit = arg;
+	if (lit && lit->kind == N_CAST && (lit->cast_to == TALLY_T_TEXT) && lit->nargs == 1)
+		lit = lit->args[0];
+	bool typed_ok =
+	    lit && lit->kind == N_CONST &&
+	    (lit->val.isnull || lit->val.type == TALLY_T_UNKNOWN || lit->val.type == TALLY_T_TEXT);
+	if (!f->star && f->nargs == 1 && !f->distinct && arg->kind != N_CONST &&
+	    arg->kind != N_CAST) {
+		tally_err_set(p->err, TALLY_SQLSTATE_INVALID_PARAMETER,
+			      "the argument of pipeline_cluster.remove_node() must be a string "
+			      "literal");
+		tally_err_hint(p->err, "Name the node as written in pipeline_cluster.nodes, e.g. "
+				       "SELECT pipeline_cluster.remove_node('w2').");
+		return sql_err_pos(p->err, arg->pos ? arg->pos : pos);
+	}
+	if (f->star || f->distinct || f->nargs != 1 || !typed_ok) {
+		tally_buf b = {0};
+		for (int i = 0; !f->star && i < f->nargs; i++)
+			tally_buf_printf(&b, "%s%s", i ? ", " : "",
+					 remove_node_argtype(f->args[i]));
+		tally_err_set(p->err, TALLY_SQLSTATE_UNDEFINED_FUNCTION,
+			      "function pipeline_cluster.remove_node(%.*s) does not exist",
+			      (int)b.len, b.data ? (const char *)b.data : "");
+		tally_buf_free(&b);
+		tally_err_hint(p->err, "pipeline_cluster.remove_node takes one argument, the name "
+				       "of the node as a string: "
+				       "SELECT pipeline_cluster.remove_node('w2').");
+		return sql_err_pos(p->err, pos);
+	}
+	if (lit->val.isnull) {
+		tally_err_set(p->err, TALLY_SQLSTATE_INVALID_PARAMETER,
+			      "node name must not be null");
+		return sql_err_pos(p->err, lit->pos ? lit->pos : pos);
+	}
+	const char *name = lit->val.u.s.p;
+	uint32_t len = lit->val.u.s.len;
+	if (len == 0 || memchr(name, 0, len)) {
+		tally_err_set(p->err, TALLY_SQLSTATE_INVALID_PARAMETER,
+			      "invalid node name: \"%.*s\"", (int)(len > 200 ? 200 : len), name);
+		return sql_err_pos(p->err, lit->pos ? lit->pos : pos);
+	}
+	if (len >= TALLY_NAME_MAX) {
+		tally_err_set(p->err, TALLY_SQLSTATE_INVALID_PARAMETER,
+			      "node name \"%.*s...\" is too long", TALLY_NAME_MAX - 1, name);
+		tally_err_detail(p->err, "Node names have at most %d bytes.", TALLY_NAME_MAX - 1);
+		return sql_err_pos(p->err, lit->pos ? lit->pos : pos);
+	}
+	st->kind = TALLY_STMT_REMOVE_NODE;
+	memcpy(st->u.remove_node.name, name, len);
+	st->u.remove_node.name[len] = 0;
+	return 0;
+}
+
 static const char *const unsupported_stmts[] = {
     "update",	 "delete",   "alter",	 "truncate", "grant",	"revoke",     "vacuum",
     "analyze",	 "analyse",  "explain",	 "prepare",  "execute", "deallocate", "listen",
@@ -2306,6 +2426,8 @@ static int parse_stmt(parser *p, tally_stmt *st)
 		return syntax_error(p);
 	const char *w = t->str;
 	if (strcmp(w, "select") == 0) {
+		if (is_remove_node(p))
+			return parse_remove_node(p, st);
 		tally_select_ast *q;
 		if (parse_select_body(p, &q))
 			return -1;

@@ -33,9 +33,17 @@ typedef enum tally_msg_type {
 	TALLY_MSG_MAP = 11,	    /* catalog */
 	TALLY_MSG_APPLY = 12,	    /* origin -> primary: one batch */
 	TALLY_MSG_APPLY_OK = 13,
-	TALLY_MSG_READ = 14,	/* reader -> copy holder: one shard */
-	TALLY_MSG_READ_OK = 15, /* groups and states */
+	TALLY_MSG_READ = 14,	  /* reader -> copy holder: one shard */
+	TALLY_MSG_READ_OK = 15,	  /* groups and states */
+	TALLY_MSG_REPL = 16,	  /* primary -> replica: a shard's change records in order */
+	TALLY_MSG_REPL_SNAP = 17, /* primary -> replica: one chunk of a shard snapshot */
+	TALLY_MSG_REPL_OK = 18,	  /* replica's durable position */
+	TALLY_MSG_STATUS = 19,	  /* any node -> worker: replication status rows */
+	TALLY_MSG_STATUS_OK = 20,
+	TALLY_MSG_POS = 21,    /* coordinator -> worker: a shard copy's position */
+	TALLY_MSG_POS_OK = 22, /* u8 has, u64 gen, u64 rlsn */
 } tally_msg_type;
+#define TALLY_MSG_TYPE_LAST TALLY_MSG_POS_OK
 
 typedef struct tally_msg_hdr {
 	uint8_t type;
@@ -120,7 +128,23 @@ typedef struct tally_msg_read {
 void tally_msg_put_read(tally_buf *b, const tally_msg_read *m);
 int tally_msg_get_read(tally_rd *r, tally_msg_read *m);
 
-/* READ_OK: u32 ngroups, then groups as in APPLY. */
+/* READ_OK: u32 ngroups, then groups as in APPLY.
+ *
+ * Replication (DESIGN §6). Every shard copy has a history identity gen (nonzero; its low 16
+ * bits are the node id of the primary that began it) and a position rlsn (change records
+ * applied in that history, 1, 2, 3, ...).
+ * REPL: u32 primary node id, u64 view id, u32 shard, u64 gen, u64 first rlsn, u32 nrec, then
+ *   nrec x (u8 kind, str record); nrec = 0 asks for the position only. Record kinds below.
+ * REPL_SNAP: u32 primary node id, u64 view id, u32 shard, u64 gen, u64 rlsn, u64 total bytes,
+ *   u64 offset, str chunk: the shard's state as of rlsn (the snapshot file format).
+ * REPL_OK: u64 gen, u64 rlsn (the replica's durable position), u64 snapshot bytes received.
+ * STATUS: empty. STATUS_OK: u32 n, n x (u64 view, u32 shard, u32 replica node id, str state,
+ *   u64 primary rlsn, u64 sent rlsn, u64 applied rlsn, u64 lag records, u64 lag bytes,
+ *   i64 lag ms).
+ * POS: u64 view id, u32 shard. POS_OK: u8 has copy, u64 gen, u64 rlsn. */
+enum {
+	TALLY_SREC_APPLY = 1, /* an APPLY body merged into the shard's own groups */
+};
 
 const char *tally_msg_type_name(uint8_t type);
 

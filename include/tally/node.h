@@ -36,6 +36,7 @@ typedef enum tally_setting_id {
 	TALLY_SET_MAX_WAL_SIZE,
 	TALLY_SET_WAL_SEGMENT_SIZE,
 	TALLY_SET_OUTBOX_LIMIT,
+	TALLY_SET_REPLICATION_BUFFER,
 	/* standard PostgreSQL settings drivers send */
 	TALLY_SET_CLIENT_ENCODING,
 	TALLY_SET_DATESTYLE,
@@ -222,7 +223,14 @@ struct tally_node {
 	int64_t ckpt_last_ms;	   /* how long it took */
 	int64_t recovery_ms;	   /* how long recovery took at start */
 	uint64_t recovery_records; /* records replayed at start */
+	/* peers this node suspects (a message to them got no reply), by id % TALLY_SUSPECT_SLOTS */
+	pthread_mutex_t suspect_mu;
+	struct {
+		uint32_t id;
+		int64_t until_us; /* monotonic */
+	} suspect[64];
 };
+#define TALLY_SUSPECT_SLOTS 64
 
 int tally_node_open(tally_node *n, const tally_node_config *cfg, const tally_node_role *role);
 void tally_node_close(tally_node *n);
@@ -238,6 +246,16 @@ static inline uint32_t tally_node_id(const tally_node *n)
 	return __atomic_load_n(&n->node_id, __ATOMIC_ACQUIRE);
 }
 uint64_t tally_node_next_req(tally_node *n);
+/* Local failure suspicion (DESIGN §7): a peer a message got no reply from is treated as down by
+ * this node (for routing writes and picking read copies) for pipeline_cluster.failure_timeout,
+ * or until it answers again; the coordinator's map decides for everyone. */
+void tally_node_suspect(tally_node *n, uint32_t id);
+void tally_node_unsuspect(tally_node *n, uint32_t id);
+bool tally_node_suspected(tally_node *n, uint32_t id);
+/* Up in the map and not suspected here. */
+bool tally_node_reachable(tally_node *n, const tally_node_info *ni);
+/* After a call: note the peer as suspected (no reply) or not (it answered). */
+void tally_node_note_call(tally_node *n, uint32_t id, const tally_rpc_call *c);
 /* Write DIR/ready (pid, name, sql_port, data_addr) atomically; remove it at close. */
 int tally_node_write_ready(tally_node *n);
 
@@ -267,7 +285,9 @@ enum {
 	TALLY_REC_OUTBOX = 1, /* u32 n, then n x (u32 len, APPLY body): one statement's batches */
 	TALLY_REC_OUTBOX_DONE =
 	    2,		     /* u32 n, then n x (u64 view, u32 home shard, u64 seq): acknowledged */
-	TALLY_REC_APPLY = 3, /* worker: an APPLY body a primary applied (batch id inside) */
+	TALLY_REC_APPLY = 3, /* worker (before replication): an APPLY body a primary applied */
+	TALLY_REC_SHARD = 4, /* worker: change records of one shard copy: u64 view, u32 shard,
+				u64 gen, u64 first rlsn, u32 n, n x (u8 kind, u32 len, body) */
 };
 
 typedef enum tally_insert_level {

@@ -32,6 +32,21 @@ int tally_ring_place(const tally_ring_member *members, int nmembers, const char 
 		     int num_shards, int num_replicas, int vnodes, uint32_t *primary,
 		     uint32_t *replicas, tally_err *err);
 
+/* Choose the node for one new copy of shard `shard` of view `view` (a replica slot freed when
+ * a node leaves for good): walking clockwise from the shard's point (the same point
+ * tally_ring_place starts from), the first member that holds no copy of the shard yet
+ * (neither primary[shard] nor any replicas[shard * num_replicas + r]) and whose replica count
+ * for the view (counted over `replicas`) is below ceil(1.25 * S * R / nmembers); if every
+ * candidate is at the bound, the first candidate ignoring it. members are the nodes that may
+ * take the copy (the caller passes the ones that are up); entries of primary/replicas naming
+ * other nodes (or 0 for the slot being filled) are simply not counted. Deterministic given
+ * the member set and the placement. *out = the chosen node id. Errors: 53000 when every
+ * member already holds a copy of the shard; 22023 for bad arguments (as tally_ring_place). */
+int tally_ring_replace(const tally_ring_member *members, int nmembers, const char *view,
+		       int num_shards, int num_replicas, const uint32_t *primary,
+		       const uint32_t *replicas, int shard, int vnodes, uint32_t *out,
+		       tally_err *err);
+
 /* Shard owning a group hash with S shards: the range [i*2^64/S, (i+1)*2^64/S). */
 static inline uint32_t tally_ring_shard_of(uint64_t hash, uint32_t nshards)
 {

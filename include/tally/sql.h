@@ -75,6 +75,7 @@ typedef enum tally_stmt_kind {
 	TALLY_STMT_BEGIN,
 	TALLY_STMT_COMMIT,
 	TALLY_STMT_ROLLBACK,
+	TALLY_STMT_REMOVE_NODE, /* SELECT pipeline_cluster.remove_node('w2') */
 } tally_stmt_kind;
 
 typedef enum tally_sharding_policy {
@@ -113,6 +114,8 @@ typedef struct tally_stmt {
 			int shard_factor;	/* 1..100 */
 			int num_replicas;	/* 0..15 */
 			int sharding_policy;	/* tally_sharding_policy or -1 */
+			int replication;	/* tally_replication_mode (catalog.h) or -1; the
+						   value is case-insensitive */
 			const char *query_text; /* "SELECT ..." as written, NUL-terminated */
 			const tally_select_ast *query;
 			const char *stream; /* FROM name of the query */
@@ -149,13 +152,21 @@ typedef struct tally_stmt {
 			bool local; /* SET LOCAL */
 			bool all;   /* RESET ALL / SHOW ALL */
 		} set;		    /* SET, SHOW, RESET */
+		struct {
+			char name[TALLY_NAME_MAX]; /* the string literal, non-empty */
+		} remove_node;
 	} u;
 } tally_stmt;
 
 /* Parse every statement in sql (NUL-terminated). On success *stmts is an arena array of
  * *nstmts statements (EMPTY ones included so that "" yields an EmptyQueryResponse).
  * Statements outside the supported surface fail with 0A000
- * `<WHAT> is not supported by tally` naming the statement. */
+ * `<WHAT> is not supported by tally` naming the statement.
+ *
+ * `SELECT pipeline_cluster.remove_node('<name>')` (the call alone, one string literal) is
+ * TALLY_STMT_REMOVE_NODE. Other calls of it fail: wrong argument count or type 42883
+ * `function pipeline_cluster.remove_node(integer) does not exist`; NULL, empty, too long or a
+ * non-literal argument 22023; anything else in the SELECT 0A000. */
 int tally_sql_parse(const char *sql, tally_arena *a, tally_stmt **stmts, int *nstmts,
 		    tally_err *err);
 

@@ -22,7 +22,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	FUZZ_CHECK(c != NULL);
 	tally_buf e1 = {0}, e2 = {0}, e3 = {0};
 	tally_catalog_encode(c, &e1);
-	FUZZ_CHECK(e1.len == size && memcmp(e1.data, data, size) == 0);
+	/* A version 1 blob (views without a replication byte) re-encodes as version 2, one byte
+	 * longer per view; the current version's encoding is canonical. */
+	bool v1 = size >= 8 && data[4] == 0 && data[5] == 0 && data[6] == 0 && data[7] == 1;
+	FUZZ_CHECK(v1 || (e1.len == size && memcmp(e1.data, data, size) == 0));
+	FUZZ_CHECK(!v1 || e1.len == size + (size_t)c->nviews);
 	tally_catalog *d = NULL;
 	FUZZ_CHECK(tally_catalog_decode(e1.data, e1.len, &d) == 0);
 	tally_catalog_encode(d, &e2);

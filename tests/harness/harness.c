@@ -459,7 +459,7 @@ static const char *node_binary(const th_cluster *c, const th_node *n, char *buf,
 static void node_spawn(th_cluster *c, th_node *n, bool reuse_ports)
 {
 	char bin[600], port[16], dport[16];
-	const char *argv[20 + 2 * TH_MAX_SETS];
+	const char *argv[24 + 2 * TH_MAX_SETS];
 	int argc = 0;
 	node_binary(c, n, bin, sizeof bin);
 	snprintf(port, sizeof port, "%d", reuse_ports ? n->sql_port : 0);
@@ -481,10 +481,13 @@ static void node_spawn(th_cluster *c, th_node *n, bool reuse_ports)
 	argv[argc++] = dport;
 	argv[argc++] = "--log-level";
 	argv[argc++] = c->opts.log_level ? c->opts.log_level : "warning";
-	/* Tests read what they just wrote: statements return once the primaries applied them.
-	 * A test's own sets come after and win. */
+	/* Tests read what they just wrote: statements return once the primaries applied them,
+	 * and reads go to the primaries (replicas may lag: DESIGN §8). A test's own sets come
+	 * after and win; tests of replica reads set primary_only=off. */
 	argv[argc++] = "--set";
 	argv[argc++] = "pipeline_cluster.insert_level=sync_commit";
+	argv[argc++] = "--set";
+	argv[argc++] = "pipeline_cluster.primary_only=on";
 	for (int i = 0; i < TH_MAX_SETS && c->opts.sets[i]; i++) {
 		argv[argc++] = "--set";
 		argv[argc++] = c->opts.sets[i];

@@ -683,8 +683,9 @@ Test(sql_surface, num_replicas_needs_enough_workers, .fini = th_fini, .timeout =
 
 Test(sql_surface, settings_set_show_reset, .fini = th_fini, .timeout = 120)
 {
-	/* the built-in default, not the harness's sync_commit */
-	th_opts o = {.sets = {"pipeline_cluster.insert_level=sync_receive"}};
+	/* the built-in defaults, not the harness's sync_commit and primary_only */
+	th_opts o = {.sets = {"pipeline_cluster.insert_level=sync_receive",
+			      "pipeline_cluster.primary_only=off"}};
 	th_cluster *c = th_cluster_start(1, &o);
 	const struct {
 		const char *name, *def, *other;
@@ -706,6 +707,7 @@ Test(sql_surface, settings_set_show_reset, .fini = th_fini, .timeout = 120)
 	    {"pipeline_cluster.max_wal_size", "256MB"},
 	    {"pipeline_cluster.wal_segment_size", "64MB"},
 	    {"pipeline_cluster.outbox_limit", "1GB"},
+	    {"pipeline_cluster.replication_buffer", "64MB"},
 	};
 	for (int d = 0; d < 2; d++) {
 		PGconn *a = th_connect(d == 0 ? th_coord(c) : th_worker(c, 1));

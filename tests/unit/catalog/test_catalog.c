@@ -59,6 +59,7 @@ static tally_catalog *sample(void)
 		v.num_replicas = reps[i];
 		v.sharding_policy =
 		    i == 1 ? TALLY_POLICY_WRITE_OPTIMIZED : TALLY_POLICY_READ_OPTIMIZED;
+		v.replication = (uint8_t)i; /* async, sync, quorum */
 		uint32_t prim[8], rp[16];
 		cr_assert_eq(
 		    tally_ring_place(m, 3, v.name, v.num_shards, v.num_replicas, 0, prim, rp, &err),
@@ -106,6 +107,7 @@ static void assert_same(const tally_catalog *a, const tally_catalog *b)
 		cr_assert_eq(x->num_shards, y->num_shards);
 		cr_assert_eq(x->num_replicas, y->num_replicas);
 		cr_assert_eq(x->sharding_policy, y->sharding_policy);
+		cr_assert_eq(x->replication, y->replication);
 		cr_assert_arr_eq(x->primary, y->primary, (size_t)x->num_shards * sizeof(uint32_t));
 		cr_assert_arr_eq(x->replicas, y->replicas,
 				 (size_t)x->num_shards * (size_t)x->num_replicas *
@@ -268,9 +270,11 @@ Test(catalog, counts_beyond_limits_rejected, .timeout = 30)
 	tally_catalog_encode(c, &b);
 	cr_assert_eq(tally_catalog_decode(b.data, b.len, &d), 0);
 	tally_catalog_free(d);
-	b.data[7] = 2;
+	b.data[7] = 3;
 	cr_assert_neq(tally_catalog_decode(b.data, b.len, &d), 0);
-	b.data[7] = 1;
+	b.data[7] = 0;
+	cr_assert_neq(tally_catalog_decode(b.data, b.len, &d), 0);
+	b.data[7] = 2;
 	b.data[0] = 'X';
 	cr_assert_neq(tally_catalog_decode(b.data, b.len, &d), 0);
 	tally_catalog_free(c);
@@ -475,6 +479,165 @@ Test(catalog, corrupted_blobs_never_crash, .timeout = 60)
 	cr_assert_lt(accepted, 20000, "corruption never detected");
 	free(copy);
 	tally_buf_free(&again);
+	tally_buf_free(&b);
+	tally_catalog_free(c);
+}
+
+/* ---- version 2: the replication mode ----------------------------------------------------------
+ */
+
+/* A one-node, one-stream, one-view catalog written by hand in the given version (1 has no
+ * replication byte), so the tests pin the format rather than re-use the encoder. */
+static void hand_blob(tally_buf *b, uint32_t version, uint8_t repl)
+{
+	tally_buf_put_u32(b, 0x544C4354u);
+	tally_buf_put_u32(b, version);
+	tally_buf_put_u64(b, 9);  /* epoch */
+	tally_buf_put_u64(b, 30); /* next_id */
+	tally_buf_put_u32(b, 1);
+	tally_buf_put_u32(b, 4); /* node id */
+	tally_buf_put_str(b, "w1", 2);
+	tally_buf_put_str(b, "tcp://127.0.0.1:1", 17);
+	tally_buf_put_str(b, "127.0.0.1:2", 11);
+	tally_buf_putc(b, TALLY_NODE_DOWN);
+	tally_buf_put_u64(b, 5);
+	tally_buf_put_u64(b, 6);
+	tally_buf_put_u32(b, 1);
+	tally_buf_put_u64(b, 10); /* stream id */
+	tally_buf_put_str(b, "s", 1);
+	tally_buf_put_u32(b, 1);
+	tally_buf_put_str(b, "k", 1);
+	tally_buf_putc(b, TALLY_T_INT4);
+	tally_buf_put_u32(b, 1);
+	tally_buf_put_u64(b, 11); /* view id */
+	tally_buf_put_str(b, "v", 1);
+	tally_buf_put_str(b, "s", 1);
+	tally_buf_put_str(b, "SELECT 1", 8);
+	tally_buf_put_u32(b, 2); /* shards */
+	tally_buf_put_u32(b, 0); /* replicas */
+	tally_buf_putc(b, TALLY_POLICY_WRITE_OPTIMIZED);
+	if (version >= 2)
+		tally_buf_putc(b, repl);
+	tally_buf_put_u32(b, 4);
+	tally_buf_put_u32(b, 4);
+}
+
+Test(catalog, replication_mode_round_trips, .timeout = 30)
+{
+	for (int mode = TALLY_REPL_ASYNC; mode <= TALLY_REPL_QUORUM; mode++) {
+		tally_buf b = {0}, b2 = {0};
+		hand_blob(&b, 2, (uint8_t)mode);
+		tally_catalog *d = NULL;
+		cr_assert_eq(tally_catalog_decode(b.data, b.len, &d), 0, "mode %d", mode);
+		cr_assert_eq(d->nviews, 1);
+		cr_assert_eq(d->views[0].replication, mode);
+		cr_assert_eq(d->views[0].sharding_policy, TALLY_POLICY_WRITE_OPTIMIZED);
+		/* The encoder writes exactly the hand-made version 2 bytes. */
+		tally_catalog_encode(d, &b2);
+		cr_assert_eq(b.len, b2.len);
+		cr_assert_arr_eq(b.data, b2.data, b.len);
+		tally_catalog_free(d);
+		tally_buf_free(&b);
+		tally_buf_free(&b2);
+	}
+}
+
+Test(catalog, version_1_decodes_as_async, .timeout = 30)
+{
+	tally_buf b = {0}, b2 = {0};
+	hand_blob(&b, 1, 0);
+	tally_catalog *d = NULL;
+	cr_assert_eq(tally_catalog_decode(b.data, b.len, &d), 0);
+	cr_assert_eq(d->epoch, 9);
+	cr_assert_eq(d->nnodes, 1);
+	cr_assert_str_eq(d->nodes[0].name, "w1");
+	cr_assert_eq(d->nviews, 1);
+	cr_assert_str_eq(d->views[0].query_text, "SELECT 1");
+	cr_assert_eq(d->views[0].num_shards, 2);
+	cr_assert_eq(d->views[0].primary[1], 4);
+	cr_assert_eq(d->views[0].replication, TALLY_REPL_ASYNC);
+	/* Re-encoding writes version 2. */
+	tally_catalog_encode(d, &b2);
+	cr_assert_eq(b2.len, b.len + 1);
+	cr_assert_eq(b2.data[7], 2);
+	tally_catalog_free(d);
+	/* A version 1 blob with a replication byte has a trailing byte too many... */
+	tally_buf_reset(&b);
+	hand_blob(&b, 2, 0);
+	b.data[7] = 1;
+	d = NULL;
+	cr_assert_neq(tally_catalog_decode(b.data, b.len, &d), 0);
+	cr_assert_null(d);
+	/* ... and a version 2 blob without one is short. */
+	tally_buf_reset(&b);
+	hand_blob(&b, 1, 0);
+	b.data[7] = 2;
+	cr_assert_neq(tally_catalog_decode(b.data, b.len, &d), 0);
+	/* Other versions are refused. */
+	for (uint8_t v = 0; v < 6; v += 3) {
+		tally_buf_reset(&b);
+		hand_blob(&b, v, 0);
+		cr_assert_neq(tally_catalog_decode(b.data, b.len, &d), 0, "version %u", v);
+	}
+	tally_buf_free(&b);
+	tally_buf_free(&b2);
+}
+
+Test(catalog, unknown_replication_mode_rejected, .timeout = 30)
+{
+	for (int mode = 3; mode < 256; mode += 84) {
+		tally_buf b = {0};
+		hand_blob(&b, 2, (uint8_t)mode);
+		tally_catalog *d = NULL;
+		cr_assert_neq(tally_catalog_decode(b.data, b.len, &d), 0, "mode %d", mode);
+		cr_assert_null(d);
+		tally_buf_free(&b);
+	}
+	/* add_view refuses it as well. */
+	tally_catalog *c = sample();
+	tally_view_info v = c->views[0];
+	tally_strlcpy(v.name, "v9", sizeof v.name);
+	v.replication = 3;
+	tally_err err;
+	tally_err_clear(&err);
+	cr_assert_neq(tally_catalog_add_view(c, &v, &err), 0);
+	cr_assert_str_eq(err.sqlstate, "22023");
+	cr_assert_null(tally_catalog_view(c, "v9"));
+	tally_catalog_free(c);
+}
+
+Test(catalog, remove_node_only_when_unplaced, .timeout = 30)
+{
+	tally_catalog *c = sample();
+	/* Every view has a copy on w3 (id 3) except possibly "counts": move them all off. */
+	cr_assert_neq(tally_catalog_remove_node(c, 3), 0, "w3 still holds shard copies");
+	cr_assert_eq(c->nnodes, 3);
+	cr_assert_neq(tally_catalog_remove_node(c, 99), 0, "no node 99");
+	for (int i = 0; i < c->nviews; i++) {
+		tally_view_info *v = &c->views[i];
+		for (int s = 0; s < v->num_shards; s++) {
+			if (v->primary[s] == 3)
+				v->primary[s] = 1;
+			for (int r = 0; r < v->num_replicas; r++)
+				if (v->replicas[s * v->num_replicas + r] == 3)
+					v->replicas[s * v->num_replicas + r] = 2;
+		}
+	}
+	cr_assert_eq(tally_catalog_remove_node(c, 3), 0);
+	cr_assert_eq(c->nnodes, 2);
+	cr_assert_null(tally_catalog_node(c, 3));
+	cr_assert_not_null(tally_catalog_node_by_name(c, "w1"));
+	cr_assert_not_null(tally_catalog_node_by_name(c, "w2"));
+	/* The result still decodes (no placement names a missing node). */
+	tally_buf b = {0};
+	tally_catalog_encode(c, &b);
+	tally_catalog *d = NULL;
+	cr_assert_eq(tally_catalog_decode(b.data, b.len, &d), 0);
+	tally_catalog_free(d);
+	/* A node registering under the removed name is a new member with a new id. */
+	tally_node_info n = node("w3", 45000);
+	cr_assert_eq(tally_catalog_upsert_node(c, &n), 3); /* max id + 1 */
+	cr_assert_eq(tally_catalog_remove_node(c, 3), 0, "holds nothing");
 	tally_buf_free(&b);
 	tally_catalog_free(c);
 }

@@ -261,8 +261,9 @@ Test(codec, bad_header_rejected, .timeout = 30)
 	struct {
 		size_t off;
 		uint8_t val;
-	} bad[] = {{0, 0x00}, {1, 0x4D}, {2, 0},   {2, 1}, {2, 3},
-		   {3, 0},    {3, 16},	 {3, 255}, {6, 1}, {7, 1}};
+	} bad[] = {
+	    {0, 0x00}, {1, 0x4D}, {2, 0}, {2, 1}, {2, 3}, {3, 0}, {3, TALLY_MSG_TYPE_LAST + 1},
+	    {3, 255},  {6, 1},	  {7, 1}};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		uint8_t save = b.data[bad[i].off];
 		b.data[bad[i].off] = bad[i].val;
@@ -273,7 +274,7 @@ Test(codec, bad_header_rejected, .timeout = 30)
 	cr_assert_eq(tally_msg_open(b.data, b.len, &h, &r), 0);
 	cr_assert_neq(tally_msg_open(NULL, 0, &h, &r), 0);
 	/* Every known type opens. */
-	for (int t = TALLY_MSG_ERROR; t <= TALLY_MSG_READ_OK; t++) {
+	for (int t = TALLY_MSG_ERROR; t <= TALLY_MSG_TYPE_LAST; t++) {
 		tally_msg_begin(&b, (uint8_t)t, 1, 1);
 		tally_msg_end(&b);
 		cr_assert_eq(tally_msg_open(b.data, b.len, &h, &r), 0);

@@ -290,3 +290,164 @@ Test(ring, num_shards_from_options, .timeout = 30)
 	cr_assert_eq(tally_ring_num_shards(-1, -1, 0), 1);
 	cr_assert_eq(tally_ring_num_shards(0, 0, 2), 2);
 }
+
+/* ---- tally_ring_replace ------------------------------------------------------------------------
+ */
+
+/* Place S shards with R replicas on ms, then take member `gone` away the way remove_node does:
+ * promote the first replica where it was primary, free its slots, and fill every freed slot
+ * with tally_ring_replace over the remaining members. Returns the number of slots filled. */
+static int remove_member(members *ms, int gone, const char *view, int S, int R, uint32_t *prim,
+			 uint32_t *reps, uint32_t *chosen)
+{
+	tally_err err;
+	uint32_t gid = ms->m[gone].id;
+	tally_ring_member rest[16];
+	int nrest = 0;
+	for (int m = 0; m < ms->n; m++)
+		if (m != gone)
+			rest[nrest++] = ms->m[m];
+	int nfilled = 0;
+	for (int i = 0; i < S; i++) {
+		int slot = -1;
+		if (prim[i] == gid) {
+			prim[i] = reps[i * R];
+			reps[i * R] = 0;
+			slot = 0;
+		}
+		for (int r = 0; r < R; r++)
+			if (reps[i * R + r] == gid) {
+				reps[i * R + r] = 0;
+				slot = r;
+			}
+		if (slot < 0)
+			continue;
+		uint32_t id = 0;
+		cr_assert_eq(
+		    tally_ring_replace(rest, nrest, view, S, R, prim, reps, i, 0, &id, &err), 0,
+		    "%s", err.message);
+		reps[i * R + slot] = id;
+		chosen[nfilled++] = id;
+	}
+	return nfilled;
+}
+
+Test(ring, replace_never_picks_a_holder, .timeout = 30)
+{
+	rng_state = 4242;
+	int total = 0;
+	for (int iter = 0; iter < 500; iter++) {
+		members ms;
+		int n = rng_range(3, 12);
+		members_make(&ms, n, true);
+		int S = rng_range(1, 64);
+		int R = rng_range(1, n - 2);
+		uint32_t prim[64], reps[64 * 12], chosen[64];
+		char view[32];
+		snprintf(view, sizeof view, "view_%d", iter);
+		cr_assert_eq(tally_ring_place(ms.m, n, view, S, R, 0, prim, reps, NULL), 0);
+		int gone = rng_range(0, n - 1);
+		total += remove_member(&ms, gone, view, S, R, prim, reps, chosen);
+		for (int i = 0; i < S; i++) {
+			cr_assert_neq(prim[i], ms.m[gone].id);
+			for (int r = 0; r < R; r++) {
+				uint32_t id = reps[i * R + r];
+				cr_assert_neq(id, ms.m[gone].id,
+					      "a copy stayed on the removed node");
+				cr_assert_neq(id, prim[i], "replica on its primary (iter %d)",
+					      iter);
+				for (int q = 0; q < r; q++)
+					cr_assert_neq(id, reps[i * R + q],
+						      "two copies on one node");
+				bool known = false;
+				for (int m = 0; m < n; m++)
+					known |= m != gone && ms.m[m].id == id;
+				cr_assert(known, "replica is not a remaining member");
+			}
+		}
+	}
+	cr_assert_gt(total, 1000, "only %d copies were replaced", total);
+}
+
+Test(ring, replace_spreads_and_keeps_the_bound, .timeout = 30)
+{
+	members ms;
+	members_make(&ms, 8, false);
+	const int S = 64, R = 1;
+	uint32_t prim[64], reps[64], chosen[64];
+	cr_assert_eq(tally_ring_place(ms.m, 8, "spread", S, R, 0, prim, reps, NULL), 0);
+	int filled = remove_member(&ms, 3, "spread", S, R, prim, reps, chosen);
+	cr_assert_geq(filled, 8, "w4 held %d copies", filled);
+	/* The new copies go to several nodes, not all to the removed node's ring neighbour. */
+	int distinct = 0;
+	for (int i = 0; i < filled; i++) {
+		bool seen = false;
+		for (int j = 0; j < i; j++)
+			seen |= chosen[j] == chosen[i];
+		distinct += !seen;
+	}
+	cr_assert_geq(distinct, 3, "%d new copies all went to %d nodes", filled, distinct);
+	/* No remaining node holds more replicas than the bound for 7 nodes: ceil(1.25*64/7). */
+	for (int m = 0; m < 8; m++) {
+		int cnt = 0;
+		for (int i = 0; i < S; i++)
+			cnt += reps[i] == ms.m[m].id;
+		cr_assert_leq(cnt, 12, "%s has %d replicas", ms.m[m].name, cnt);
+	}
+}
+
+Test(ring, replace_is_deterministic, .timeout = 30)
+{
+	members ms;
+	members_make(&ms, 6, false);
+	uint32_t prim[32], reps[64];
+	cr_assert_eq(tally_ring_place(ms.m, 6, "det", 32, 2, 0, prim, reps, NULL), 0);
+	/* Free one replica slot of every shard and ask with the members in many orders. */
+	for (int i = 0; i < 32; i++)
+		reps[i * 2 + 1] = 0;
+	uint32_t first[32];
+	for (int i = 0; i < 32; i++)
+		cr_assert_eq(
+		    tally_ring_replace(ms.m, 6, "det", 32, 2, prim, reps, i, 0, &first[i], NULL),
+		    0);
+	for (int round = 0; round < 20; round++) {
+		tally_ring_member sh[16];
+		memcpy(sh, ms.m, sizeof(tally_ring_member) * 6);
+		for (int i = 5; i > 0; i--) {
+			int j = rng_range(0, i);
+			tally_ring_member t = sh[i];
+			sh[i] = sh[j];
+			sh[j] = t;
+		}
+		for (int i = 0; i < 32; i++) {
+			uint32_t id = 0;
+			cr_assert_eq(
+			    tally_ring_replace(sh, 6, "det", 32, 2, prim, reps, i, 0, &id, NULL),
+			    0);
+			cr_assert_eq(id, first[i], "shard %d: member order changed the choice", i);
+		}
+	}
+}
+
+Test(ring, replace_refuses_when_every_member_holds_a_copy, .timeout = 30)
+{
+	members ms;
+	members_make(&ms, 3, false);
+	uint32_t prim[4], reps[8];
+	tally_err err;
+	cr_assert_eq(tally_ring_place(ms.m, 3, "full", 4, 2, 0, prim, reps, NULL), 0);
+	uint32_t id = 77;
+	/* Every one of the three members holds a copy of shard 1: no candidate. */
+	cr_assert_neq(tally_ring_replace(ms.m, 3, "full", 4, 2, prim, reps, 1, 0, &id, &err), 0);
+	cr_assert_str_eq(err.sqlstate, "53000");
+	cr_assert_eq(id, 77, "out changed on failure");
+	/* With slot freed, the only candidate is the node that held it. */
+	uint32_t was = reps[1 * 2 + 0];
+	reps[1 * 2 + 0] = 0;
+	cr_assert_eq(tally_ring_replace(ms.m, 3, "full", 4, 2, prim, reps, 1, 0, &id, &err), 0);
+	cr_assert_eq(id, was);
+	/* Bad arguments. */
+	cr_assert_neq(tally_ring_replace(ms.m, 3, "full", 4, 2, prim, reps, 4, 0, &id, &err), 0);
+	cr_assert_neq(tally_ring_replace(ms.m, 0, "full", 4, 2, prim, reps, 0, 0, &id, &err), 0);
+	cr_assert_neq(tally_ring_replace(ms.m, 3, "full", 0, 2, prim, reps, 0, 0, &id, &err), 0);
+}

@@ -1017,3 +1017,114 @@ Test(sql, negative_integer_literals_fold_like_postgres, .timeout = 10)
 	expect_query_err("select -2147483648 - 1", TALLY_SQLSTATE_OUT_OF_RANGE,
 			 "integer out of range", 0); /* integer - integer, as in PostgreSQL */
 }
+
+/* ---- replication option and pipeline_cluster.remove_node ---------------------------------- */
+
+#include "tally/catalog.h"
+
+Test(sql, view_replication_option)
+{
+	tally_stmt *st = parse1("CREATE CONTINUOUS VIEW v WITH (replication = 'sync', num_replicas "
+				"= 1) AS SELECT k, count(*) FROM s GROUP BY k");
+	cr_assert_eq(st->kind, TALLY_STMT_CREATE_VIEW);
+	cr_expect_eq(st->u.create_view.replication, TALLY_REPL_SYNC);
+	cr_expect_eq(st->u.create_view.num_replicas, 1);
+	st = parse1("create view v with (action = materialize, replication = 'QUORUM') as select "
+		    "count(*) from s");
+	cr_expect_eq(st->u.create_view.replication, TALLY_REPL_QUORUM);
+	st =
+	    parse1("create continuous view v with (replication = Async) as select count(*) from s");
+	cr_expect_eq(st->u.create_view.replication, TALLY_REPL_ASYNC);
+	st = parse1("create continuous view v as select count(*) from s");
+	cr_expect_eq(st->u.create_view.replication, -1, "not given");
+
+	tally_stmt *sts = NULL;
+	int n = 0;
+	tally_err err = {0};
+	cr_assert_neq(tally_sql_parse("create continuous view v with (num_shards = 2, replication "
+				      "= 'eventual') as select count(*) from s",
+				      &arena, &sts, &n, &err),
+		      0);
+	cr_expect_str_eq(err.sqlstate, "22023");
+	cr_expect_str_eq(err.message, "invalid value for parameter \"replication\": \"eventual\"");
+	cr_expect_str_eq(err.hint, "Valid values are \"async\", \"sync\" and \"quorum\".");
+	cr_expect_eq(err.position, 48);
+	parse_err("create continuous view v with (replication) as select count(*) from s", "22023",
+		  "invalid value for parameter \"replication\": \"true\"", 32);
+}
+
+Test(sql, remove_node_statement)
+{
+	tally_stmt *st = parse1("SELECT pipeline_cluster.remove_node('w2')");
+	cr_assert_eq(st->kind, TALLY_STMT_REMOVE_NODE);
+	cr_expect_str_eq(st->u.remove_node.name, "w2");
+	cr_expect_str_eq(st->text, "SELECT pipeline_cluster.remove_node('w2')");
+	st = parse1("  select Pipeline_Cluster.REMOVE_NODE ( 'Node-7' ) ;");
+	cr_assert_eq(st->kind, TALLY_STMT_REMOVE_NODE);
+	cr_expect_str_eq(st->u.remove_node.name, "Node-7", "the literal keeps its case");
+	st = parse1("select \"pipeline_cluster\".\"remove_node\"('w2'::text)");
+	cr_assert_eq(st->kind, TALLY_STMT_REMOVE_NODE);
+	cr_expect_str_eq(st->u.remove_node.name, "w2");
+
+	/* Several statements: each parses on its own. */
+	tally_stmt *sts = NULL;
+	int n = 0;
+	tally_err err = {0};
+	cr_assert_eq(tally_sql_parse("select pipeline_cluster.remove_node('a'); select 1", &arena,
+				     &sts, &n, &err),
+		     0);
+	cr_assert_eq(n, 2);
+	cr_expect_eq(sts[0].kind, TALLY_STMT_REMOVE_NODE);
+	cr_expect_eq(sts[1].kind, TALLY_STMT_SELECT);
+	/* Other pipeline_cluster things are still ordinary SELECTs. */
+	st = parse1("select * from pipeline_cluster.nodes");
+	cr_expect_eq(st->kind, TALLY_STMT_SELECT);
+}
+
+Test(sql, remove_node_bad_calls)
+{
+	parse_err("select pipeline_cluster.remove_node()", "42883",
+		  "function pipeline_cluster.remove_node() does not exist", 8);
+	parse_err("select pipeline_cluster.remove_node('a', 'b')", "42883",
+		  "function pipeline_cluster.remove_node(unknown, unknown) does not exist", 8);
+	parse_err("select pipeline_cluster.remove_node(2)", "42883",
+		  "function pipeline_cluster.remove_node(integer) does not exist", 8);
+	parse_err("select pipeline_cluster.remove_node(2.5)", "42883",
+		  "function pipeline_cluster.remove_node(double precision) does not exist", 8);
+	parse_err("select pipeline_cluster.remove_node(true)", "42883",
+		  "function pipeline_cluster.remove_node(boolean) does not exist", 8);
+	parse_err("select pipeline_cluster.remove_node(*)", "42883",
+		  "function pipeline_cluster.remove_node() does not exist", 8);
+	parse_err("select pipeline_cluster.remove_node('1'::integer)", "42883",
+		  "function pipeline_cluster.remove_node(integer) does not exist", 8);
+	parse_err("select pipeline_cluster.remove_node(null)", "22023",
+		  "node name must not be null", 37);
+	parse_err("select pipeline_cluster.remove_node('')", "22023", "invalid node name: \"\"",
+		  37);
+	parse_err("select pipeline_cluster.remove_node(k)", "22023",
+		  "the argument of pipeline_cluster.remove_node() must be a string literal", 37);
+	parse_err("select pipeline_cluster.remove_node('w' || '2')", "22023",
+		  "the argument of pipeline_cluster.remove_node() must be a string literal", -1);
+	char longname[200];
+	memset(longname, 'x', 100);
+	longname[100] = 0;
+	char sql[300];
+	snprintf(sql, sizeof sql, "select pipeline_cluster.remove_node('%s')", longname);
+	tally_stmt *sts = NULL;
+	int n = 0;
+	tally_err err = {0};
+	cr_assert_neq(tally_sql_parse(sql, &arena, &sts, &n, &err), 0);
+	cr_expect_str_eq(err.sqlstate, "22023");
+	/* Not alone in its SELECT. */
+	parse_err("select pipeline_cluster.remove_node('w2') from t", "0A000",
+		  "pipeline_cluster.remove_node() must be called alone", 43);
+	parse_err("select pipeline_cluster.remove_node('w2'), 1", "0A000",
+		  "pipeline_cluster.remove_node() must be called alone", 42);
+	parse_err("select 1, pipeline_cluster.remove_node('w2')", "42883",
+		  "function pipeline_cluster.remove_node does not exist", 11);
+	/* Broken syntax stays a syntax error. */
+	parse_err("select pipeline_cluster.remove_node('w2'", "42601",
+		  "syntax error at end of input", -1);
+	parse_err("select pipeline_cluster.remove_node(,)", "42601",
+		  "syntax error at or near \",\"", 37);
+}

@@ -105,7 +105,7 @@ static void fx_open(fx *f)
 	wal_open(f, NULL, NULL);
 	f->map = map_make(1, VIEW_SQL);
 	f->v = tally_map_view(f->map, "v");
-	f->st = tally_store_alloc(f->dir, false);
+	f->st = tally_store_alloc(f->dir, false, 64u << 20);
 }
 
 static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
@@ -191,9 +191,9 @@ static int apply_body(fx *f, const tally_view_rt *v, const uint8_t *body, size_t
 	tally_msg_apply a;
 	if (tally_msg_get_apply(&r, &a) != 0)
 		return tally_err_set(err, TALLY_SQLSTATE_PROTOCOL, "bad APPLY header");
-	uint64_t lsn = 0;
-	int rc =
-	    tally_store_apply(f->st, f->wal, v, f->map->cat->epoch, &a, body, len, &r, &lsn, err);
+	uint64_t lsn = 0, rlsn = 0;
+	int rc = tally_store_apply(f->st, f->wal, v, f->map->cat->epoch, 1, &a, body, len, &r, &lsn,
+				   &rlsn, err);
 	if (rc == 0)
 		cr_assert_gt(lsn, 0, "an acknowledged batch must name an LSN to flush");
 	else
@@ -454,14 +454,18 @@ static int replay_store(void *ctx, uint8_t type, uint64_t lsn, const uint8_t *da
 			tally_err *err)
 {
 	replay_ctx *c = ctx;
-	if (type != TALLY_REC_APPLY)
+	if (type != TALLY_REC_APPLY && type != TALLY_REC_SHARD)
 		return tally_err_set(err, TALLY_SQLSTATE_DATA_CORRUPTED, "record type %u", type);
-	c->records++;
+	/* (a shard record without changes only begins a history: not counted) */
+	if (type != TALLY_REC_SHARD || len < 32 || tally_be32(data + 28) != 0)
+		c->records++;
 	if (c->saved) {
+		tally_buf_putc(c->saved, type);
 		tally_buf_put_u64(c->saved, lsn);
 		tally_buf_put_str(c->saved, (const char *)data, len);
 	}
-	return tally_store_replay(c->st, c->map, lsn, lsn + TALLY_WAL_HDR + len, data, len, err);
+	return tally_store_replay(c->st, c->map, 1, type, lsn, lsn + TALLY_WAL_HDR + len, data, len,
+				  err);
 }
 
 /* Simulate a restart: close the log, drop the store, open both again, load the snapshots
@@ -471,7 +475,7 @@ static int restart(fx *f, bool load, tally_buf *saved)
 	tally_wal_close(f->wal);
 	f->wal = NULL;
 	tally_store_free(f->st);
-	f->st = tally_store_alloc(f->dir, false);
+	f->st = tally_store_alloc(f->dir, false, 64u << 20);
 	tally_err err;
 	tally_err_clear(&err);
 	if (load)
@@ -812,7 +816,7 @@ Test(store, snapshot_round_trip, .timeout = 60)
 	}
 
 	tally_store_free(f.st);
-	f.st = tally_store_alloc(f.dir, false);
+	f.st = tally_store_alloc(f.dir, false, 64u << 20);
 	cr_assert_eq(tally_store_load(f.st, f.map, &err), 0, "%s", err.message);
 	for (uint32_t sh = 0; sh < NSHARDS; sh++) {
 		dump_sorted(f.st, f.v, sh, &dump_new);
@@ -953,15 +957,17 @@ Test(store, replay_without_snapshot_equals_live_store, .timeout = 60)
 	tally_rd_init(&r, saved.data, saved.len);
 	tally_err err;
 	tally_err_clear(&err);
-	for (int i = 0; i < records; i++) {
+	while (tally_rd_left(&r) > 0) {
 		uint64_t lsn;
+		uint8_t type;
 		const uint8_t *p;
 		uint32_t len;
+		cr_assert_eq(tally_rd_u8(&r, &type), 0);
 		cr_assert_eq(tally_rd_u64(&r, &lsn), 0);
 		cr_assert_eq(tally_rd_str(&r, &p, &len, TALLY_WAL_RECORD_MAX), 0);
-		cr_assert_eq(
-		    tally_store_replay(f.st, f.map, lsn, lsn + TALLY_WAL_HDR + len, p, len, &err),
-		    0, "%s", err.message);
+		cr_assert_eq(tally_store_replay(f.st, f.map, 1, type, lsn,
+						lsn + TALLY_WAL_HDR + len, p, len, &err),
+			     0, "%s", err.message);
 	}
 	for (uint32_t sh = 0; sh < NSHARDS; sh++) {
 		dump_sorted(f.st, f.v, sh, &now);
@@ -973,15 +979,17 @@ Test(store, replay_without_snapshot_equals_live_store, .timeout = 60)
 	tally_buf fresh = {0};
 	const row fr = {0, 1000};
 	batch_make(f.v, 0xABCDEF, 1, 0, &fr, 1, &fresh);
-	cr_assert_eq(tally_store_replay(f.st, f.map, 1, 1 + TALLY_WAL_HDR + (uint32_t)fresh.len,
-					fresh.data, (uint32_t)fresh.len, &err),
+	cr_assert_eq(tally_store_replay(f.st, f.map, 1, TALLY_REC_APPLY, 1,
+					1 + TALLY_WAL_HDR + (uint32_t)fresh.len, fresh.data,
+					(uint32_t)fresh.len, &err),
 		     0, "%s", err.message);
 	dump_sorted(f.st, f.v, 0, &now);
 	assert_same_dump(&live[0], &now, "after an old record");
 	/* the same record after the shard's position is new and merges */
 	uint64_t at = stats_of(f.st, 0).applied_lsn;
-	cr_assert_eq(tally_store_replay(f.st, f.map, at, at + TALLY_WAL_HDR + (uint32_t)fresh.len,
-					fresh.data, (uint32_t)fresh.len, &err),
+	cr_assert_eq(tally_store_replay(f.st, f.map, 1, TALLY_REC_APPLY, at,
+					at + TALLY_WAL_HDR + (uint32_t)fresh.len, fresh.data,
+					(uint32_t)fresh.len, &err),
 		     0, "%s", err.message);
 	model_add(&m, 0, &fr, 1);
 	check_shard(f.st, f.v, 0, &m);
@@ -989,7 +997,9 @@ Test(store, replay_without_snapshot_equals_live_store, .timeout = 60)
 	tally_buf_free(&fresh);
 	/* a record that does not decode is corruption, not a crash */
 	uint8_t junk[5] = {1, 2, 3, 4, 5};
-	cr_assert_eq(tally_store_replay(f.st, f.map, 1, 1 + TALLY_WAL_HDR + 5, junk, 5, &err), -1);
+	cr_assert_eq(tally_store_replay(f.st, f.map, 1, TALLY_REC_APPLY, 1, 1 + TALLY_WAL_HDR + 5,
+					junk, 5, &err),
+		     -1);
 	cr_assert_str_eq(err.sqlstate, TALLY_SQLSTATE_DATA_CORRUPTED);
 	for (uint32_t sh = 0; sh < NSHARDS; sh++)
 		tally_buf_free(&live[sh]);
@@ -1011,7 +1021,7 @@ static void write_file(const char *path, const uint8_t *p, size_t n)
 
 static void assert_load_fails(fx *f, const tally_map *m, const char *path, const char *why)
 {
-	tally_store *st = tally_store_alloc(f->dir, false);
+	tally_store *st = tally_store_alloc(f->dir, false, 64u << 20);
 	tally_err err;
 	tally_err_clear(&err);
 	cr_assert_eq(tally_store_load(st, m, &err), -1, "%s: loaded", why);
@@ -1055,7 +1065,7 @@ Test(store, corrupt_snapshot_is_refused, .timeout = 60)
 	}
 	/* the intact file loads again */
 	write_file(path, orig.data, orig.len);
-	tally_store *st = tally_store_alloc(f.dir, false);
+	tally_store *st = tally_store_alloc(f.dir, false, 64u << 20);
 	cr_assert_eq(tally_store_load(st, f.map, &err), 0, "%s", err.message);
 	for (uint32_t sh = 0; sh < NSHARDS; sh++)
 		check_shard(st, f.v, sh, &m);
@@ -1064,7 +1074,7 @@ Test(store, corrupt_snapshot_is_refused, .timeout = 60)
 	char tmp[300];
 	snprintf(tmp, sizeof tmp, "%s.tmp", path);
 	write_file(tmp, (const uint8_t *)"junk", 4);
-	st = tally_store_alloc(f.dir, false);
+	st = tally_store_alloc(f.dir, false, 64u << 20);
 	cr_assert_eq(tally_store_load(st, f.map, &err), 0, "%s", err.message);
 	cr_assert_neq(access(tmp, F_OK), 0, "the temp file is still there");
 	tally_store_free(st);
@@ -1105,14 +1115,15 @@ Test(store, dropped_view_snapshots_and_shards_go, .timeout = 60)
 	cr_assert_str_eq(err.sqlstate, TALLY_SQLSTATE_UNDEFINED_TABLE);
 	cr_assert_eq(tally_store_stats(f.st, 2, 0, &s), -1);
 	/* nor does replaying a record of it with the new map */
-	cr_assert_eq(tally_store_replay(f.st, gone, 1, 1 + TALLY_WAL_HDR + (uint32_t)b.len, b.data,
+	cr_assert_eq(tally_store_replay(f.st, gone, 1, TALLY_REC_APPLY, 1,
+					1 + TALLY_WAL_HDR + (uint32_t)b.len, b.data,
 					(uint32_t)b.len, &err),
 		     0, "%s", err.message);
 	cr_assert_eq(tally_store_stats(f.st, 2, 0, &s), -1);
 
 	/* snapshots on disk of a view the map no longer has: load removes them */
 	tally_store_free(f.st);
-	f.st = tally_store_alloc(f.dir, false);
+	f.st = tally_store_alloc(f.dir, false, 64u << 20);
 	memset(&m, 0, sizeof m);
 	work_free(&w);
 	memset(&w, 0, sizeof w);
@@ -1123,20 +1134,21 @@ Test(store, dropped_view_snapshots_and_shards_go, .timeout = 60)
 	 * load and replay refuse instead of treating the view as dropped */
 	tally_map *old = map_make(1, NULL);
 	old->cat->next_id = 2;
-	tally_store *st = tally_store_alloc(f.dir, false);
+	tally_store *st = tally_store_alloc(f.dir, false, 64u << 20);
 	cr_assert_eq(tally_store_load(st, old, &err), -1, "a snapshot newer than the map loaded");
 	cr_assert_str_eq(err.sqlstate, TALLY_SQLSTATE_DATA_CORRUPTED);
 	cr_assert_eq(snap_count(&f), 2, "snapshots of a view newer than the map were removed");
 	tally_store_free(st);
-	st = tally_store_alloc(f.dir, false);
+	st = tally_store_alloc(f.dir, false, 64u << 20);
 	tally_err_clear(&err);
-	cr_assert_eq(tally_store_replay(st, old, 1, 1 + TALLY_WAL_HDR + (uint32_t)b.len, b.data,
+	cr_assert_eq(tally_store_replay(st, old, 1, TALLY_REC_APPLY, 1,
+					1 + TALLY_WAL_HDR + (uint32_t)b.len, b.data,
 					(uint32_t)b.len, &err),
 		     -1, "a record of a view newer than the map was skipped");
 	cr_assert_str_eq(err.sqlstate, TALLY_SQLSTATE_DATA_CORRUPTED);
 	tally_store_free(st);
 	tally_map_put(old);
-	st = tally_store_alloc(f.dir, false);
+	st = tally_store_alloc(f.dir, false, 64u << 20);
 	cr_assert_eq(tally_store_load(st, gone, &err), 0, "%s", err.message);
 	cr_assert_eq(tally_store_stats(st, 2, 0, &s), -1);
 	cr_assert_eq(tally_store_stats(st, 2, 1, &s), -1);
@@ -1190,7 +1202,7 @@ Test(store, changed_aggregates_are_refused, .timeout = 60)
 	cr_assert_eq(stats_of(f.st, 0).batches, before.batches);
 	check_shard(f.st, f.v, 0, &m);
 	/* and the intact definition still loads what was saved */
-	tally_store *st = tally_store_alloc(f.dir, false);
+	tally_store *st = tally_store_alloc(f.dir, false, 64u << 20);
 	cr_assert_eq(tally_store_load(st, f.map, &err), 0, "%s", err.message);
 	for (uint32_t sh = 0; sh < NSHARDS; sh++)
 		check_shard(st, f.v, sh, &m);
@@ -1227,9 +1239,9 @@ Test(store, inconsistent_snapshot_with_good_checksum_is_refused, .timeout = 60)
 	tally_buf orig = {0}, b = {0};
 	cr_assert_eq(tally_file_read(path, &orig), 0);
 
-	/* layout: magic, version, view, shard, lsn, naggs, 3 bytes per aggregate, ndd, dedup
-	 * entries (origin, hi, n, n seqs), u64 ngroups, groups, crc */
-	const size_t naggs_off = 28, ndd_off = 32 + 3 * (size_t)f.v->plan->naggs;
+	/* layout: magic, version, view, shard, lsn, gen, rlsn, naggs, 3 bytes per aggregate,
+	 * ndd, dedup entries (origin, hi, n, n seqs), u64 ngroups, groups, crc */
+	const size_t naggs_off = 44, ndd_off = 48 + 3 * (size_t)f.v->plan->naggs;
 	cr_assert_eq(tally_be32(orig.data + naggs_off), (uint32_t)f.v->plan->naggs);
 	uint32_t ndd = tally_be32(orig.data + ndd_off);
 	cr_assert_geq(ndd, 1);
@@ -1246,7 +1258,7 @@ Test(store, inconsistent_snapshot_with_good_checksum_is_refused, .timeout = 60)
 		uint64_t value;
 		const char *what;
 	} cases[] = {
-	    {4, 4, 2, "another format version"},
+	    {4, 4, 3, "another format version"},
 	    {naggs_off, 4, 5, "another aggregate count"},
 	    {ndd_off, 4, 0xFFFFFFFFu, "a huge dedup count"},
 	    {ndd_off, 4, ndd + 1, "one dedup entry too many"},
@@ -1281,7 +1293,7 @@ Test(store, inconsistent_snapshot_with_good_checksum_is_refused, .timeout = 60)
 	reseal(&b);
 	cr_assert_eq(memcmp(b.data, orig.data, orig.len), 0);
 	write_file(path, b.data, b.len);
-	tally_store *st = tally_store_alloc(f.dir, false);
+	tally_store *st = tally_store_alloc(f.dir, false, 64u << 20);
 	cr_assert_eq(tally_store_load(st, f.map, &err), 0, "%s", err.message);
 	check_shard(st, f.v, 0, &m);
 	tally_store_free(st);
@@ -1371,7 +1383,7 @@ Test(store, empty_store_checkpoints_and_loads, .timeout = 60)
 	tally_err_clear(&err);
 	cr_assert_eq(tally_store_checkpoint(f.st, f.wal, &err), 0, "%s", err.message);
 	cr_assert_eq(snap_count(&f), 0);
-	tally_store *st = tally_store_alloc(f.dir, false);
+	tally_store *st = tally_store_alloc(f.dir, false, 64u << 20);
 	cr_assert_eq(tally_store_load(st, f.map, &err), 0, "%s", err.message);
 	tally_store_shard_stats s;
 	cr_assert_eq(tally_store_stats(st, 2, 0, &s), -1);
@@ -1418,10 +1430,10 @@ static void *applier_run(void *p)
 		tally_msg_apply m;
 		tally_err err;
 		tally_err_clear(&err);
-		uint64_t lsn = 0;
+		uint64_t lsn = 0, rlsn = 0;
 		if (tally_msg_get_apply(&r, &m) != 0 ||
-		    tally_store_apply(a->f->st, a->f->wal, a->f->v, a->f->map->cat->epoch, &m,
-				      b.data, b.len, &r, &lsn, &err) != 0) {
+		    tally_store_apply(a->f->st, a->f->wal, a->f->v, a->f->map->cat->epoch, 1, &m,
+				      b.data, b.len, &r, &lsn, &rlsn, &err) != 0) {
 			if (!a->failures++)
 				snprintf(a->msg, sizeof a->msg, "batch %d: %s", i, err.message);
 			continue;

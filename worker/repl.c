@@ -1,0 +1,587 @@
+/*
+ * repl.c - the replicator (DESIGN §6): every primary copy on this worker streams its change
+ * records to each of its replicas, in order, over NNG.
+ *
+ * A stream is (view, shard, replica node). Its state: connecting (position unknown: the first
+ * message asks for it), catching_up (a snapshot is being sent, or records are behind),
+ * streaming (up to date or sending as records come), diverged (the replica has history this
+ * copy lacks, e.g. this node lost its directory: never overwritten; see the log). The
+ * replica's reported position is always durable on its side.
+ *
+ * Threads: one sender thread per replica node, so a hung replica holds up only its own
+ * streams. Each round it sends at most one message per stream of its node, all in parallel:
+ * a position probe, a batch of records (up to REPL_MAX_BYTES, which this node's log has
+ * durably first), or the next chunk of a snapshot. Senders wake when a primary copy applies a
+ * record (tally_repl_notify) and otherwise every REPL_IDLE_MS.
+ *
+ * Sync replication: a primary copy of a view with replication = sync answers its origin only
+ * once every replica the map shows up has the record (quorum: a majority of all copies, the
+ * primary counting as one); tally_repl_wait waits for that on acknowledgements.
+ */
+#include "worker.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#define REPL_MAX_BYTES (4u << 20) /* records per message */
+#define REPL_CHUNK (8u << 20)	  /* snapshot bytes per message */
+#define REPL_IDLE_MS 200
+#define REPL_ROUND 64 /* streams served per round by one sender */
+#define REPL_BACKOFF_MAX_US 2000000
+
+enum { RS_CONNECTING = 0, RS_CATCHING_UP, RS_STREAMING, RS_DIVERGED };
+static const char *const rs_names[] = {"connecting", "catching_up", "streaming", "diverged"};
+
+typedef struct rstream {
+	uint64_t view_id;
+	uint32_t shard, dest;
+	int state;
+	bool known; /* r_gen / r_rlsn are the replica's reported position */
+	uint64_t r_gen, r_rlsn;
+	uint64_t sent; /* last position sent in a message not yet answered (or answered) */
+	/* the primary copy as of the last look */
+	uint64_t p_gen, p_rlsn, lag_bytes;
+	int64_t lag_us;
+	/* a snapshot being sent */
+	bool snapping;
+	tally_buf snap;
+	uint64_t snap_gen, snap_rlsn, snap_off;
+	bool inflight, live; /* live: still wanted by the current map */
+	int64_t next_try_us;
+	uint32_t fails;
+	bool warned;
+} rstream;
+
+typedef struct rdest {
+	uint32_t id;
+	pthread_t th;
+} rdest;
+
+typedef struct dest_arg {
+	struct tally_repl *rp;
+	uint32_t dest;
+} dest_arg;
+
+struct tally_repl {
+	tally_node *n;
+	tally_store *st;
+	pthread_mutex_t mu;
+	pthread_cond_t work_cv; /* new records, a new map, stop */
+	pthread_cond_t ack_cv;	/* a replica acknowledged */
+	rstream **s;
+	size_t ns, cap;
+	uint64_t epoch; /* map the streams were built from */
+	rdest *d;
+	size_t nd, dcap;
+	uint64_t work; /* bumped by tally_repl_notify */
+	bool stopping;
+};
+
+/* ---- streams from the map ----------------------------------------------------------------- */
+
+static rstream *stream_find(tally_repl *rp, uint64_t view_id, uint32_t shard, uint32_t dest)
+{
+	for (size_t i = 0; i < rp->ns; i++)
+		if (rp->s[i]->view_id == view_id && rp->s[i]->shard == shard &&
+		    rp->s[i]->dest == dest)
+			return rp->s[i];
+	return NULL;
+}
+
+static void *dest_main(void *arg);
+
+/* Rebuild the stream set for map m (caller holds mu): one per replica of every shard whose
+ * primary this node is, and a sender thread for every replica node. Streams no longer wanted
+ * go once no round uses them. */
+static void sync_streams(tally_repl *rp, const tally_map *m)
+{
+	uint32_t self = tally_node_id(rp->n);
+	rp->epoch = m->cat->epoch;
+	for (size_t i = 0; i < rp->ns; i++)
+		rp->s[i]->live = false;
+	for (int vi = 0; self && vi < m->cat->nviews; vi++) {
+		const tally_view_info *v = &m->cat->views[vi];
+		for (int sh = 0; sh < v->num_shards; sh++) {
+			if (v->primary[sh] != self)
+				continue;
+			for (int r = 0; r < v->num_replicas; r++) {
+				uint32_t dest = v->replicas[sh * v->num_replicas + r];
+				rstream *x = stream_find(rp, v->id, (uint32_t)sh, dest);
+				if (!x) {
+					x = tally_xcalloc(1, sizeof *x);
+					x->view_id = v->id;
+					x->shard = (uint32_t)sh;
+					x->dest = dest;
+					if (rp->ns == rp->cap) {
+						rp->cap = rp->cap ? rp->cap * 2 : 32;
+						rp->s =
+						    tally_xrealloc(rp->s, rp->cap * sizeof *rp->s);
+					}
+					rp->s[rp->ns++] = x;
+				}
+				x->live = true;
+				bool have = false;
+				for (size_t k = 0; k < rp->nd; k++)
+					have |= rp->d[k].id == dest;
+				if (!have) {
+					if (rp->nd == rp->dcap) {
+						rp->dcap = rp->dcap ? rp->dcap * 2 : 16;
+						rp->d =
+						    tally_xrealloc(rp->d, rp->dcap * sizeof *rp->d);
+					}
+					rdest *d = &rp->d[rp->nd++];
+					d->id = dest;
+					dest_arg *da = tally_xmalloc(sizeof *da);
+					da->rp = rp;
+					da->dest = dest;
+					pthread_create(&d->th, NULL, dest_main, da);
+				}
+			}
+		}
+	}
+	/* drop streams no longer wanted (a round in flight keeps its own) */
+	size_t j = 0;
+	for (size_t i = 0; i < rp->ns; i++) {
+		rstream *x = rp->s[i];
+		if (x->live || x->inflight) {
+			rp->s[j++] = x;
+			continue;
+		}
+		tally_buf_free(&x->snap);
+		free(x);
+	}
+	rp->ns = j;
+}
+
+/* ---- one sender per replica node ---------------------------------------------------------- */
+
+typedef struct pick {
+	rstream *x;
+	int kind; /* 0 probe, 1 records, 2 snapshot chunk */
+	tally_buf recs;
+	uint32_t nrec;
+	uint64_t gen, first, last_end;
+} pick;
+
+static void backoff(rstream *x, int64_t now)
+{
+	x->fails++;
+	int64_t b = 100000LL << (x->fails < 5 ? x->fails : 5);
+	x->next_try_us = now + (b > REPL_BACKOFF_MAX_US ? REPL_BACKOFF_MAX_US : b);
+}
+
+/* Decide what stream x needs next (without rp->mu: the store locks its shard; x is in flight,
+ * so only this thread changes it). Returns 1 if a message should go, 0 if nothing (up to
+ * date, no copy yet, diverged, or an error that backs off). */
+static int prepare(tally_repl *rp, rstream *x, pick *p, uint64_t *flush_to)
+{
+	tally_node *n = rp->n;
+	uint32_t self = tally_node_id(n);
+	p->x = x;
+	p->nrec = 0;
+	tally_buf_reset(&p->recs);
+	if (x->snapping) {
+		p->kind = 2;
+		return 1;
+	}
+	if (!x->known) {
+		p->kind = 0;
+		return 1;
+	}
+	tally_repl_out o = {.recs = &p->recs};
+	tally_err err;
+	tally_err_clear(&err);
+	int rc = tally_store_repl_fetch(rp->st, n->wal, x->view_id, x->shard, self, x->r_gen,
+					x->r_rlsn, REPL_MAX_BYTES, &o, &err);
+	pthread_mutex_lock(&rp->mu);
+	x->p_gen = o.gen;
+	x->p_rlsn = o.rlsn;
+	x->lag_bytes = o.lag_bytes;
+	x->lag_us = o.lag_us;
+	pthread_mutex_unlock(&rp->mu);
+	if (rc == TALLY_REPL_RECORDS && o.nrec > 0) {
+		p->kind = 1;
+		p->nrec = o.nrec;
+		p->gen = o.gen;
+		p->first = o.first;
+		p->last_end = o.last_end;
+		if (o.last_end > *flush_to)
+			*flush_to = o.last_end;
+		x->state = x->r_rlsn + o.nrec >= o.rlsn ? RS_STREAMING : RS_CATCHING_UP;
+		return 1;
+	}
+	if (rc == TALLY_REPL_RECORDS || rc == TALLY_REPL_NONE) {
+		x->state = RS_STREAMING;
+		return 0;
+	}
+	if (rc == TALLY_REPL_DIVERGED) {
+		if (!x->warned)
+			tally_log_error(
+			    "replica of shard %llu/%u on node %u has history this "
+			    "primary copy lacks (its position %llu, ours %llu): not "
+			    "overwriting it; if this node lost its data, remove it with "
+			    "pipeline_cluster.remove_node",
+			    (unsigned long long)x->view_id, x->shard, x->dest,
+			    (unsigned long long)x->r_rlsn, (unsigned long long)o.rlsn);
+		x->warned = true;
+		x->state = RS_DIVERGED;
+		x->known = false; /* look again later */
+		x->next_try_us = tally_mono_us() + 5000000;
+		return 0;
+	}
+	if (rc == TALLY_REPL_SNAPSHOT) {
+		uint64_t gen, rlsn;
+		if (tally_store_snap_encode(rp->st, n->wal, x->view_id, x->shard, self, &x->snap,
+					    &gen, &rlsn, &err) != 0) {
+			tally_log_warn("replication: could not snapshot shard %llu/%u: %s",
+				       (unsigned long long)x->view_id, x->shard, err.message);
+			backoff(x, tally_mono_us());
+			return 0;
+		}
+		tally_log_info("replication: sending a snapshot of shard %llu/%u (%zu bytes, "
+			       "position %llu) to node %u",
+			       (unsigned long long)x->view_id, x->shard, x->snap.len,
+			       (unsigned long long)rlsn, x->dest);
+		x->snapping = true;
+		x->snap_gen = gen;
+		x->snap_rlsn = rlsn;
+		x->snap_off = 0;
+		x->state = RS_CATCHING_UP;
+		p->kind = 2;
+		return 1;
+	}
+	tally_log_warn("replication: shard %llu/%u: %s", (unsigned long long)x->view_id, x->shard,
+		       err.message);
+	backoff(x, tally_mono_us());
+	return 0;
+}
+
+static void build(tally_repl *rp, pick *p, tally_buf *req, uint64_t epoch)
+{
+	rstream *x = p->x;
+	uint32_t self = tally_node_id(rp->n);
+	if (p->kind == 2) {
+		tally_msg_begin(req, TALLY_MSG_REPL_SNAP, tally_node_next_req(rp->n), epoch);
+		tally_buf_put_u32(req, self);
+		tally_buf_put_u64(req, x->view_id);
+		tally_buf_put_u32(req, x->shard);
+		tally_buf_put_u64(req, x->snap_gen);
+		tally_buf_put_u64(req, x->snap_rlsn);
+		tally_buf_put_u64(req, x->snap.len);
+		tally_buf_put_u64(req, x->snap_off);
+		size_t left = x->snap.len - x->snap_off;
+		uint32_t cl = left > REPL_CHUNK ? REPL_CHUNK : (uint32_t)left;
+		tally_buf_put_str(req, x->snap.data + x->snap_off, cl);
+	} else {
+		tally_msg_begin(req, TALLY_MSG_REPL, tally_node_next_req(rp->n), epoch);
+		tally_buf_put_u32(req, self);
+		tally_buf_put_u64(req, x->view_id);
+		tally_buf_put_u32(req, x->shard);
+		tally_buf_put_u64(req, p->kind == 1 ? p->gen : 0);
+		tally_buf_put_u64(req, p->kind == 1 ? p->first : 0);
+		tally_buf_put_u32(req, p->nrec);
+		if (p->nrec)
+			tally_buf_append(req, p->recs.data, p->recs.len);
+	}
+	tally_msg_end(req);
+}
+
+/* Take a reply (caller holds mu). */
+static void take_reply(pick *p, tally_rpc_call *c, int64_t now)
+{
+	rstream *x = p->x;
+	uint64_t gen, rlsn, have;
+	if (c->rc != 0 || c->hdr.type != TALLY_MSG_REPL_OK || tally_rd_u64(&c->body, &gen) ||
+	    tally_rd_u64(&c->body, &rlsn) || tally_rd_u64(&c->body, &have) ||
+	    tally_msg_done(&c->body) != 0) {
+		if (x->fails == 0 || x->fails % 20 == 0)
+			tally_log_warn("replication of shard %llu/%u to %s: %s",
+				       (unsigned long long)x->view_id, x->shard, c->peer,
+				       c->rc ? c->errmsg : "malformed reply");
+		x->known = false;
+		if (x->snapping) {
+			x->snapping = false;
+			tally_buf_free(&x->snap);
+		}
+		if (x->state != RS_DIVERGED)
+			x->state = RS_CONNECTING;
+		backoff(x, now);
+		return;
+	}
+	x->fails = 0;
+	x->warned = false;
+	x->next_try_us = 0;
+	x->known = true;
+	x->r_gen = gen;
+	x->r_rlsn = rlsn;
+	if (p->kind == 1)
+		x->sent = p->first + p->nrec - 1;
+	if (x->snapping) {
+		if (have >= x->snap.len && gen == x->snap_gen) {
+			x->snapping = false;
+			tally_buf_free(&x->snap);
+			x->state = RS_STREAMING;
+		} else if (have < x->snap.len) {
+			x->snap_off = have; /* the replica says where to go on */
+		} else {
+			x->snapping = false; /* it took something else meanwhile: look again */
+			tally_buf_free(&x->snap);
+			x->known = false;
+		}
+	}
+}
+
+static void *dest_main(void *arg)
+{
+	dest_arg da = *(dest_arg *)arg;
+	free(arg);
+	tally_repl *rp = da.rp;
+	tally_node *n = rp->n;
+	pick *picks = tally_xcalloc(REPL_ROUND, sizeof *picks);
+	tally_rpc_call *calls = tally_xcalloc(REPL_ROUND, sizeof *calls);
+	tally_buf *reqs = tally_xcalloc(REPL_ROUND, sizeof *reqs);
+	pthread_mutex_lock(&rp->mu);
+	while (!rp->stopping) {
+		tally_map *m = tally_node_map(n);
+		if (m->cat->epoch != rp->epoch)
+			sync_streams(rp, m);
+		const tally_node_info *dn = tally_catalog_node(m->cat, da.dest);
+		bool up = dn && dn->state == TALLY_NODE_UP;
+		int64_t now = tally_mono_us();
+		uint64_t work = rp->work;
+		/* the streams of this node due now */
+		rstream *cand[REPL_ROUND];
+		int nc = 0;
+		for (size_t i = 0; up && i < rp->ns && nc < REPL_ROUND; i++) {
+			rstream *x = rp->s[i];
+			if (x->dest == da.dest && x->live && !x->inflight &&
+			    x->next_try_us <= now) {
+				x->inflight = true;
+				cand[nc++] = x;
+			}
+		}
+		pthread_mutex_unlock(&rp->mu);
+		/* what each needs (the store locks its shard; not under rp->mu) */
+		int np = 0;
+		uint64_t flush_to = 0;
+		for (int i = 0; i < nc; i++) {
+			if (prepare(rp, cand[i], &picks[np], &flush_to))
+				np++;
+			else {
+				pthread_mutex_lock(&rp->mu);
+				cand[i]->inflight = false;
+				pthread_mutex_unlock(&rp->mu);
+			}
+		}
+		bool durable = true;
+		if (np && flush_to) {
+			tally_err err;
+			tally_err_clear(&err);
+			durable = tally_wal_flush(n->wal, flush_to, -1, &err) == 0;
+		}
+		if (np && durable) {
+			for (int i = 0; i < np; i++) {
+				build(rp, &picks[i], &reqs[i], m->cat->epoch);
+				memset(&calls[i], 0, sizeof calls[i]);
+				calls[i].addr = dn->data_addr;
+				calls[i].peer = dn->name;
+				calls[i].req = reqs[i];
+			}
+			int timeout =
+			    (int)tally_settings_ms(&n->cfg.defaults, TALLY_SET_RPC_TIMEOUT);
+			tally_rpc_call_many(n->rpc, calls, np, timeout > 5000 ? 5000 : timeout);
+		}
+		pthread_mutex_lock(&rp->mu);
+		now = tally_mono_us();
+		for (int i = 0; i < np; i++) {
+			if (durable)
+				take_reply(&picks[i], &calls[i], now);
+			else
+				backoff(picks[i].x, now);
+			picks[i].x->inflight = false;
+		}
+		pthread_mutex_unlock(&rp->mu);
+		if (np && durable)
+			tally_rpc_calls_done(calls, np);
+		/* records every replica has are not kept any longer */
+		for (int i = 0; i < np; i++)
+			if (picks[i].kind == 1 || picks[i].kind == 2)
+				tally_repl_trim_shard(rp, picks[i].x->view_id, picks[i].x->shard);
+		pthread_mutex_lock(&rp->mu);
+		pthread_cond_broadcast(&rp->ack_cv);
+		tally_map_put(m);
+		if (np == 0 && !rp->stopping && rp->work == work) {
+			struct timespec ts = tally_mono_ts(tally_mono_us() + REPL_IDLE_MS * 1000);
+			pthread_cond_timedwait(&rp->work_cv, &rp->mu, &ts);
+		}
+	}
+	pthread_mutex_unlock(&rp->mu);
+	for (int i = 0; i < REPL_ROUND; i++) {
+		tally_buf_free(&reqs[i]);
+		tally_buf_free(&picks[i].recs);
+	}
+	free(reqs);
+	free(picks);
+	free(calls);
+	return NULL;
+}
+
+/* ---- public ------------------------------------------------------------------------------- */
+
+void tally_repl_trim_shard(tally_repl *rp, uint64_t view_id, uint32_t shard)
+{
+	uint64_t gen = 0, min = UINT64_MAX;
+	bool all = true;
+	pthread_mutex_lock(&rp->mu);
+	for (size_t i = 0; i < rp->ns; i++) {
+		rstream *x = rp->s[i];
+		if (x->view_id != view_id || x->shard != shard || !x->live)
+			continue;
+		if (!x->known || (gen && x->r_gen != gen)) {
+			all = false;
+			break;
+		}
+		gen = x->r_gen;
+		if (x->r_rlsn < min)
+			min = x->r_rlsn;
+	}
+	pthread_mutex_unlock(&rp->mu);
+	if (all && gen && min != UINT64_MAX)
+		tally_store_repl_trim(rp->st, view_id, shard, gen, min);
+}
+
+tally_repl *tally_repl_start(tally_node *n, tally_store *st)
+{
+	tally_repl *rp = tally_xcalloc(1, sizeof *rp);
+	rp->n = n;
+	rp->st = st;
+	pthread_mutex_init(&rp->mu, NULL);
+	tally_cond_init_mono(&rp->work_cv);
+	tally_cond_init_mono(&rp->ack_cv);
+	tally_map *m = tally_node_map(n);
+	pthread_mutex_lock(&rp->mu);
+	sync_streams(rp, m);
+	pthread_mutex_unlock(&rp->mu);
+	tally_map_put(m);
+	return rp;
+}
+
+void tally_repl_map_changed(tally_repl *rp)
+{
+	tally_map *m = tally_node_map(rp->n);
+	pthread_mutex_lock(&rp->mu);
+	if (!rp->stopping && m->cat->epoch != rp->epoch)
+		sync_streams(rp, m);
+	rp->work++;
+	pthread_cond_broadcast(&rp->work_cv);
+	pthread_mutex_unlock(&rp->mu);
+	tally_map_put(m);
+}
+
+void tally_repl_notify(tally_repl *rp)
+{
+	pthread_mutex_lock(&rp->mu);
+	rp->work++;
+	pthread_cond_broadcast(&rp->work_cv);
+	pthread_mutex_unlock(&rp->mu);
+}
+
+void tally_repl_stop(tally_repl *rp)
+{
+	if (!rp)
+		return;
+	pthread_mutex_lock(&rp->mu);
+	rp->stopping = true;
+	pthread_cond_broadcast(&rp->work_cv);
+	pthread_cond_broadcast(&rp->ack_cv);
+	size_t nd = rp->nd;
+	pthread_mutex_unlock(&rp->mu);
+	/* sync_streams does not start threads once stopping is set (map_changed checks) */
+	for (size_t i = 0; i < nd; i++)
+		pthread_join(rp->d[i].th, NULL);
+}
+
+void tally_repl_free(tally_repl *rp)
+{
+	if (!rp)
+		return;
+	for (size_t i = 0; i < rp->ns; i++) {
+		tally_buf_free(&rp->s[i]->snap);
+		free(rp->s[i]);
+	}
+	free(rp->s);
+	free(rp->d);
+	pthread_cond_destroy(&rp->work_cv);
+	pthread_cond_destroy(&rp->ack_cv);
+	pthread_mutex_destroy(&rp->mu);
+	free(rp);
+}
+
+int tally_repl_wait(tally_repl *rp, const tally_view_info *v, uint32_t shard, uint64_t gen,
+		    uint64_t rlsn, int timeout_ms, tally_err *err)
+{
+	if (v->replication == TALLY_REPL_ASYNC || v->num_replicas == 0)
+		return 0;
+	int64_t deadline = tally_mono_us() + (int64_t)timeout_ms * 1000;
+	int need = 0, have = 0;
+	pthread_mutex_lock(&rp->mu);
+	for (;;) {
+		tally_map *m = tally_node_map(rp->n);
+		int up = 0;
+		have = 0;
+		for (int r = 0; r < v->num_replicas; r++) {
+			uint32_t id = v->replicas[shard * (uint32_t)v->num_replicas + (uint32_t)r];
+			const tally_node_info *ni = tally_catalog_node(m->cat, id);
+			bool is_up = ni && ni->state == TALLY_NODE_UP;
+			up += is_up;
+			rstream *x = stream_find(rp, v->id, shard, id);
+			if (x && x->known && x->r_gen == gen && x->r_rlsn >= rlsn)
+				have++;
+		}
+		tally_map_put(m);
+		/* sync: every replica that is up; quorum: a majority of all copies */
+		need = v->replication == TALLY_REPL_SYNC ? up : (v->num_replicas + 1) / 2;
+		if (have >= need || rp->stopping || tally_mono_us() >= deadline)
+			break;
+		struct timespec ts = tally_mono_ts(deadline);
+		pthread_cond_timedwait(&rp->ack_cv, &rp->mu, &ts);
+	}
+	pthread_mutex_unlock(&rp->mu);
+	if (have >= need)
+		return 0;
+	tally_err_set(err, TALLY_SQLSTATE_UNAVAILABLE,
+		      "shard %s_%u: %d of the %d replica acknowledgements %s replication needs "
+		      "arrived within %d ms",
+		      v->name, shard, have, need,
+		      v->replication == TALLY_REPL_SYNC ? "sync" : "quorum", timeout_ms);
+	return tally_err_detail(err, "The batch is durable on the primary and will be "
+				     "acknowledged when its replicas have it.");
+}
+
+size_t tally_repl_rows(tally_repl *rp, tally_repl_row **rows)
+{
+	pthread_mutex_lock(&rp->mu);
+	tally_repl_row *out = tally_xcalloc(rp->ns + 1, sizeof *out);
+	size_t k = 0;
+	for (size_t i = 0; i < rp->ns; i++) {
+		const rstream *x = rp->s[i];
+		if (!x->live)
+			continue;
+		tally_repl_row *r = &out[k++];
+		r->view_id = x->view_id;
+		r->shard = x->shard;
+		r->replica = x->dest;
+		r->state = rs_names[x->state];
+		r->primary_rlsn = x->p_rlsn;
+		r->sent_rlsn = x->sent > x->r_rlsn ? x->sent : x->r_rlsn;
+		r->applied_rlsn = x->known ? x->r_rlsn : 0;
+		bool same = x->known && x->r_gen == x->p_gen;
+		r->lag_records =
+		    same && x->p_rlsn > x->r_rlsn ? x->p_rlsn - x->r_rlsn : (same ? 0 : x->p_rlsn);
+		r->lag_bytes = x->lag_bytes;
+		r->lag_ms = r->lag_records ? x->lag_us / 1000 : 0;
+	}
+	pthread_mutex_unlock(&rp->mu);
+	*rows = out;
+	return k;
+}
