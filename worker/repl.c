@@ -46,6 +46,7 @@ typedef struct rstream {
 	bool snapping;
 	tally_buf snap;
 	uint64_t snap_gen, snap_rlsn, snap_off;
+	uint64_t snapshots;  /* snapshots sent in full */
 	bool inflight, live; /* live: still wanted by the current map */
 	int64_t next_try_us;
 	uint32_t fails;
@@ -321,6 +322,7 @@ static void take_reply(pick *p, tally_rpc_call *c, int64_t now)
 			x->snapping = false;
 			tally_buf_free(&x->snap);
 			x->state = RS_STREAMING;
+			x->snapshots++;
 		} else if (have < x->snap.len) {
 			x->snap_off = have; /* the replica says where to go on */
 		} else {
@@ -580,6 +582,7 @@ size_t tally_repl_rows(tally_repl *rp, tally_repl_row **rows)
 		    same && x->p_rlsn > x->r_rlsn ? x->p_rlsn - x->r_rlsn : (same ? 0 : x->p_rlsn);
 		r->lag_bytes = x->lag_bytes;
 		r->lag_ms = r->lag_records ? x->lag_us / 1000 : 0;
+		r->snapshots = x->snapshots;
 	}
 	pthread_mutex_unlock(&rp->mu);
 	*rows = out;

@@ -548,6 +548,7 @@ static void handle_status(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, 
 		tally_buf_put_u64(reply, rows[i].lag_records);
 		tally_buf_put_u64(reply, rows[i].lag_bytes);
 		tally_buf_put_u64(reply, (uint64_t)rows[i].lag_ms);
+		tally_buf_put_u64(reply, rows[i].snapshots);
 	}
 	tally_msg_end(reply);
 	free(rows);

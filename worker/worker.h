@@ -126,6 +126,7 @@ typedef struct tally_repl_row {
 	const char *state; /* static string */
 	uint64_t primary_rlsn, sent_rlsn, applied_rlsn, lag_records, lag_bytes;
 	int64_t lag_ms;
+	uint64_t snapshots; /* sent in full on this stream since the primary started */
 } tally_repl_row;
 /* One row per replica stream of this node's primary copies (heap array). */
 size_t tally_repl_rows(tally_repl *rp, tally_repl_row **rows);

@@ -327,7 +327,7 @@ typedef struct repl_status {
 	uint32_t shard, primary, replica;
 	const uint8_t *state;
 	uint32_t statelen;
-	uint64_t prim, sent, applied, lag_records, lag_bytes, lag_ms;
+	uint64_t prim, sent, applied, lag_records, lag_bytes, lag_ms, snapshots;
 } repl_status;
 
 /* pipeline_cluster.replication: one row per replica copy in the map, with what its primary's
@@ -337,14 +337,14 @@ static int sysview_replication(tally_node *n, const tally_catalog *cat, tally_ar
 			       tally_relation *rel, tally_value **rows, size_t *nrows)
 {
 	static const char *const names[] = {
-	    "continuous_view", "shard",	      "shard_id",   "primary",	   "replica",
-	    "state",	       "primary_lsn", "sent_lsn",   "applied_lsn", "lag_records",
-	    "lag_bytes",       "lag_ms",      "replication"};
+	    "continuous_view", "shard",	      "shard_id",    "primary",	    "replica",
+	    "state",	       "primary_lsn", "sent_lsn",    "applied_lsn", "lag_records",
+	    "lag_bytes",       "lag_ms",      "replication", "snapshots"};
 	static const tally_type types[] = {TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_INT2, TALLY_T_TEXT,
 					   TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_INT8, TALLY_T_INT8,
 					   TALLY_T_INT8, TALLY_T_INT8, TALLY_T_INT8, TALLY_T_INT8,
-					   TALLY_T_TEXT};
-	const int nc = 13;
+					   TALLY_T_TEXT, TALLY_T_INT8};
+	const int nc = 14;
 	set_cols(a, rel, "replication", nc, names, types);
 	tally_rpc_call *calls = tally_xcalloc((size_t)cat->nnodes + 1, sizeof *calls);
 	int ncalls = 0;
@@ -378,7 +378,8 @@ static int sysview_replication(tally_node *n, const tally_catalog *cat, tally_ar
 			    tally_rd_u64(&c->body, &x.applied) ||
 			    tally_rd_u64(&c->body, &x.lag_records) ||
 			    tally_rd_u64(&c->body, &x.lag_bytes) ||
-			    tally_rd_u64(&c->body, &x.lag_ms))
+			    tally_rd_u64(&c->body, &x.lag_ms) ||
+			    tally_rd_u64(&c->body, &x.snapshots))
 				break;
 			if (nst == capst) {
 				capst *= 2;
@@ -427,9 +428,11 @@ static int sysview_replication(tally_node *n, const tally_catalog *cat, tally_ar
 					row[9] = tally_int(TALLY_T_INT8, (int64_t)x->lag_records);
 					row[10] = tally_int(TALLY_T_INT8, (int64_t)x->lag_bytes);
 					row[11] = tally_int(TALLY_T_INT8, (int64_t)x->lag_ms);
+					row[13] = tally_int(TALLY_T_INT8, (int64_t)x->snapshots);
 				} else {
 					for (int k = 6; k <= 11; k++)
 						row[k] = tally_null(TALLY_T_INT8);
+					row[13] = tally_null(TALLY_T_INT8);
 				}
 				row[12] =
 				    text_val(a, v->replication == TALLY_REPL_SYNC     ? "sync"
@@ -529,6 +532,7 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 		row[7] = tally_null(TALLY_T_TIMESTAMPTZ);
 		row[8] = tally_int(TALLY_T_INT4, 0);
 		row[9] = tally_int(TALLY_T_INT4, 0);
+		row[11] = tally_bool(true);
 		row[10] =
 		    self_coord ? tally_int(TALLY_T_INT8, self_rss()) : tally_null(TALLY_T_INT8);
 		for (int i = 0; i < cat->nnodes; i++) {

@@ -140,7 +140,7 @@ int tally_msg_get_read(tally_rd *r, tally_msg_read *m);
  * REPL_OK: u64 gen, u64 rlsn (the replica's durable position), u64 snapshot bytes received.
  * STATUS: empty. STATUS_OK: u32 n, n x (u64 view, u32 shard, u32 replica node id, str state,
  *   u64 primary rlsn, u64 sent rlsn, u64 applied rlsn, u64 lag records, u64 lag bytes,
- *   i64 lag ms).
+ *   i64 lag ms, u64 snapshots sent).
  * POS: u64 view id, u32 shard. POS_OK: u8 has copy, u64 gen, u64 rlsn. */
 enum {
 	TALLY_SREC_APPLY = 1, /* an APPLY body merged into the shard's own groups */
