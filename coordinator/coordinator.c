@@ -17,10 +17,19 @@
 #include <unistd.h>
 #include <strings.h>
 
+/* A replica copy's position, asked before remove_node promotes one (DESIGN §7). */
+typedef struct copy_pos {
+	uint64_t view_id;
+	uint32_t shard, node;
+	uint64_t gen, rlsn;
+} copy_pos;
+
 struct tally_coord {
 	tally_node node;
-	pthread_mutex_t mu; /* guards cat */
+	pthread_mutex_t mu; /* guards cat and pos */
 	tally_catalog *cat;
+	copy_pos *pos; /* answers gathered for the remove_node being planned */
+	size_t npos;
 	pthread_t fd_thread;
 	pthread_mutex_t stop_mu;
 	pthread_cond_t stop_cv;
@@ -267,15 +276,97 @@ static int ddl_create_view(tally_coord *c, const tally_stmt *st, int default_rep
 
 /* Which replica of shard `shard` of v becomes its primary: the index of the first replica
  * whose node is up, -1 if none is. */
+/* The replica of shard to promote: of those up that told their position, the one furthest
+ * along (async replicas may lag; the one with the most of the history loses the least);
+ * if none answered, the first that is up. */
 static int pick_promotion(tally_coord *c, const tally_view_info *v, int shard)
 {
+	int best = -1, first_up = -1;
+	uint64_t best_rlsn = 0;
 	for (int r = 0; r < v->num_replicas; r++) {
 		uint32_t id = v->replicas[(size_t)shard * (size_t)v->num_replicas + (size_t)r];
 		const tally_node_info *ni = tally_catalog_node(c->cat, id);
-		if (ni && ni->state == TALLY_NODE_UP)
-			return r;
+		if (!ni || ni->state != TALLY_NODE_UP)
+			continue;
+		if (first_up < 0)
+			first_up = r;
+		for (size_t k = 0; k < c->npos; k++) {
+			const copy_pos *p = &c->pos[k];
+			if (p->view_id == v->id && p->shard == (uint32_t)shard && p->node == id &&
+			    (best < 0 || p->rlsn > best_rlsn)) {
+				best = r;
+				best_rlsn = p->rlsn;
+			}
+		}
 	}
-	return -1;
+	return best >= 0 ? best : first_up;
+}
+
+/* Before remove_node: ask every live replica of the node's primaries for its position (in
+ * parallel, without holding c->mu: a slow worker must not hold heartbeats up). */
+static void gather_positions(tally_coord *c, const char *name)
+{
+	tally_node *n = &c->node;
+	pthread_mutex_lock(&c->mu);
+	tally_catalog *cat = tally_catalog_clone(c->cat);
+	pthread_mutex_unlock(&c->mu);
+	const tally_node_info *x = tally_catalog_node_by_name(cat, name);
+	size_t cap = 16, nc = 0;
+	tally_rpc_call *calls = tally_xcalloc(cap, sizeof *calls);
+	copy_pos *want = tally_xcalloc(cap, sizeof *want);
+	for (int i = 0; x && i < cat->nviews; i++) {
+		const tally_view_info *v = &cat->views[i];
+		for (int s = 0; s < v->num_shards; s++) {
+			if (v->primary[s] != x->id)
+				continue;
+			for (int r = 0; r < v->num_replicas; r++) {
+				uint32_t id =
+				    v->replicas[(size_t)s * (size_t)v->num_replicas + (size_t)r];
+				const tally_node_info *ni = tally_catalog_node(cat, id);
+				if (!ni || ni->state != TALLY_NODE_UP)
+					continue;
+				if (nc == cap) {
+					cap *= 2;
+					calls = tally_xrealloc(calls, cap * sizeof *calls);
+					want = tally_xrealloc(want, cap * sizeof *want);
+				}
+				memset(&calls[nc], 0, sizeof calls[nc]);
+				tally_msg_begin(&calls[nc].req, TALLY_MSG_POS,
+						tally_node_next_req(n), cat->epoch);
+				tally_buf_put_u64(&calls[nc].req, v->id);
+				tally_buf_put_u32(&calls[nc].req, (uint32_t)s);
+				tally_msg_end(&calls[nc].req);
+				calls[nc].addr = ni->data_addr;
+				calls[nc].peer = ni->name;
+				want[nc] =
+				    (copy_pos){.view_id = v->id, .shard = (uint32_t)s, .node = id};
+				nc++;
+			}
+		}
+	}
+	tally_rpc_call_many(n->rpc, calls, (int)nc, 2000);
+	size_t k = 0;
+	for (size_t i = 0; i < nc; i++) {
+		uint8_t has;
+		if (calls[i].rc == 0 && calls[i].hdr.type == TALLY_MSG_POS_OK &&
+		    tally_rd_u8(&calls[i].body, &has) == 0 &&
+		    tally_rd_u64(&calls[i].body, &want[i].gen) == 0 &&
+		    tally_rd_u64(&calls[i].body, &want[i].rlsn) == 0) {
+			if (!has)
+				want[i].rlsn = 0;
+			want[k++] = want[i];
+		}
+	}
+	tally_rpc_calls_done(calls, (int)nc);
+	for (size_t i = 0; i < nc; i++)
+		tally_buf_free(&calls[i].req);
+	free(calls);
+	tally_catalog_free(cat);
+	pthread_mutex_lock(&c->mu);
+	free(c->pos);
+	c->pos = want;
+	c->npos = k;
+	pthread_mutex_unlock(&c->mu);
 }
 
 /* Append "; what" to the notice, ending it with "..." once it is full. */
@@ -581,8 +672,20 @@ static int coord_ddl(tally_node *n, const char *sql, const tally_settings *s, ch
 	char nt[512];
 	int nrep = (int)strtol(s->v[TALLY_SET_NUM_REPLICAS], NULL, 10);
 	bool published;
+	/* remove_node promotes the replica furthest along: ask them first */
+	tally_arena pa = {0};
+	tally_stmt *st;
+	int nst;
+	tally_err perr;
+	if (tally_sql_parse(sql, &pa, &st, &nst, &perr) == 0 && nst == 1 &&
+	    st->kind == TALLY_STMT_REMOVE_NODE)
+		gather_positions(c, st->u.remove_node.name);
+	tally_arena_free(&pa);
 	pthread_mutex_lock(&c->mu);
 	int rc = ddl_locked(c, sql, nrep, tag, tagsz, nt, sizeof nt, &published, err);
+	free(c->pos);
+	c->pos = NULL;
+	c->npos = 0;
 	pthread_mutex_unlock(&c->mu);
 	if (published)
 		push_map(c, 0); /* every worker has the change before the client hears back */

@@ -66,6 +66,9 @@ typedef struct dest_arg {
 struct tally_repl {
 	tally_node *n;
 	tally_store *st;
+	pthread_t handoff_th;
+	pthread_cond_t stop_cv;	   /* the hand-off thread sleeps on it (woken to stop) */
+	uint64_t handoffs, handed; /* hand-off rounds and hints handed off, since start */
 	pthread_mutex_t mu;
 	pthread_cond_t work_cv; /* new records, a new map, stop */
 	pthread_cond_t ack_cv;	/* a replica acknowledged */
@@ -428,6 +431,145 @@ static void *dest_main(void *arg)
 	return NULL;
 }
 
+/* ---- hinted hand-off (DESIGN §5) ----------------------------------------------------------- */
+
+#define HANDOFF_ROUND 64
+
+/* Hand the hints for home held by this node's primary copy (v, shard) to home's primary, in
+ * rounds: they stop being visible here first (so no read counts them twice), each goes as an
+ * APPLY with its original id (the home primary applies those it has not seen and
+ * acknowledges the rest), and those acknowledged are dropped. If the home primary stops
+ * answering, the rest become visible here again. Returns the number handed off, -1 on
+ * failure. */
+static int handoff_one(tally_repl *rp, const tally_map *m, const tally_view_rt *v, uint32_t shard,
+		       uint32_t home, const tally_node_info *dest)
+{
+	tally_node *n = rp->n;
+	uint32_t self = tally_node_id(n);
+	tally_err err;
+	tally_err_clear(&err);
+	uint64_t lsn = 0;
+	if (tally_store_hint_op(rp->st, n->wal, v, shard, self, home, TALLY_HINT_OP_HANDOFF, NULL,
+				0, &lsn, &err) != 0 ||
+	    (lsn && tally_wal_flush(n->wal, lsn, -1, &err) != 0)) {
+		tally_log_warn("hand-off of shard %s_%u's hints: %s", v->info->name, home,
+			       err.message);
+		return -1;
+	}
+	tally_buf bodies[HANDOFF_ROUND];
+	tally_hint_ref ids[HANDOFF_ROUND], done[HANDOFF_ROUND];
+	tally_rpc_call calls[HANDOFF_ROUND];
+	memset(bodies, 0, sizeof bodies);
+	int total = 0, rc = 0;
+	for (;;) {
+		size_t k = tally_store_hint_take(rp->st, v->info->id, shard, home, HANDOFF_ROUND,
+						 bodies, ids);
+		if (k == 0)
+			break;
+		for (size_t i = 0; i < k; i++) {
+			/* the batch as the origin made it, now addressed to its home */
+			tally_buf req = {0};
+			tally_msg_begin(&req, TALLY_MSG_APPLY, tally_node_next_req(n),
+					m->cat->epoch);
+			tally_buf_append(&req, bodies[i].data, bodies[i].len);
+			tally_put_be32(req.data + TALLY_MSG_HDR + TALLY_APPLY_TARGET_OFF, home);
+			tally_put_be64(req.data + TALLY_MSG_HDR + TALLY_APPLY_FLOOR_OFF, 0);
+			tally_msg_end(&req);
+			memset(&calls[i], 0, sizeof calls[i]);
+			calls[i].addr = dest->data_addr;
+			calls[i].peer = dest->name;
+			calls[i].req = req;
+		}
+		tally_rpc_call_many(n->rpc, calls, (int)k, 2000);
+		size_t nd = 0;
+		const char *why = NULL;
+		for (size_t i = 0; i < k; i++) {
+			tally_node_note_call(n, dest->id, &calls[i]);
+			if (calls[i].rc == 0 && calls[i].hdr.type == TALLY_MSG_APPLY_OK)
+				done[nd++] = ids[i];
+			else if (!why)
+				why = calls[i].errmsg;
+		}
+		if (why)
+			tally_log_warn("hand-off of hints for shard %s_%u to %s: %s", v->info->name,
+				       home, dest->name, why);
+		tally_rpc_calls_done(calls, (int)k);
+		for (size_t i = 0; i < k; i++)
+			tally_buf_free(&calls[i].req);
+		if (nd && (tally_store_hint_op(rp->st, n->wal, v, shard, self, home,
+					       TALLY_HINT_OP_DROP, done, nd, &lsn, &err) != 0 ||
+			   tally_wal_flush(n->wal, lsn, -1, &err) != 0)) {
+			tally_log_warn("hand-off of shard %s_%u's hints: %s", v->info->name, home,
+				       err.message);
+			rc = -1;
+			break;
+		}
+		total += (int)nd;
+		if (nd < k) {
+			rc = -1;
+			break;
+		}
+	}
+	if (rc != 0 && tally_store_hint_op(rp->st, n->wal, v, shard, self, home,
+					   TALLY_HINT_OP_REVERT, NULL, 0, &lsn, &err) != 0)
+		tally_log_warn("hand-off of shard %s_%u's hints: %s", v->info->name, home,
+			       err.message);
+	for (int i = 0; i < HANDOFF_ROUND; i++)
+		tally_buf_free(&bodies[i]);
+	if (total || rc == 0)
+		tally_repl_notify(rp);
+	return rc == 0 ? total : -1;
+}
+
+static void *handoff_main(void *arg)
+{
+	tally_repl *rp = arg;
+	tally_node *n = rp->n;
+	int64_t quiet_until = 0;
+	pthread_mutex_lock(&rp->mu);
+	while (!rp->stopping) {
+		struct timespec ts = tally_mono_ts(tally_mono_us() + 250000);
+		pthread_cond_timedwait(&rp->stop_cv, &rp->mu, &ts);
+		if (rp->stopping || tally_mono_us() < quiet_until)
+			continue;
+		pthread_mutex_unlock(&rp->mu);
+		tally_hint_row *rows;
+		size_t nr = tally_store_hint_rows(rp->st, &rows);
+		tally_map *m = nr ? tally_node_map(n) : NULL;
+		uint32_t self = tally_node_id(n);
+		bool failed = false;
+		for (size_t i = 0; i < nr; i++) {
+			const tally_view_rt *v = tally_map_view_by_id(m, rows[i].view_id);
+			if (!v || !v->ok || rows[i].shard >= (uint32_t)v->info->num_shards ||
+			    rows[i].home >= (uint32_t)v->info->num_shards ||
+			    v->info->primary[rows[i].shard] != self)
+				continue; /* only the holder's primary copy hands off */
+			const tally_node_info *dest =
+			    tally_catalog_node(m->cat, v->info->primary[rows[i].home]);
+			if (!tally_node_reachable(n, dest))
+				continue;
+			int k = handoff_one(rp, m, v, rows[i].shard, rows[i].home, dest);
+			if (k < 0) {
+				failed = true;
+			} else if (k > 0) {
+				tally_log_info("handed %d hints for shard %s_%u over to %s", k,
+					       v->info->name, rows[i].home, dest->name);
+				pthread_mutex_lock(&rp->mu);
+				rp->handoffs++;
+				rp->handed += (uint64_t)k;
+				pthread_mutex_unlock(&rp->mu);
+			}
+		}
+		free(rows);
+		if (m)
+			tally_map_put(m);
+		pthread_mutex_lock(&rp->mu);
+		quiet_until = failed ? tally_mono_us() + 1000000 : 0;
+	}
+	pthread_mutex_unlock(&rp->mu);
+	return NULL;
+}
+
 /* ---- public ------------------------------------------------------------------------------- */
 
 void tally_repl_trim_shard(tally_repl *rp, uint64_t view_id, uint32_t shard)
@@ -460,11 +602,13 @@ tally_repl *tally_repl_start(tally_node *n, tally_store *st)
 	pthread_mutex_init(&rp->mu, NULL);
 	tally_cond_init_mono(&rp->work_cv);
 	tally_cond_init_mono(&rp->ack_cv);
+	tally_cond_init_mono(&rp->stop_cv);
 	tally_map *m = tally_node_map(n);
 	pthread_mutex_lock(&rp->mu);
 	sync_streams(rp, m);
 	pthread_mutex_unlock(&rp->mu);
 	tally_map_put(m);
+	pthread_create(&rp->handoff_th, NULL, handoff_main, rp);
 	return rp;
 }
 
@@ -496,11 +640,13 @@ void tally_repl_stop(tally_repl *rp)
 	rp->stopping = true;
 	pthread_cond_broadcast(&rp->work_cv);
 	pthread_cond_broadcast(&rp->ack_cv);
+	pthread_cond_broadcast(&rp->stop_cv);
 	size_t nd = rp->nd;
 	pthread_mutex_unlock(&rp->mu);
 	/* sync_streams does not start threads once stopping is set (map_changed checks) */
 	for (size_t i = 0; i < nd; i++)
 		pthread_join(rp->d[i].th, NULL);
+	pthread_join(rp->handoff_th, NULL);
 }
 
 void tally_repl_free(tally_repl *rp)
@@ -515,6 +661,7 @@ void tally_repl_free(tally_repl *rp)
 	free(rp->d);
 	pthread_cond_destroy(&rp->work_cv);
 	pthread_cond_destroy(&rp->ack_cv);
+	pthread_cond_destroy(&rp->stop_cv);
 	pthread_mutex_destroy(&rp->mu);
 	free(rp);
 }

@@ -33,7 +33,7 @@
 #include <unistd.h>
 
 #define SNAP_MAGIC 0x54534E50u /* "TSNP" */
-#define SNAP_VERSION 2	       /* 2: gen and rlsn after the LSN */
+#define SNAP_VERSION 3	       /* 2: gen and rlsn after the LSN; 3: hints after the groups */
 #define DEDUP_ABOVE_MAX 65536  /* out-of-order batches one origin may have above its hi */
 
 typedef struct dedup {
@@ -53,6 +53,11 @@ typedef struct rrec {
 	uint8_t *data;
 } rrec;
 
+typedef struct ddtab {
+	dedup *dd; /* open addressing by origin */
+	size_t ndd, ddcap;
+} ddtab;
+
 typedef struct shard {
 	uint64_t view_id;
 	uint32_t shard;
@@ -61,8 +66,7 @@ typedef struct shard {
 	int naggs;
 	tally_arena arena;
 	tally_gtab groups;
-	dedup *dd; /* open addressing by origin */
-	size_t ndd, ddcap;
+	ddtab own;	      /* batches applied to this shard's own groups, by origin */
 	uint64_t applied_lsn; /* end LSN of the last record merged */
 	uint64_t snap_lsn;    /* applied_lsn the snapshot on disk covers */
 	uint64_t batches;     /* applied since start (not counting duplicates) */
@@ -74,7 +78,30 @@ typedef struct shard {
 	size_t rb_head, rb_n, rb_cap;
 	uint64_t rb_bytes;
 	bool retired; /* replaced by a snapshot from the primary: never written to disk again */
+	/* hints (DESIGN §5): batches for other shards of the view (their home), kept apart */
+	struct hint *hints;
+	size_t nhints, caphints;
+	tally_arena harena;
+	tally_gtab hvis; /* the visible hints merged, for reads */
+	struct hdd *hdd; /* hint dedup per home shard */
+	size_t nhdd;
 } shard;
+
+enum { HINT_VISIBLE = 0, HINT_IN_DOUBT = 1, HINT_HANDOFF = 2 };
+enum { HOP_HANDOFF = 2, HOP_DROP = 3, HOP_REVERT = 4 };
+
+typedef struct hint {
+	uint64_t origin, seq;
+	uint32_t home;
+	uint8_t state, prior; /* prior: the state before a hand-off began */
+	uint32_t len;
+	uint8_t *body; /* the APPLY body as received */
+} hint;
+
+struct hdd {
+	uint32_t home;
+	ddtab t;
+};
 
 struct tally_store {
 	pthread_rwlock_t mu; /* prefers writers: a steady stream of applies must not starve sync */
@@ -105,6 +132,8 @@ tally_store *tally_store_alloc(const char *node_dir, bool fsync, uint64_t keep_b
 	return st;
 }
 
+static void dd_free(ddtab *t);
+
 static void rb_clear(shard *s)
 {
 	for (size_t i = 0; i < s->rb_n; i++) {
@@ -117,14 +146,29 @@ static void rb_clear(shard *s)
 	s->rb_bytes = 0;
 }
 
+static void hints_free(shard *s)
+{
+	for (size_t i = 0; i < s->nhints; i++)
+		free(s->hints[i].body);
+	free(s->hints);
+	s->hints = NULL;
+	s->nhints = s->caphints = 0;
+	for (size_t i = 0; i < s->nhdd; i++)
+		dd_free(&s->hdd[i].t);
+	free(s->hdd);
+	s->hdd = NULL;
+	s->nhdd = 0;
+	tally_gtab_fini(&s->hvis);
+	tally_arena_free(&s->harena);
+}
+
 static void shard_free(shard *s)
 {
+	hints_free(s);
 	rb_clear(s);
 	tally_gtab_fini(&s->groups);
 	tally_arena_free(&s->arena);
-	for (size_t i = 0; i < s->ddcap; i++)
-		free(s->dd[i].above);
-	free(s->dd);
+	dd_free(&s->own);
 	pthread_mutex_destroy(&s->mu);
 	free(s->aggs);
 	free(s);
@@ -147,7 +191,15 @@ void tally_store_free(tally_store *st)
 
 /* ---- dedup -------------------------------------------------------------------------------- */
 
-static dedup *dd_find(shard *s, uint64_t origin, bool create)
+static void dd_free(ddtab *t)
+{
+	for (size_t i = 0; i < t->ddcap; i++)
+		free(t->dd[i].above);
+	free(t->dd);
+	memset(t, 0, sizeof *t);
+}
+
+static dedup *dd_find(ddtab *s, uint64_t origin, bool create)
 {
 	if (create && (s->ndd + 1) * 2 > s->ddcap) {
 		size_t ncap = s->ddcap ? s->ddcap * 2 : 8;
@@ -178,7 +230,7 @@ static dedup *dd_find(shard *s, uint64_t origin, bool create)
 	return &s->dd[j];
 }
 
-static bool dd_seen(shard *s, uint64_t origin, uint64_t seq)
+static bool dd_seen(ddtab *s, uint64_t origin, uint64_t seq)
 {
 	dedup *d = dd_find(s, origin, false);
 	if (!d)
@@ -201,7 +253,7 @@ static bool dd_seen(shard *s, uint64_t origin, uint64_t seq)
 /* The origin says every seq below floor was acknowledged (by this shard, perhaps in an
  * incarnation whose state was lost): count them as applied, so the contiguous mark never
  * waits for batches that will not come. */
-static void dd_floor(shard *s, uint64_t origin, uint64_t floor)
+static void dd_floor(ddtab *s, uint64_t origin, uint64_t floor)
 {
 	if (floor <= 1)
 		return;
@@ -222,7 +274,7 @@ static void dd_floor(shard *s, uint64_t origin, uint64_t floor)
 }
 
 /* Room to note one more batch of origin above its hi (as raised by floor)? */
-static bool dd_has_room(shard *s, uint64_t origin, uint64_t seq, uint64_t floor)
+static bool dd_has_room(ddtab *s, uint64_t origin, uint64_t seq, uint64_t floor)
 {
 	dedup *d = dd_find(s, origin, false);
 	uint64_t hi = d ? d->hi : 0;
@@ -231,7 +283,7 @@ static bool dd_has_room(shard *s, uint64_t origin, uint64_t seq, uint64_t floor)
 	return !d || seq == hi + 1 || d->nabove < DEDUP_ABOVE_MAX;
 }
 
-static void dd_add(shard *s, uint64_t origin, uint64_t seq)
+static void dd_add(ddtab *s, uint64_t origin, uint64_t seq)
 {
 	dedup *d = dd_find(s, origin, true);
 	if (seq <= d->hi)
@@ -274,6 +326,7 @@ static shard *shard_alloc(const tally_view_rt *v, uint32_t sh)
 	s->aggs = tally_xcalloc((size_t)s->naggs + 1, sizeof *s->aggs);
 	memcpy(s->aggs, v->plan->aggs, (size_t)s->naggs * sizeof *s->aggs);
 	tally_gtab_init(&s->groups, s->aggs, s->naggs, &s->arena);
+	tally_gtab_init(&s->hvis, s->aggs, s->naggs, &s->harena);
 	return s;
 }
 
@@ -488,9 +541,178 @@ static int merge_groups(shard *s, const tally_view_rt *v, const tally_msg_apply 
 	return 0;
 }
 
+static int apply_rec(shard *s, const tally_view_rt *v, uint8_t kind, const uint8_t *p, uint32_t len,
+		     bool check, tally_err *err);
+static int primary_change(tally_store *st, tally_wal *wal, shard *s, const tally_view_rt *v,
+			  uint32_t self, uint8_t kind, const uint8_t *p, uint32_t len,
+			  uint64_t *flush_lsn, uint64_t *rlsn, tally_err *err);
+
+/* ---- hints (DESIGN §5) --------------------------------------------------------------------- */
+
+static ddtab *hint_dd(shard *s, uint32_t home, bool create)
+{
+	for (size_t i = 0; i < s->nhdd; i++)
+		if (s->hdd[i].home == home)
+			return &s->hdd[i].t;
+	if (!create)
+		return NULL;
+	s->hdd = tally_xrealloc(s->hdd, (s->nhdd + 1) * sizeof *s->hdd);
+	memset(&s->hdd[s->nhdd], 0, sizeof s->hdd[s->nhdd]);
+	s->hdd[s->nhdd].home = home;
+	return &s->hdd[s->nhdd++].t;
+}
+
+static bool hint_seen(shard *s, uint32_t home, uint64_t origin, uint64_t seq)
+{
+	ddtab *t = hint_dd(s, home, false);
+	return t && dd_seen(t, origin, seq);
+}
+
+/* Merge a hint's groups into the visible table (validated before). */
+static int hvis_merge(shard *s, const uint8_t *body, uint32_t len)
+{
+	tally_rd r;
+	tally_rd_init(&r, body, len);
+	tally_msg_apply a;
+	if (tally_msg_get_apply(&r, &a) != 0)
+		return -1;
+	for (uint32_t i = 0; i < a.ngroups; i++)
+		if (tally_group_merge_encoded(&s->hvis, &r) != 0)
+			return -1;
+	return 0;
+}
+
+/* The visible table again from the visible hints (after hints were hidden or dropped). */
+static void hvis_rebuild(shard *s)
+{
+	tally_gtab_fini(&s->hvis);
+	tally_arena_free(&s->harena);
+	tally_gtab_init(&s->hvis, s->aggs, s->naggs, &s->harena);
+	for (size_t i = 0; i < s->nhints; i++)
+		if (s->hints[i].state == HINT_VISIBLE &&
+		    hvis_merge(s, s->hints[i].body, s->hints[i].len) != 0)
+			tally_log_error("shard %llu/%u: out of memory rebuilding its hints",
+					(unsigned long long)s->view_id, s->shard);
+}
+
+/* Keep a hint (a copy of body); its batch id goes into the home shard's hint dedup. */
+static int hint_keep(shard *s, uint8_t state, const uint8_t *body, uint32_t len)
+{
+	tally_rd r;
+	tally_rd_init(&r, body, len);
+	tally_msg_apply a;
+	if (tally_msg_get_apply(&r, &a) != 0)
+		return -1;
+	if (s->nhints == s->caphints) {
+		s->caphints = s->caphints ? s->caphints * 2 : 16;
+		s->hints = tally_xrealloc(s->hints, s->caphints * sizeof *s->hints);
+	}
+	hint *h = &s->hints[s->nhints++];
+	h->origin = a.origin;
+	h->seq = a.seq;
+	h->home = a.home_shard;
+	h->state = h->prior = state;
+	h->len = len;
+	h->body = tally_xmalloc(len ? len : 1);
+	memcpy(h->body, body, len);
+	ddtab *t = hint_dd(s, a.home_shard, true);
+	dd_floor(t, a.origin, a.floor);
+	dd_add(t, a.origin, a.seq);
+	if (state == HINT_VISIBLE && hvis_merge(s, body, len) != 0)
+		return -1;
+	return 0;
+}
+
+/* A hint from a snapshot: checked like one from the log, then kept in its saved state. */
+static int hint_load(shard *s, uint8_t state, uint8_t prior, const uint8_t *body, uint32_t len)
+{
+	tally_rd r;
+	tally_rd_init(&r, body, len);
+	tally_msg_apply a;
+	if (tally_msg_get_apply(&r, &a) != 0 || a.view_id != s->view_id ||
+	    a.target_shard != s->shard || a.home_shard == s->shard ||
+	    validate(s->aggs, s->naggs, a.ngroups, r) != 0 ||
+	    hint_keep(s, state == HINT_VISIBLE ? HINT_VISIBLE : HINT_IN_DOUBT, body, len) != 0)
+		return -1;
+	s->hints[s->nhints - 1].state = state;
+	s->hints[s->nhints - 1].prior = prior;
+	return 0;
+}
+
+typedef struct hint_id {
+	uint32_t home;
+	uint64_t origin, seq;
+	uint8_t op;
+} hint_id;
+
+static int hint_id_cmp(const void *pa, const void *pb)
+{
+	const hint_id *a = pa, *b = pb;
+	if (a->home != b->home)
+		return a->home < b->home ? -1 : 1;
+	if (a->origin != b->origin)
+		return a->origin < b->origin ? -1 : 1;
+	return a->seq < b->seq ? -1 : a->seq > b->seq;
+}
+
+/* Apply a HINT_STATE record's operations (ids sorted). */
+static void hint_ops(shard *s, hint_id *ids, size_t n)
+{
+	qsort(ids, n, sizeof *ids, hint_id_cmp);
+	bool rebuild = false;
+	size_t j = 0;
+	for (size_t i = 0; i < s->nhints; i++) {
+		hint *h = &s->hints[i];
+		hint_id key = {.home = h->home, .origin = h->origin, .seq = h->seq};
+		const hint_id *op = bsearch(&key, ids, n, sizeof *ids, hint_id_cmp);
+		if (op && op->op == HOP_HANDOFF && h->state != HINT_HANDOFF) {
+			rebuild |= h->state == HINT_VISIBLE;
+			h->prior = h->state;
+			h->state = HINT_HANDOFF;
+		} else if (op && op->op == HOP_REVERT && h->state == HINT_HANDOFF) {
+			h->state = h->prior;
+			rebuild |= h->state == HINT_VISIBLE;
+		} else if (op && op->op == HOP_DROP) {
+			rebuild |= h->state == HINT_VISIBLE;
+			free(h->body);
+			continue;
+		}
+		s->hints[j++] = *h;
+	}
+	s->nhints = j;
+	if (rebuild)
+		hvis_rebuild(s);
+}
+
+static int parse_hint_ops(const uint8_t *p, uint32_t len, hint_id **out, size_t *n)
+{
+	tally_rd r;
+	tally_rd_init(&r, p, len);
+	uint32_t k;
+	if (tally_rd_u32(&r, &k) || k > tally_rd_left(&r) / 21)
+		return -1;
+	hint_id *ids = tally_xcalloc((size_t)k + 1, sizeof *ids);
+	for (uint32_t i = 0; i < k; i++) {
+		if (tally_rd_u32(&r, &ids[i].home) || tally_rd_u64(&r, &ids[i].origin) ||
+		    tally_rd_u64(&r, &ids[i].seq) || tally_rd_u8(&r, &ids[i].op) ||
+		    ids[i].op < HOP_HANDOFF || ids[i].op > HOP_REVERT) {
+			free(ids);
+			return -1;
+		}
+	}
+	if (tally_msg_done(&r) != 0) {
+		free(ids);
+		return -1;
+	}
+	*out = ids;
+	*n = k;
+	return 0;
+}
+
 int tally_store_apply(tally_store *st, tally_wal *wal, const tally_view_rt *v, uint64_t epoch,
-		      uint32_t self, const tally_msg_apply *a, const uint8_t *body, size_t bodylen,
-		      tally_rd *r, uint64_t *flush_lsn, uint64_t *rlsn, tally_err *err)
+		      uint32_t self, unsigned flags, const tally_msg_apply *a, const uint8_t *body,
+		      size_t bodylen, tally_rd *r, uint64_t *flush_lsn, uint64_t *rlsn,
+		      tally_err *err)
 {
 	shard *s = get_locked(st, v, epoch, a->target_shard, true);
 	if (!s) {
@@ -500,79 +722,143 @@ int tally_store_apply(tally_store *st, tally_wal *wal, const tally_view_rt *v, u
 	}
 	pthread_mutex_lock(&s->mu);
 	int rc = 0;
+	bool is_hint = a->home_shard != a->target_shard;
+	ddtab *dt = is_hint ? hint_dd(s, a->home_shard, false) : &s->own;
 	/* (a->floor <= a->seq: the floor says nothing about this batch itself, only about lower
 	 * seqs; it is taken in only with a batch that is applied or recognised.) */
-	if (dd_seen(s, a->origin, a->seq)) {
+	if (is_hint ? hint_seen(s, a->home_shard, a->origin, a->seq)
+		    : dd_seen(&s->own, a->origin, a->seq)) {
 		/* Applied before: acknowledge again, once the log has it durably (the first
 		 * attempt's flush may still be running) and, for sync replication, once the
 		 * replicas have everything up to here. */
-		dd_floor(s, a->origin, a->floor);
+		if (!is_hint)
+			dd_floor(&s->own, a->origin, a->floor);
 		s->duplicates++;
 		*flush_lsn = s->applied_lsn;
 		*rlsn = s->rlsn;
-	} else if (!dd_has_room(s, a->origin, a->seq, a->floor)) {
+	} else if (dt && !dd_has_room(dt, a->origin, a->seq, a->floor)) {
 		rc = tally_err_set(err, TALLY_SQLSTATE_INSUFFICIENT_RESOURCES,
 				   "shard %s_%u has too many out-of-order batches from one origin",
 				   v->info->name, a->target_shard);
-	} else if ((rc = merge_batch(s, v, a, r, err)) == 0 &&
-		   (rc = ensure_gen(s, wal, self, err)) == 0) {
-		uint8_t kind = TALLY_SREC_APPLY;
-		struct iovec iov = {(void *)body, bodylen};
-		uint64_t start, end;
-		if (log_shard(wal, s, s->gen, s->rlsn + 1, 1, &kind, &iov, &start, &end, err) !=
-		    0) {
-			rc = -1;
-		} else if (merge_groups(s, v, a, r) != 0) {
-			/* Logged but not fully merged: recovery would merge it all. Refuse to go
-			 * on with a shard that differs from its log. */
-			tally_log_error("shard %s_%u no longer matches the log; exiting so that "
-					"recovery rebuilds it",
-					v->info->name, a->target_shard);
-			abort();
-		} else {
-			dd_floor(s, a->origin, a->floor);
-			dd_add(s, a->origin, a->seq);
-			s->applied_lsn = end;
-			s->rlsn++;
-			s->batches++;
-			if (v->info->num_replicas > 0)
-				rb_push(s, st->keep_bytes, s->rlsn, end, kind, body,
-					(uint32_t)bodylen);
-			*flush_lsn = end;
-			*rlsn = s->rlsn;
-		}
+	} else if (!is_hint) {
+		if ((rc = merge_batch(s, v, a, r, err)) == 0)
+			rc = primary_change(st, wal, s, v, self, TALLY_SREC_APPLY, body,
+					    (uint32_t)bodylen, flush_lsn, rlsn, err);
+	} else {
+		/* A hint for another shard of the view: kept apart, in doubt if the origin
+		 * sent it somewhere before without an answer. */
+		uint8_t *rec = tally_xmalloc(bodylen + 1);
+		rec[0] = (flags & TALLY_MSG_F_IN_DOUBT) ? HINT_IN_DOUBT : HINT_VISIBLE;
+		memcpy(rec + 1, body, bodylen);
+		if ((rc = apply_rec(s, v, TALLY_SREC_HINT, rec, (uint32_t)bodylen + 1, true,
+				    err)) == 0)
+			rc = primary_change(st, wal, s, v, self, TALLY_SREC_HINT, rec,
+					    (uint32_t)bodylen + 1, flush_lsn, rlsn, err);
+		free(rec);
 	}
 	pthread_mutex_unlock(&s->mu);
 	pthread_rwlock_unlock(&st->mu);
 	return rc;
 }
 
-/* Merge one change record into s (caller holds s->mu): rd r positioned at the body of kind.
- * With check, the whole record is validated first (nothing changes if it is refused). */
+/* Merge one change record into s (caller holds s->mu). With check, the whole record is
+ * validated first (nothing changes if it is refused; room is reserved). */
 static int apply_rec(shard *s, const tally_view_rt *v, uint8_t kind, const uint8_t *p, uint32_t len,
 		     bool check, tally_err *err)
 {
-	if (kind != TALLY_SREC_APPLY)
+	if (kind == TALLY_SREC_HINT_STATE) {
+		hint_id *ids;
+		size_t n;
+		if (parse_hint_ops(p, len, &ids, &n) != 0)
+			return tally_err_set(err, TALLY_SQLSTATE_PROTOCOL,
+					     "malformed hint record for shard %s_%u", v->info->name,
+					     s->shard);
+		if (!check)
+			hint_ops(s, ids, n);
+		free(ids);
+		return 0;
+	}
+	uint8_t state = HINT_VISIBLE;
+	if (kind == TALLY_SREC_HINT) {
+		if (len < 1 || p[0] > HINT_IN_DOUBT)
+			return tally_err_set(err, TALLY_SQLSTATE_PROTOCOL,
+					     "malformed hint for shard %s_%u", v->info->name,
+					     s->shard);
+		state = p[0];
+		p++;
+		len--;
+	} else if (kind != TALLY_SREC_APPLY) {
 		return tally_err_set(err, TALLY_SQLSTATE_PROTOCOL,
 				     "unknown change record kind %u for shard %s_%u", kind,
 				     v->info->name, s->shard);
+	}
 	tally_rd r;
 	tally_rd_init(&r, p, len);
 	tally_msg_apply a;
 	if (tally_msg_get_apply(&r, &a) != 0 || a.view_id != s->view_id ||
-	    a.target_shard != s->shard)
+	    a.target_shard != s->shard ||
+	    (kind == TALLY_SREC_HINT) != (a.home_shard != a.target_shard))
 		return tally_err_set(err, TALLY_SQLSTATE_PROTOCOL,
 				     "malformed change record for shard %s_%u", v->info->name,
 				     s->shard);
+	if (kind == TALLY_SREC_HINT) {
+		if (check) {
+			if (validate(s->aggs, s->naggs, a.ngroups, r) != 0)
+				return tally_err_set(err, TALLY_SQLSTATE_PROTOCOL,
+						     "malformed hint for shard %s_%u",
+						     v->info->name, s->shard);
+			if (state == HINT_VISIBLE && tally_gtab_reserve(&s->hvis, a.ngroups) != 0)
+				return tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
+						     "out of memory applying to shard %s_%u",
+						     v->info->name, s->shard);
+			return 0;
+		}
+		if (hint_keep(s, state, p, len) != 0)
+			return tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
+					     "out of memory applying to shard %s_%u", v->info->name,
+					     s->shard);
+		s->batches++;
+		return 0;
+	}
 	if (check)
 		return merge_batch(s, v, &a, &r, err);
 	if (merge_groups(s, v, &a, &r) != 0)
 		return tally_err_set(err, TALLY_SQLSTATE_OUT_OF_MEMORY,
 				     "out of memory applying to shard %s_%u", v->info->name,
 				     s->shard);
-	dd_floor(s, a.origin, a.floor);
-	dd_add(s, a.origin, a.seq);
+	dd_floor(&s->own, a.origin, a.floor);
+	dd_add(&s->own, a.origin, a.seq);
 	s->batches++;
+	return 0;
+}
+
+/* One change made on a primary copy (caller holds s->mu, record checked): this node becomes
+ * the author of the copy's history if it is not, the record is logged at the next position,
+ * applied, and kept for the replicas. */
+static int primary_change(tally_store *st, tally_wal *wal, shard *s, const tally_view_rt *v,
+			  uint32_t self, uint8_t kind, const uint8_t *p, uint32_t len,
+			  uint64_t *flush_lsn, uint64_t *rlsn, tally_err *err)
+{
+	if (ensure_gen(s, wal, self, err) != 0)
+		return -1;
+	struct iovec iov = {(void *)p, len};
+	uint64_t start, end;
+	if (log_shard(wal, s, s->gen, s->rlsn + 1, 1, &kind, &iov, &start, &end, err) != 0)
+		return -1;
+	if (apply_rec(s, v, kind, p, len, false, err) != 0) {
+		/* Logged but not applied: recovery would apply it. Refuse to go on with a
+		 * shard that differs from its log. */
+		tally_log_error("shard %s_%u no longer matches the log (%s); exiting so that "
+				"recovery rebuilds it",
+				v->info->name, s->shard, err->message);
+		abort();
+	}
+	s->applied_lsn = end;
+	s->rlsn++;
+	if (v->info->num_replicas > 0)
+		rb_push(s, st->keep_bytes, s->rlsn, end, kind, p, len);
+	*flush_lsn = end;
+	*rlsn = s->rlsn;
 	return 0;
 }
 
@@ -668,8 +954,8 @@ int tally_store_replay(tally_store *st, const tally_map *m, uint32_t self, uint8
 	if (s) {
 		pthread_mutex_lock(&s->mu);
 		if (lsn >= s->applied_lsn)
-			dd_floor(s, a.origin, a.floor);
-		if (lsn >= s->applied_lsn && !dd_seen(s, a.origin, a.seq)) {
+			dd_floor(&s->own, a.origin, a.floor);
+		if (lsn >= s->applied_lsn && !dd_seen(&s->own, a.origin, a.seq)) {
 			rc = apply_rec(s, v, TALLY_SREC_APPLY, body, len, true, err);
 			if (rc == 0)
 				rc = apply_rec(s, v, TALLY_SREC_APPLY, body, len, false, err);
@@ -694,21 +980,30 @@ void tally_store_read(tally_store *st, const tally_view_rt *v, uint32_t sh, cons
 		return;
 	}
 	pthread_mutex_lock(&s->mu);
+	/* its own groups and the visible hints it holds (the reader merges equal groups) */
+	const tally_gtab *tabs[2] = {&s->groups, &s->hvis};
 	if (key) {
-		tally_group *g = tally_gtab_lookup(&s->groups, key, keylen,
-						   tally_group_hash(key, keylen), false);
-		tally_buf_put_u32(reply, g ? 1 : 0);
-		if (g)
-			tally_group_put(reply, g->key, g->keylen, s->aggs, s->naggs, g->states);
-		pthread_mutex_unlock(&s->mu);
-		pthread_rwlock_unlock(&st->mu);
-		return;
-	}
-	tally_buf_put_u32(reply, (uint32_t)s->groups.count);
-	for (size_t i = 0; i < s->groups.cap; i++) {
-		tally_group *g = s->groups.slots[i].g;
-		if (g)
-			tally_group_put(reply, g->key, g->keylen, s->aggs, s->naggs, g->states);
+		uint64_t h = tally_group_hash(key, keylen);
+		tally_group *g[2];
+		uint32_t n = 0;
+		for (int t = 0; t < 2; t++)
+			if ((g[n] =
+				 tally_gtab_lookup((tally_gtab *)tabs[t], key, keylen, h, false)))
+				n++;
+		tally_buf_put_u32(reply, n);
+		for (uint32_t i = 0; i < n; i++)
+			tally_group_put(reply, g[i]->key, g[i]->keylen, s->aggs, s->naggs,
+					g[i]->states);
+	} else {
+		tally_buf_put_u32(reply, (uint32_t)(s->groups.count + s->hvis.count));
+		for (int t = 0; t < 2; t++) {
+			for (size_t i = 0; i < tabs[t]->cap; i++) {
+				tally_group *g = tabs[t]->slots[i].g;
+				if (g)
+					tally_group_put(reply, g->key, g->keylen, s->aggs, s->naggs,
+							g->states);
+			}
+		}
 	}
 	pthread_mutex_unlock(&s->mu);
 	pthread_rwlock_unlock(&st->mu);
@@ -739,7 +1034,7 @@ int tally_store_stats(tally_store *st, uint64_t view_id, uint32_t sh, tally_stor
 		out->duplicates = s->duplicates;
 		out->applied_lsn = s->applied_lsn;
 		out->snapshot_lsn = s->snap_lsn;
-		out->origins = s->ndd;
+		out->origins = s->own.ndd;
 		out->gen = s->gen;
 		out->rlsn = s->rlsn;
 		out->kept_records = s->rb_n;
@@ -770,6 +1065,114 @@ static int snap_write(shard *s, int fd, tally_buf *mem, uint64_t *lsn);
 static int snap_parse(const tally_map *m, const uint8_t *p, size_t len, shard **out,
 		      const char **what);
 static int snap_save_locked(tally_store *st, tally_wal *wal, shard *s, tally_err *err);
+
+/* ---- hinted hand-off (DESIGN §5) ------------------------------------------------------------ */
+
+size_t tally_store_hint_rows(tally_store *st, tally_hint_row **rows)
+{
+	size_t n = 0, cap = 8;
+	tally_hint_row *out = tally_xcalloc(cap, sizeof *out);
+	pthread_rwlock_rdlock(&st->mu);
+	for (int i = 0; i < st->n; i++) {
+		shard *s = st->shards[i];
+		pthread_mutex_lock(&s->mu);
+		for (size_t k = 0; k < s->nhints; k++) {
+			const hint *h = &s->hints[k];
+			size_t j;
+			for (j = 0; j < n; j++)
+				if (out[j].view_id == s->view_id && out[j].shard == s->shard &&
+				    out[j].home == h->home)
+					break;
+			if (j == n) {
+				if (n == cap) {
+					cap *= 2;
+					out = tally_xrealloc(out, cap * sizeof *out);
+				}
+				out[n++] = (tally_hint_row){
+				    .view_id = s->view_id, .shard = s->shard, .home = h->home};
+			}
+			out[j].visible += h->state == HINT_VISIBLE;
+			out[j].in_doubt += h->state == HINT_IN_DOUBT;
+			out[j].handing_off += h->state == HINT_HANDOFF;
+			out[j].bytes += h->len;
+		}
+		pthread_mutex_unlock(&s->mu);
+	}
+	pthread_rwlock_unlock(&st->mu);
+	*rows = out;
+	return n;
+}
+
+int tally_store_hint_op(tally_store *st, tally_wal *wal, const tally_view_rt *v, uint32_t sh,
+			uint32_t self, uint32_t home, int op, const tally_hint_ref *ids,
+			size_t nids, uint64_t *flush_lsn, tally_err *err)
+{
+	shard *s = get_locked(st, v, 0, sh, false);
+	int rc = 0;
+	*flush_lsn = 0;
+	if (!s)
+		goto out;
+	pthread_mutex_lock(&s->mu);
+	tally_buf b = {0};
+	uint32_t k = 0;
+	tally_buf_put_u32(&b, 0);
+	if (ids) {
+		for (size_t i = 0; i < nids; i++) {
+			tally_buf_put_u32(&b, home);
+			tally_buf_put_u64(&b, ids[i].origin);
+			tally_buf_put_u64(&b, ids[i].seq);
+			tally_buf_putc(&b, (uint8_t)op);
+			k++;
+		}
+	} else {
+		/* every hint for home that the operation changes */
+		for (size_t i = 0; i < s->nhints; i++) {
+			const hint *h = &s->hints[i];
+			if (h->home != home ||
+			    (op == TALLY_HINT_OP_HANDOFF) == (h->state == HINT_HANDOFF))
+				continue;
+			tally_buf_put_u32(&b, home);
+			tally_buf_put_u64(&b, h->origin);
+			tally_buf_put_u64(&b, h->seq);
+			tally_buf_putc(&b, (uint8_t)op);
+			k++;
+		}
+	}
+	tally_put_be32(b.data, k);
+	uint64_t rlsn;
+	if (k)
+		rc = primary_change(st, wal, s, v, self, TALLY_SREC_HINT_STATE, b.data,
+				    (uint32_t)b.len, flush_lsn, &rlsn, err);
+	tally_buf_free(&b);
+	pthread_mutex_unlock(&s->mu);
+out:
+	pthread_rwlock_unlock(&st->mu);
+	return rc;
+}
+
+size_t tally_store_hint_take(tally_store *st, uint64_t view_id, uint32_t sh, uint32_t home,
+			     size_t max, tally_buf *bodies, tally_hint_ref *ids)
+{
+	size_t n = 0;
+	pthread_rwlock_rdlock(&st->mu);
+	shard *s = find(st, view_id, sh);
+	if (s) {
+		pthread_mutex_lock(&s->mu);
+		for (size_t i = 0; i < s->nhints && n < max; i++) {
+			const hint *h = &s->hints[i];
+			if (h->home != home || h->state != HINT_HANDOFF)
+				continue;
+			tally_buf_reset(&bodies[n]);
+			tally_buf_append(&bodies[n], h->body, h->len);
+			ids[n].origin = h->origin;
+			ids[n].seq = h->seq;
+			n++;
+		}
+		pthread_mutex_unlock(&s->mu);
+	}
+	pthread_rwlock_unlock(&st->mu);
+	return n;
+}
 
 /* ---- replication (DESIGN §6) ------------------------------------------------------------- */
 
@@ -1057,6 +1460,44 @@ static void sw_drain(snap_writer *w, size_t keep_below)
 	tally_buf_reset(&w->buf);
 }
 
+static void dd_put(snap_writer *w, const ddtab *t)
+{
+	tally_buf_put_u32(&w->buf, (uint32_t)t->ndd);
+	for (size_t i = 0; i < t->ddcap; i++) {
+		const dedup *d = &t->dd[i];
+		if (!d->origin)
+			continue;
+		tally_buf_put_u64(&w->buf, d->origin);
+		tally_buf_put_u64(&w->buf, d->hi);
+		tally_buf_put_u32(&w->buf, d->nabove);
+		for (uint32_t k = 0; k < d->nabove; k++)
+			tally_buf_put_u64(&w->buf, d->above[k]);
+		sw_drain(w, 1 << 20);
+	}
+}
+
+static int dd_get(tally_rd *r, ddtab *t)
+{
+	uint32_t ndd;
+	if (tally_rd_u32(r, &ndd) || ndd > tally_rd_left(r) / 20)
+		return -1;
+	for (uint32_t i = 0; i < ndd; i++) {
+		uint64_t origin, hi;
+		uint32_t na;
+		if (tally_rd_u64(r, &origin) || tally_rd_u64(r, &hi) || tally_rd_u32(r, &na) ||
+		    origin == 0 || na > DEDUP_ABOVE_MAX || na > tally_rd_left(r) / 8)
+			return -1;
+		dedup *d = dd_find(t, origin, true);
+		d->hi = hi;
+		for (uint32_t k = 0; k < na; k++) {
+			uint64_t q;
+			tally_rd_u64(r, &q);
+			dd_add(t, origin, q);
+		}
+	}
+	return 0;
+}
+
 /* Write shard s (caller holds s->mu) to fd, or with fd < 0 into *mem; returns the covered
  * LSN in *lsn. */
 static int snap_write(shard *s, int fd, tally_buf *mem, uint64_t *lsn)
@@ -1070,24 +1511,25 @@ static int snap_write(shard *s, int fd, tally_buf *mem, uint64_t *lsn)
 	tally_buf_put_u64(&w.buf, s->gen);
 	tally_buf_put_u64(&w.buf, s->rlsn);
 	aggs_put(&w.buf, s->aggs, s->naggs);
-	tally_buf_put_u32(&w.buf, (uint32_t)s->ndd);
-	for (size_t i = 0; i < s->ddcap; i++) {
-		const dedup *d = &s->dd[i];
-		if (!d->origin)
-			continue;
-		tally_buf_put_u64(&w.buf, d->origin);
-		tally_buf_put_u64(&w.buf, d->hi);
-		tally_buf_put_u32(&w.buf, d->nabove);
-		for (uint32_t k = 0; k < d->nabove; k++)
-			tally_buf_put_u64(&w.buf, d->above[k]);
-		sw_drain(&w, 1 << 20);
-	}
+	dd_put(&w, &s->own);
 	tally_buf_put_u64(&w.buf, s->groups.count);
 	for (size_t i = 0; i < s->groups.cap; i++) {
 		tally_group *g = s->groups.slots[i].g;
 		if (!g)
 			continue;
 		tally_group_put(&w.buf, g->key, g->keylen, s->aggs, s->naggs, g->states);
+		sw_drain(&w, 1 << 20);
+	}
+	tally_buf_put_u32(&w.buf, (uint32_t)s->nhdd);
+	for (size_t i = 0; i < s->nhdd; i++) {
+		tally_buf_put_u32(&w.buf, s->hdd[i].home);
+		dd_put(&w, &s->hdd[i].t);
+	}
+	tally_buf_put_u32(&w.buf, (uint32_t)s->nhints);
+	for (size_t i = 0; i < s->nhints; i++) {
+		tally_buf_putc(&w.buf, s->hints[i].state);
+		tally_buf_putc(&w.buf, s->hints[i].prior);
+		tally_buf_put_str(&w.buf, s->hints[i].body, s->hints[i].len);
 		sw_drain(&w, 1 << 20);
 	}
 	*lsn = s->applied_lsn;
@@ -1222,7 +1664,7 @@ static int snap_parse(const tally_map *m, const uint8_t *p, size_t len, shard **
 {
 	*out = NULL;
 	tally_rd r;
-	uint32_t magic = 0, version = 0, sh = 0, naggs = 0, ndd = 0;
+	uint32_t magic = 0, version = 0, sh = 0, naggs = 0;
 	uint64_t vid = 0, lsn = 0, ngroups = 0, gen = 0, rlsn = 0;
 	if (len < 8 || tally_crc32c(0, p, len - 4) != tally_be32(p + len - 4)) {
 		*what = "bad checksum or truncated file";
@@ -1230,7 +1672,7 @@ static int snap_parse(const tally_map *m, const uint8_t *p, size_t len, shard **
 	}
 	tally_rd_init(&r, p, len - 4);
 	if (tally_rd_u32(&r, &magic) || magic != SNAP_MAGIC || tally_rd_u32(&r, &version) ||
-	    (version != 1 && version != SNAP_VERSION) || tally_rd_u64(&r, &vid) ||
+	    (version < 1 || version > SNAP_VERSION) || tally_rd_u64(&r, &vid) ||
 	    tally_rd_u32(&r, &sh) || tally_rd_u64(&r, &lsn) ||
 	    (version >= 2 && (tally_rd_u64(&r, &gen) || tally_rd_u64(&r, &rlsn))) ||
 	    tally_rd_u32(&r, &naggs)) {
@@ -1256,25 +1698,9 @@ static int snap_parse(const tally_map *m, const uint8_t *p, size_t len, shard **
 		return -1;
 	}
 	shard *s = shard_alloc(v, sh);
-	if (tally_rd_u32(&r, &ndd) || ndd > tally_rd_left(&r) / 20) {
+	if (dd_get(&r, &s->own) != 0) {
 		*what = "bad dedup state";
 		goto corrupt;
-	}
-	for (uint32_t i = 0; i < ndd; i++) {
-		uint64_t origin, hi;
-		uint32_t na;
-		if (tally_rd_u64(&r, &origin) || tally_rd_u64(&r, &hi) || tally_rd_u32(&r, &na) ||
-		    origin == 0 || na > DEDUP_ABOVE_MAX || na > tally_rd_left(&r) / 8) {
-			*what = "bad dedup state";
-			goto corrupt;
-		}
-		dedup *d = dd_find(s, origin, true);
-		d->hi = hi;
-		for (uint32_t k = 0; k < na; k++) {
-			uint64_t q;
-			tally_rd_u64(&r, &q);
-			dd_add(s, origin, q);
-		}
 	}
 	if (tally_rd_u64(&r, &ngroups) || ngroups > tally_rd_left(&r) / 4 ||
 	    tally_gtab_reserve(&s->groups, (size_t)ngroups) != 0) {
@@ -1285,6 +1711,36 @@ static int snap_parse(const tally_map *m, const uint8_t *p, size_t len, shard **
 		if (tally_group_merge_encoded(&s->groups, &r) != 0) {
 			*what = "bad group";
 			goto corrupt;
+		}
+	}
+	uint32_t nh = 0;
+	if (version >= 3) {
+		if (tally_rd_u32(&r, &nh) || nh > tally_rd_left(&r) / 8) {
+			*what = "bad hint state";
+			goto corrupt;
+		}
+		for (uint32_t i = 0; i < nh; i++) {
+			uint32_t home;
+			if (tally_rd_u32(&r, &home) || home >= (uint32_t)v->info->num_shards ||
+			    hint_dd(s, home, false) || dd_get(&r, hint_dd(s, home, true)) != 0) {
+				*what = "bad hint state";
+				goto corrupt;
+			}
+		}
+		if (tally_rd_u32(&r, &nh) || nh > tally_rd_left(&r) / 6) {
+			*what = "bad hints";
+			goto corrupt;
+		}
+		for (uint32_t i = 0; i < nh; i++) {
+			uint8_t state, prior;
+			const uint8_t *b;
+			uint32_t blen;
+			if (tally_rd_u8(&r, &state) || tally_rd_u8(&r, &prior) ||
+			    tally_rd_str(&r, &b, &blen, TALLY_MSG_MAX) || state > HINT_HANDOFF ||
+			    prior > HINT_IN_DOUBT || hint_load(s, state, prior, b, blen) != 0) {
+				*what = "bad hint";
+				goto corrupt;
+			}
 		}
 	}
 	if (tally_rd_left(&r) != 0) {

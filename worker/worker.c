@@ -292,12 +292,13 @@ static void handle_apply(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, t
 		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_INTERNAL,
 				      "%s", v->error);
 	} else if (a.target_shard >= (uint32_t)v->info->num_shards ||
+		   a.home_shard >= (uint32_t)v->info->num_shards ||
 		   v->info->primary[a.target_shard] != tally_node_id(n)) {
 		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_UNAVAILABLE,
 				      "node %s is not the primary of shard %s_%u", n->cfg.name,
 				      v->info->name, a.target_shard);
-	} else if (tally_store_apply(w->store, n->wal, v, m->cat->epoch, tally_node_id(n), &a, body,
-				     bodylen, r, &lsn, &rlsn, &err) != 0 ||
+	} else if (tally_store_apply(w->store, n->wal, v, m->cat->epoch, tally_node_id(n), h->flags,
+				     &a, body, bodylen, r, &lsn, &rlsn, &err) != 0 ||
 		   tally_wal_flush(n->wal, lsn, -1, &err) != 0 ||
 		   replicated(w, v, a.target_shard, rlsn, &err) != 0) {
 		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, err.sqlstate, "%s",
@@ -550,8 +551,21 @@ static void handle_status(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, 
 		tally_buf_put_u64(reply, (uint64_t)rows[i].lag_ms);
 		tally_buf_put_u64(reply, rows[i].snapshots);
 	}
-	tally_msg_end(reply);
 	free(rows);
+	tally_hint_row *hr;
+	size_t nh = tally_store_hint_rows(w->store, &hr);
+	tally_buf_put_u32(reply, (uint32_t)nh);
+	for (size_t i = 0; i < nh; i++) {
+		tally_buf_put_u64(reply, hr[i].view_id);
+		tally_buf_put_u32(reply, hr[i].shard);
+		tally_buf_put_u32(reply, hr[i].home);
+		tally_buf_put_u32(reply, hr[i].visible);
+		tally_buf_put_u32(reply, hr[i].in_doubt);
+		tally_buf_put_u32(reply, hr[i].handing_off);
+		tally_buf_put_u64(reply, hr[i].bytes);
+	}
+	free(hr);
+	tally_msg_end(reply);
 }
 
 static void handle_pos(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, tally_buf *reply)

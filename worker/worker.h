@@ -20,10 +20,14 @@ void tally_store_free(tally_store *st);
  * changes, logged (TALLY_REC_SHARD, the next position of the copy's history, which this node
  * begins if it is not its author yet) and merged, and kept for the replicas. *flush_lsn is
  * what the log must have durably before the caller acknowledges, *rlsn the position the
- * replicas must reach for sync replication. Returns 0, or -1 with err (nothing changed). */
+ * replicas must reach for sync replication. A batch whose home shard is not its target is a
+ * hint (DESIGN §5): kept apart, per batch, visible to reads unless flags has
+ * TALLY_MSG_F_IN_DOUBT, deduplicated per home shard. Returns 0, or -1 with err (nothing
+ * changed). */
 int tally_store_apply(tally_store *st, tally_wal *wal, const tally_view_rt *v, uint64_t epoch,
-		      uint32_t self, const tally_msg_apply *a, const uint8_t *body, size_t bodylen,
-		      tally_rd *r, uint64_t *flush_lsn, uint64_t *rlsn, tally_err *err);
+		      uint32_t self, unsigned flags, const tally_msg_apply *a, const uint8_t *body,
+		      size_t bodylen, tally_rd *r, uint64_t *flush_lsn, uint64_t *rlsn,
+		      tally_err *err);
 /* Recovery: load every snapshot in node_dir/snap for views in m (others are removed). */
 int tally_store_load(tally_store *st, const tally_map *m, tally_err *err);
 /* Recovery: one TALLY_REC_SHARD (or older TALLY_REC_APPLY) record [lsn, end), merged unless
@@ -101,6 +105,33 @@ int tally_store_snap_encode(tally_store *st, tally_wal *wal, uint64_t view_id, u
  * before returning 0 (its position in *gen and *rlsn); -1 with err if it is malformed. */
 int tally_store_snap_install(tally_store *st, tally_wal *wal, const tally_map *m, const uint8_t *p,
 			     size_t len, uint64_t *gen, uint64_t *rlsn, tally_err *err);
+
+/* ---- hinted hand-off (DESIGN §5) ---- */
+
+typedef struct tally_hint_row {
+	uint64_t view_id;
+	uint32_t shard, home; /* the copy holding them, and the shard they are for */
+	uint32_t visible, in_doubt, handing_off;
+	uint64_t bytes;
+} tally_hint_row;
+/* What hints this node's copies hold: one row per (view, shard, home) (heap array). */
+size_t tally_store_hint_rows(tally_store *st, tally_hint_row **rows);
+typedef struct tally_hint_ref {
+	uint64_t origin, seq;
+} tally_hint_ref;
+enum { TALLY_HINT_OP_HANDOFF = 2, TALLY_HINT_OP_DROP = 3, TALLY_HINT_OP_REVERT = 4 };
+/* On the primary copy (view v, shard) of this node (self): begin handing off the hints for
+ * home (TALLY_HINT_OP_HANDOFF: they stop being visible; ids NULL = all not yet handing off),
+ * drop those handed off (DROP, ids given) or take them back (REVERT: visible or in doubt as
+ * before; ids NULL = all being handed off). Logged and replicated like any change;
+ * *flush_lsn is what the log must have before the change is relied on (0 = nothing
+ * changed). 0, or -1 with err. */
+int tally_store_hint_op(tally_store *st, tally_wal *wal, const tally_view_rt *v, uint32_t shard,
+			uint32_t self, uint32_t home, int op, const tally_hint_ref *ids,
+			size_t nids, uint64_t *flush_lsn, tally_err *err);
+/* Copy up to max hints for home that are being handed off (APPLY bodies, ids). */
+size_t tally_store_hint_take(tally_store *st, uint64_t view_id, uint32_t shard, uint32_t home,
+			     size_t max, tally_buf *bodies, tally_hint_ref *ids);
 
 typedef struct tally_repl tally_repl;
 /* The replicator of a worker (worker/repl.c): streams the change records of its primary

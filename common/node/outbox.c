@@ -52,8 +52,9 @@ typedef struct ob_batch {
 	int64_t logged_us, next_try_us;
 	uint32_t attempts;
 	bool inflight;
-	uint32_t dest; /* primary's node id, resolved on the map of dest_epoch */
-	uint64_t dest_epoch;
+	bool in_doubt;	     /* sent somewhere without an answer, then elsewhere (or replayed) */
+	int32_t last_target; /* shard it was last sent to without an answer, -1 none */
+	uint32_t target;     /* shard this round sends it to (home, or a holder of hints) */
 } ob_batch;
 
 typedef struct seq_entry {
@@ -62,6 +63,7 @@ typedef struct seq_entry {
 	uint64_t seq;	/* last assigned */
 	uint64_t floor; /* lowest pending seq, as of round `stamp` */
 	uint64_t stamp;
+	uint64_t cap; /* lowest seq a holder of hints acknowledged (0 none): floors stay below */
 } seq_entry;
 
 struct tally_outbox {
@@ -124,17 +126,39 @@ static void seq_raise(tally_outbox *ob, uint64_t view_id, uint32_t shard, uint64
 		e->seq = seq;
 }
 
+/* A DONE entry or saved counter with this bit in its shard: a seq a holder of hints (not the
+ * home shard) acknowledged, which caps the floors sent for that home shard. */
+#define SEQ_CAP_FLAG 0x80000000u
+
+static void cap_raise(tally_outbox *ob, uint64_t view_id, uint32_t shard, uint64_t seq)
+{
+	seq_entry *e = seq_get(ob, view_id, shard);
+	if (!e->cap || seq < e->cap)
+		e->cap = seq;
+}
+
 void tally_outbox_seqs_put(tally_outbox *ob, tally_buf *b)
 {
 	pthread_mutex_lock(&ob->mu);
-	tally_buf_put_u32(b, (uint32_t)ob->nseqs);
+	uint32_t n = 0;
+	size_t at = b->len;
+	tally_buf_put_u32(b, 0);
 	for (size_t i = 0; i < ob->seqcap; i++) {
-		if (!ob->seqs[i].view_id)
+		const seq_entry *e = &ob->seqs[i];
+		if (!e->view_id)
 			continue;
-		tally_buf_put_u64(b, ob->seqs[i].view_id);
-		tally_buf_put_u32(b, ob->seqs[i].shard);
-		tally_buf_put_u64(b, ob->seqs[i].seq);
+		tally_buf_put_u64(b, e->view_id);
+		tally_buf_put_u32(b, e->shard);
+		tally_buf_put_u64(b, e->seq);
+		n++;
+		if (e->cap) {
+			tally_buf_put_u64(b, e->view_id);
+			tally_buf_put_u32(b, e->shard | SEQ_CAP_FLAG);
+			tally_buf_put_u64(b, e->cap);
+			n++;
+		}
 	}
+	tally_put_be32(b->data + at, n);
 	pthread_mutex_unlock(&ob->mu);
 }
 
@@ -150,6 +174,8 @@ int tally_outbox_seqs_get(tally_outbox *ob, tally_rd *r)
 		uint32_t sh;
 		if (tally_rd_u64(r, &v) || tally_rd_u32(r, &sh) || tally_rd_u64(r, &s))
 			rc = -1;
+		else if (sh & SEQ_CAP_FLAG)
+			cap_raise(ob, v, sh & ~SEQ_CAP_FLAG, s);
 		else
 			seq_raise(ob, v, sh, s);
 	}
@@ -245,6 +271,7 @@ static ob_batch *batch_new(const uint8_t *body, uint32_t len, uint8_t *owned, ui
 	b->lsn = lsn;
 	b->end = end;
 	b->logged_us = tally_now_us();
+	b->last_target = -1;
 	return b;
 }
 
@@ -314,6 +341,9 @@ static int replay_outbox(tally_outbox *ob, uint64_t lsn, uint64_t end, const uin
 		if (tally_msg_get_apply(&br, &a) != 0)
 			goto bad;
 		ob_batch *b = batch_new(body, blen, NULL, lsn, end);
+		/* it may have been sent before the restart: wherever it goes now other than
+		 * where that was, it goes as in doubt */
+		b->in_doubt = true;
 		pending_add(ob, b);
 		seq_raise(ob, a.view_id, a.home_shard, a.seq);
 	}
@@ -338,6 +368,10 @@ static int replay_done(tally_outbox *ob, uint64_t lsn, const uint8_t *p, uint32_
 		uint32_t sh;
 		if (tally_rd_u64(&r, &v) || tally_rd_u32(&r, &sh) || tally_rd_u64(&r, &s))
 			goto bad;
+		if (sh & SEQ_CAP_FLAG) {
+			sh &= ~SEQ_CAP_FLAG;
+			cap_raise(ob, v, sh, s);
+		}
 		seq_raise(ob, v, sh, s);
 		ob_batch *b = hash_find(ob, v, sh, s);
 		if (b)
@@ -515,6 +549,52 @@ static bool dest_busy(const tally_outbox *ob, uint32_t dest)
 	return n >= OB_PER_DEST;
 }
 
+/* Which nodes are reachable, asked once per round. */
+typedef struct reach_memo {
+	uint32_t id[32];
+	bool ok[32];
+	int n;
+} reach_memo;
+
+static bool reachable(tally_outbox *ob, const tally_catalog *cat, reach_memo *rm, uint32_t id)
+{
+	for (int i = 0; i < rm->n; i++)
+		if (rm->id[i] == id)
+			return rm->ok[i];
+	bool ok = tally_node_reachable(ob->n, tally_catalog_node(cat, id));
+	if (rm->n < 32) {
+		rm->id[rm->n] = id;
+		rm->ok[rm->n++] = ok;
+	}
+	return ok;
+}
+
+/* Where batch b goes this round (DESIGN §5): to the shard it was last sent to without an
+ * answer if that one's primary is reachable (a resend there is recognised), otherwise to its
+ * home shard, otherwise to the next shard on the ring (home+1, home+2, ...) whose primary is
+ * reachable, as a hint for its home. Going anywhere but where it went before makes it in
+ * doubt. False if no primary of the view is reachable. */
+static bool route(tally_outbox *ob, const tally_catalog *cat, const tally_view_info *v, ob_batch *b,
+		  reach_memo *rm, uint32_t *target, uint32_t *dest)
+{
+	uint32_t S = (uint32_t)v->num_shards;
+	if (b->last_target >= 0 && (uint32_t)b->last_target < S &&
+	    reachable(ob, cat, rm, v->primary[b->last_target])) {
+		*target = (uint32_t)b->last_target;
+		*dest = v->primary[*target];
+		return true;
+	}
+	for (uint32_t k = 0; k < S; k++) {
+		uint32_t i = (b->shard + k) % S;
+		if ((int32_t)i == b->last_target || !reachable(ob, cat, rm, v->primary[i]))
+			continue;
+		*target = i;
+		*dest = v->primary[i];
+		return true;
+	}
+	return false;
+}
+
 /* Pick the next round (caller holds mu): up to OB_ROUND sendable batches to one destination
  * that fewer than OB_PER_DEST senders serve (so a dead one holds up at most that many).
  * Batches of dropped views are removed on the way (their ids go to done). Returns the count;
@@ -522,6 +602,8 @@ static bool dest_busy(const tally_outbox *ob, uint32_t dest)
 static int pick_round(tally_outbox *ob, const tally_map *m, ob_batch **pick, uint64_t *floors,
 		      uint32_t *dest, tally_buf *done, uint32_t *ndone, int64_t *wake)
 {
+	reach_memo memo[1];
+	memo->n = 0;
 	int64_t now = tally_mono_us();
 	int np = 0;
 	*dest = 0;
@@ -543,33 +625,31 @@ static int pick_round(tally_outbox *ob, const tally_map *m, ob_batch **pick, uin
 				*wake = b->next_try_us;
 			continue;
 		}
-		if (b->dest_epoch != m->cat->epoch) {
-			const tally_view_info *v = tally_catalog_view_by_id(m->cat, b->view_id);
-			if (!v && b->view_id >= m->cat->next_id)
-				continue; /* a view newer than this map (or no map yet): wait */
-			if (!v || b->shard >= (uint32_t)v->num_shards) {
-				tally_log_info("discarding a batch for shard %u of dropped view id "
-					       "%llu",
-					       b->shard, (unsigned long long)b->view_id);
-				tally_buf_put_u64(done, b->view_id);
-				tally_buf_put_u32(done, b->shard);
-				tally_buf_put_u64(done, b->seq);
-				(*ndone)++;
-				pending_remove(ob, b);
-				continue;
-			}
-			b->dest = v->primary[b->shard];
-			b->dest_epoch = m->cat->epoch;
+		const tally_view_info *v = tally_catalog_view_by_id(m->cat, b->view_id);
+		if (!v && b->view_id >= m->cat->next_id)
+			continue; /* a view newer than this map (or no map yet): wait */
+		if (!v || b->shard >= (uint32_t)v->num_shards) {
+			tally_log_info("discarding a batch for shard %u of dropped view id %llu",
+				       b->shard, (unsigned long long)b->view_id);
+			tally_buf_put_u64(done, b->view_id);
+			tally_buf_put_u32(done, b->shard);
+			tally_buf_put_u64(done, b->seq);
+			(*ndone)++;
+			pending_remove(ob, b);
+			continue;
 		}
-		if (*dest && b->dest != *dest)
+		uint32_t target, bdest;
+		if (!route(ob, m->cat, v, b, memo, &target, &bdest))
+			continue; /* no primary of the view is reachable: it waits */
+		if (*dest && bdest != *dest)
 			continue;
 		if (!*dest) {
-			const tally_node_info *pn = tally_catalog_node(m->cat, b->dest);
-			if (!tally_node_reachable(ob->n, pn) || dest_busy(ob, b->dest))
+			if (dest_busy(ob, bdest))
 				continue;
-			*dest = b->dest;
+			*dest = bdest;
 		}
-		floors[np] = se->floor;
+		b->target = target;
+		floors[np] = se->cap && se->cap < se->floor ? se->cap : se->floor;
 		pick[np++] = b;
 	}
 	return np;
@@ -651,6 +731,14 @@ static void *sender_main(void *arg)
 			tally_buf_append(&reqs[i], pick[i]->body, pick[i]->len);
 			tally_put_be64(reqs[i].data + TALLY_MSG_HDR + TALLY_APPLY_FLOOR_OFF,
 				       floors[i]);
+			tally_put_be32(reqs[i].data + TALLY_MSG_HDR + TALLY_APPLY_TARGET_OFF,
+				       pick[i]->target);
+			/* sent before elsewhere without an answer: it may be applied there */
+			if (pick[i]->last_target >= 0 &&
+			    (uint32_t)pick[i]->last_target != pick[i]->target)
+				pick[i]->in_doubt = true;
+			if (pick[i]->in_doubt && pick[i]->target != pick[i]->shard)
+				tally_put_be16(reqs[i].data + 4, TALLY_MSG_F_IN_DOUBT);
 			tally_msg_end(&reqs[i]);
 			memset(&calls[i], 0, sizeof calls[i]);
 			calls[i].addr = pn->data_addr;
@@ -673,8 +761,13 @@ static void *sender_main(void *arg)
 			bool ok =
 			    durable && calls[i].rc == 0 && calls[i].hdr.type == TALLY_MSG_APPLY_OK;
 			if (ok) {
+				/* a holder of hints took it: floors for its home stay below it
+				 * (the home shard has not seen it yet) */
+				bool hinted = b->target != b->shard;
+				if (hinted)
+					cap_raise(ob, b->view_id, b->shard, b->seq);
 				tally_buf_put_u64(&done, b->view_id);
-				tally_buf_put_u32(&done, b->shard);
+				tally_buf_put_u32(&done, b->shard | (hinted ? SEQ_CAP_FLAG : 0));
 				tally_buf_put_u64(&done, b->seq);
 				ndone++;
 				ob->delivered++;
@@ -682,6 +775,8 @@ static void *sender_main(void *arg)
 				continue;
 			}
 			b->inflight = false;
+			if (durable)
+				b->last_target = (int32_t)b->target;
 			b->attempts++;
 			ob->resends++;
 			int64_t backoff = OB_BACKOFF_MIN_US

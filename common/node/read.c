@@ -325,10 +325,130 @@ static const char *policy_name(int p)
 typedef struct repl_status {
 	uint64_t view_id;
 	uint32_t shard, primary, replica;
-	const uint8_t *state;
-	uint32_t statelen;
+	const char *state;
 	uint64_t prim, sent, applied, lag_records, lag_bytes, lag_ms, snapshots;
 } repl_status;
+
+/* Hints one node's copy holds for a home shard, as it reported them. */
+typedef struct hint_status {
+	uint64_t view_id;
+	uint32_t node, shard, home, visible, in_doubt, handing_off;
+	uint64_t bytes;
+} hint_status;
+
+typedef struct cluster_status {
+	repl_status *st;
+	size_t nst;
+	hint_status *hs;
+	size_t nhs;
+	bool *answered; /* [cat->nnodes]: the node answered */
+} cluster_status;
+
+static void status_free(cluster_status *cs)
+{
+	free(cs->st);
+	free(cs->hs);
+	free(cs->answered);
+}
+
+/* Ask every reachable worker what its replication streams and hints are (in parallel). */
+static void gather_status(tally_node *n, const tally_catalog *cat, tally_arena *a,
+			  cluster_status *cs)
+{
+	memset(cs, 0, sizeof *cs);
+	cs->answered = tally_xcalloc((size_t)cat->nnodes + 1, sizeof *cs->answered);
+	tally_rpc_call *calls = tally_xcalloc((size_t)cat->nnodes + 1, sizeof *calls);
+	int *node_of = tally_xcalloc((size_t)cat->nnodes + 1, sizeof *node_of);
+	int ncalls = 0;
+	for (int i = 0; i < cat->nnodes; i++) {
+		const tally_node_info *ni = &cat->nodes[i];
+		if (!tally_node_reachable(n, ni))
+			continue;
+		tally_rpc_call *c = &calls[ncalls];
+		node_of[ncalls++] = i;
+		tally_msg_begin(&c->req, TALLY_MSG_STATUS, tally_node_next_req(n), cat->epoch);
+		tally_msg_end(&c->req);
+		c->addr = ni->data_addr;
+		c->peer = ni->name;
+	}
+	tally_rpc_call_many(n->rpc, calls, ncalls, 2000);
+	size_t capst = 16, caphs = 16;
+	cs->st = tally_xcalloc(capst, sizeof *cs->st);
+	cs->hs = tally_xcalloc(caphs, sizeof *cs->hs);
+	for (int i = 0; i < ncalls; i++) {
+		tally_rpc_call *c = &calls[i];
+		const tally_node_info *ni = &cat->nodes[node_of[i]];
+		uint32_t k;
+		if (c->rc != 0 || c->hdr.type != TALLY_MSG_STATUS_OK ||
+		    tally_rd_u32(&c->body, &k) != 0)
+			continue;
+		bool ok = true;
+		for (uint32_t j = 0; j < k && ok; j++) {
+			repl_status x = {.primary = ni->id};
+			const uint8_t *state;
+			uint32_t statelen;
+			ok = !(tally_rd_u64(&c->body, &x.view_id) ||
+			       tally_rd_u32(&c->body, &x.shard) ||
+			       tally_rd_u32(&c->body, &x.replica) ||
+			       tally_rd_str(&c->body, &state, &statelen, 64) ||
+			       tally_rd_u64(&c->body, &x.prim) || tally_rd_u64(&c->body, &x.sent) ||
+			       tally_rd_u64(&c->body, &x.applied) ||
+			       tally_rd_u64(&c->body, &x.lag_records) ||
+			       tally_rd_u64(&c->body, &x.lag_bytes) ||
+			       tally_rd_u64(&c->body, &x.lag_ms) ||
+			       tally_rd_u64(&c->body, &x.snapshots));
+			if (!ok)
+				break;
+			if (cs->nst == capst) {
+				capst *= 2;
+				cs->st = tally_xrealloc(cs->st, capst * sizeof *cs->st);
+			}
+			/* the state text points into the reply: copy it before the reply goes */
+			x.state = tally_arena_strndup(a, (const char *)state, statelen);
+			cs->st[cs->nst++] = x;
+		}
+		if (ok && tally_rd_u32(&c->body, &k) == 0) {
+			for (uint32_t j = 0; j < k; j++) {
+				hint_status h = {.node = ni->id};
+				if (tally_rd_u64(&c->body, &h.view_id) ||
+				    tally_rd_u32(&c->body, &h.shard) ||
+				    tally_rd_u32(&c->body, &h.home) ||
+				    tally_rd_u32(&c->body, &h.visible) ||
+				    tally_rd_u32(&c->body, &h.in_doubt) ||
+				    tally_rd_u32(&c->body, &h.handing_off) ||
+				    tally_rd_u64(&c->body, &h.bytes)) {
+					ok = false;
+					break;
+				}
+				if (cs->nhs == caphs) {
+					caphs *= 2;
+					cs->hs = tally_xrealloc(cs->hs, caphs * sizeof *cs->hs);
+				}
+				cs->hs[cs->nhs++] = h;
+			}
+		}
+		cs->answered[node_of[i]] = ok;
+	}
+	tally_rpc_calls_done(calls, ncalls);
+	for (int i = 0; i < ncalls; i++)
+		tally_buf_free(&calls[i].req);
+	free(calls);
+	free(node_of);
+}
+
+/* Does node's copy of (view, shard) hold hints? -1 if the node did not answer. */
+static int holds_hints(const tally_catalog *cat, const cluster_status *cs, uint64_t view_id,
+		       uint32_t shard, uint32_t node)
+{
+	for (int i = 0; i < cat->nnodes; i++)
+		if (cat->nodes[i].id == node && !cs->answered[i])
+			return -1;
+	for (size_t k = 0; k < cs->nhs; k++)
+		if (cs->hs[k].view_id == view_id && cs->hs[k].shard == shard &&
+		    cs->hs[k].node == node)
+			return 1;
+	return 0;
+}
 
 /* pipeline_cluster.replication: one row per replica copy in the map, with what its primary's
  * node reports about the stream (asked now, in parallel); state 'unknown' when the primary's
@@ -346,55 +466,10 @@ static int sysview_replication(tally_node *n, const tally_catalog *cat, tally_ar
 					   TALLY_T_TEXT, TALLY_T_INT8};
 	const int nc = 14;
 	set_cols(a, rel, "replication", nc, names, types);
-	tally_rpc_call *calls = tally_xcalloc((size_t)cat->nnodes + 1, sizeof *calls);
-	int ncalls = 0;
-	for (int i = 0; i < cat->nnodes; i++) {
-		const tally_node_info *ni = &cat->nodes[i];
-		if (!tally_node_reachable(n, ni))
-			continue;
-		tally_rpc_call *c = &calls[ncalls++];
-		tally_msg_begin(&c->req, TALLY_MSG_STATUS, tally_node_next_req(n), cat->epoch);
-		tally_msg_end(&c->req);
-		c->addr = ni->data_addr;
-		c->peer = ni->name;
-	}
-	tally_rpc_call_many(n->rpc, calls, ncalls, 2000);
-	size_t nst = 0, capst = 16;
-	repl_status *st = tally_xcalloc(capst, sizeof *st);
-	for (int i = 0; i < ncalls; i++) {
-		tally_rpc_call *c = &calls[i];
-		const tally_node_info *ni = tally_catalog_node_by_name(cat, c->peer);
-		uint32_t k;
-		if (c->rc != 0 || c->hdr.type != TALLY_MSG_STATUS_OK || !ni ||
-		    tally_rd_u32(&c->body, &k) != 0)
-			continue;
-		for (uint32_t j = 0; j < k; j++) {
-			repl_status x = {.primary = ni->id};
-			if (tally_rd_u64(&c->body, &x.view_id) ||
-			    tally_rd_u32(&c->body, &x.shard) ||
-			    tally_rd_u32(&c->body, &x.replica) ||
-			    tally_rd_str(&c->body, &x.state, &x.statelen, 64) ||
-			    tally_rd_u64(&c->body, &x.prim) || tally_rd_u64(&c->body, &x.sent) ||
-			    tally_rd_u64(&c->body, &x.applied) ||
-			    tally_rd_u64(&c->body, &x.lag_records) ||
-			    tally_rd_u64(&c->body, &x.lag_bytes) ||
-			    tally_rd_u64(&c->body, &x.lag_ms) ||
-			    tally_rd_u64(&c->body, &x.snapshots))
-				break;
-			if (nst == capst) {
-				capst *= 2;
-				st = tally_xrealloc(st, capst * sizeof *st);
-			}
-			/* the state text points into the reply: copy it before the reply goes */
-			char *sv = tally_arena_strndup(a, (const char *)x.state, x.statelen);
-			x.state = (const uint8_t *)sv;
-			st[nst++] = x;
-		}
-	}
-	tally_rpc_calls_done(calls, ncalls);
-	for (int i = 0; i < ncalls; i++)
-		tally_buf_free(&calls[i].req);
-	free(calls);
+	cluster_status cs;
+	gather_status(n, cat, a, &cs);
+	repl_status *st = cs.st;
+	size_t nst = cs.nst;
 	size_t total = 0;
 	for (int i = 0; i < cat->nviews; i++)
 		total += (size_t)cat->views[i].num_shards * (size_t)cat->views[i].num_replicas;
@@ -420,7 +495,7 @@ static int sysview_replication(tally_node *n, const tally_catalog *cat, tally_ar
 				row[2] = tally_int(TALLY_T_INT2, s);
 				row[3] = text_val(a, pn ? pn->name : "?");
 				row[4] = text_val(a, rn ? rn->name : "?");
-				row[5] = text_val(a, x ? (const char *)x->state : "unknown");
+				row[5] = text_val(a, x ? x->state : "unknown");
 				if (x) {
 					row[6] = tally_int(TALLY_T_INT8, (int64_t)x->prim);
 					row[7] = tally_int(TALLY_T_INT8, (int64_t)x->sent);
@@ -442,7 +517,47 @@ static int sysview_replication(tally_node *n, const tally_catalog *cat, tally_ar
 			}
 		}
 	}
-	free(st);
+	status_free(&cs);
+	*rows = out;
+	*nrows = r;
+	return 1;
+}
+
+/* pipeline_cluster.hints: the hints each reachable node's copies hold, per home shard. */
+static int sysview_hints(tally_node *n, const tally_catalog *cat, tally_arena *a,
+			 tally_relation *rel, tally_value **rows, size_t *nrows)
+{
+	static const char *const names[] = {"continuous_view", "shard",	  "owner",
+					    "home_shard",      "visible", "in_doubt",
+					    "handing_off",     "bytes"};
+	static const tally_type types[] = {TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_TEXT, TALLY_T_TEXT,
+					   TALLY_T_INT8, TALLY_T_INT8, TALLY_T_INT8, TALLY_T_INT8};
+	const int nc = 8;
+	set_cols(a, rel, "hints", nc, names, types);
+	cluster_status cs;
+	gather_status(n, cat, a, &cs);
+	tally_value *out = tally_arena_alloc(a, (cs.nhs ? cs.nhs : 1) * nc * sizeof *out);
+	size_t r = 0;
+	for (size_t k = 0; k < cs.nhs; k++) {
+		const hint_status *h = &cs.hs[k];
+		const tally_view_info *v = tally_catalog_view_by_id(cat, h->view_id);
+		const tally_node_info *ni = tally_catalog_node(cat, h->node);
+		if (!v || !ni)
+			continue;
+		char sh[TALLY_NAME_MAX + 16], home[TALLY_NAME_MAX + 16];
+		snprintf(sh, sizeof sh, "%s_%u", v->name, h->shard);
+		snprintf(home, sizeof home, "%s_%u", v->name, h->home);
+		tally_value *row = &out[r++ * nc];
+		row[0] = text_val(a, v->name);
+		row[1] = text_val(a, sh);
+		row[2] = text_val(a, ni->name);
+		row[3] = text_val(a, home);
+		row[4] = tally_int(TALLY_T_INT8, h->visible);
+		row[5] = tally_int(TALLY_T_INT8, h->in_doubt);
+		row[6] = tally_int(TALLY_T_INT8, h->handing_off);
+		row[7] = tally_int(TALLY_T_INT8, (int64_t)h->bytes);
+	}
+	status_free(&cs);
 	*rows = out;
 	*nrows = r;
 	return 1;
@@ -461,6 +576,9 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 		    TALLY_T_TEXT, TALLY_T_BOOL, TALLY_T_BOOL, TALLY_T_BOOL, TALLY_T_INT4};
 		const int nc = 10;
 		set_cols(a, rel, "shards", nc, names, types);
+		/* balanced: a read_optimized copy holding hints for other shards is not */
+		cluster_status cs;
+		gather_status(n, cat, a, &cs);
 		size_t total = 0;
 		for (int i = 0; i < cat->nviews; i++)
 			total += (size_t)cat->views[i].num_shards *
@@ -486,13 +604,18 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 					row[5] = text_val(a, policy_name(v->sharding_policy));
 					row[6] = tally_bool(tally_node_id(n) != 0 &&
 							    id == tally_node_id(n));
-					row[7] = tally_bool(true);
+					int hh = v->sharding_policy == TALLY_POLICY_READ_OPTIMIZED
+						     ? holds_hints(cat, &cs, v->id, (uint32_t)s, id)
+						     : 0;
+					row[7] =
+					    hh < 0 ? tally_null(TALLY_T_BOOL) : tally_bool(hh == 0);
 					row[8] = tally_bool(tally_node_reachable(n, ni));
 					row[9] = tally_int(TALLY_T_INT4, id);
 					r++;
 				}
 			}
 		}
+		status_free(&cs);
 		*rows = out;
 		*nrows = r;
 		return 1;
@@ -571,6 +694,8 @@ int tally_sysview(tally_node *n, tally_map *m, const char *name, tally_arena *a,
 	}
 	if (strcmp(name, "pipeline_cluster.replication") == 0)
 		return sysview_replication(n, cat, a, rel, rows, nrows);
+	if (strcmp(name, "pipeline_cluster.hints") == 0)
+		return sysview_hints(n, cat, a, rel, rows, nrows);
 	if (strcmp(name, "pipeline_cluster.views") == 0) {
 		static const char *const names[] = {"name",	    "stream",	       "num_shards",
 						    "num_replicas", "sharding_policy", "query",

@@ -103,6 +103,7 @@ int tally_msg_get_heartbeat(tally_rd *r, tally_msg_heartbeat *m);
 #define TALLY_APPLY_SEQ_OFF 12
 #define TALLY_APPLY_FLOOR_OFF 20
 #define TALLY_APPLY_VIEW_OFF 28
+#define TALLY_APPLY_TARGET_OFF 36
 #define TALLY_APPLY_NGROUPS_OFF 40
 #define TALLY_APPLY_FIXED 44
 typedef struct tally_msg_apply {
@@ -140,11 +141,18 @@ int tally_msg_get_read(tally_rd *r, tally_msg_read *m);
  * REPL_OK: u64 gen, u64 rlsn (the replica's durable position), u64 snapshot bytes received.
  * STATUS: empty. STATUS_OK: u32 n, n x (u64 view, u32 shard, u32 replica node id, str state,
  *   u64 primary rlsn, u64 sent rlsn, u64 applied rlsn, u64 lag records, u64 lag bytes,
- *   i64 lag ms, u64 snapshots sent).
+ *   i64 lag ms, u64 snapshots sent), then u32 m, m x (u64 view, u32 shard holding hints,
+ *   u32 home shard, u32 visible, u32 in doubt, u32 being handed off, u64 bytes).
  * POS: u64 view id, u32 shard. POS_OK: u8 has copy, u64 gen, u64 rlsn. */
 enum {
-	TALLY_SREC_APPLY = 1, /* an APPLY body merged into the shard's own groups */
+	TALLY_SREC_APPLY = 1,	   /* an APPLY body merged into the shard's own groups */
+	TALLY_SREC_HINT = 2,	   /* u8 state (0 visible, 1 in doubt), APPLY body for another
+				      shard of the view (its home), kept apart (DESIGN §5) */
+	TALLY_SREC_HINT_STATE = 3, /* u32 n, n x (u32 home, u64 origin, u64 seq, u8 op): hints
+				      being handed off (2), handed off (3), back (4) */
 };
+/* APPLY header flag: the batch is in doubt (sent before to another shard without an answer). */
+#define TALLY_MSG_F_IN_DOUBT 0x0001
 
 const char *tally_msg_type_name(uint8_t type);
 

@@ -192,8 +192,8 @@ static int apply_body(fx *f, const tally_view_rt *v, const uint8_t *body, size_t
 	if (tally_msg_get_apply(&r, &a) != 0)
 		return tally_err_set(err, TALLY_SQLSTATE_PROTOCOL, "bad APPLY header");
 	uint64_t lsn = 0, rlsn = 0;
-	int rc = tally_store_apply(f->st, f->wal, v, f->map->cat->epoch, 1, &a, body, len, &r, &lsn,
-				   &rlsn, err);
+	int rc = tally_store_apply(f->st, f->wal, v, f->map->cat->epoch, 1, 0, &a, body, len, &r,
+				   &lsn, &rlsn, err);
 	if (rc == 0)
 		cr_assert_gt(lsn, 0, "an acknowledged batch must name an LSN to flush");
 	else
@@ -1258,7 +1258,7 @@ Test(store, inconsistent_snapshot_with_good_checksum_is_refused, .timeout = 60)
 		uint64_t value;
 		const char *what;
 	} cases[] = {
-	    {4, 4, 3, "another format version"},
+	    {4, 4, 4, "another format version"},
 	    {naggs_off, 4, 5, "another aggregate count"},
 	    {ndd_off, 4, 0xFFFFFFFFu, "a huge dedup count"},
 	    {ndd_off, 4, ndd + 1, "one dedup entry too many"},
@@ -1432,7 +1432,7 @@ static void *applier_run(void *p)
 		tally_err_clear(&err);
 		uint64_t lsn = 0, rlsn = 0;
 		if (tally_msg_get_apply(&r, &m) != 0 ||
-		    tally_store_apply(a->f->st, a->f->wal, a->f->v, a->f->map->cat->epoch, 1, &m,
+		    tally_store_apply(a->f->st, a->f->wal, a->f->v, a->f->map->cat->epoch, 1, 0, &m,
 				      b.data, b.len, &r, &lsn, &rlsn, &err) != 0) {
 			if (!a->failures++)
 				snprintf(a->msg, sizeof a->msg, "batch %d: %s", i, err.message);
