@@ -47,6 +47,7 @@ typedef struct rstream {
 	tally_buf snap;
 	uint64_t snap_gen, snap_rlsn, snap_off;
 	uint64_t snapshots;  /* snapshots sent in full */
+	int64_t last_msg_us; /* when the last message went (keepalives when idle) */
 	bool inflight, live; /* live: still wanted by the current map */
 	int64_t next_try_us;
 	uint32_t fails;
@@ -161,11 +162,14 @@ static void sync_streams(tally_repl *rp, const tally_map *m)
 
 typedef struct pick {
 	rstream *x;
-	int kind; /* 0 probe, 1 records, 2 snapshot chunk */
+	int kind; /* 0 probe / keepalive, 1 records, 2 snapshot chunk */
 	tally_buf recs;
 	uint32_t nrec;
 	uint64_t gen, first, last_end;
+	uint64_t p_gen, p_rlsn; /* the primary copy's position, told to the replica */
 } pick;
+
+#define REPL_KEEPALIVE_US 500000 /* an idle stream tells its replica where the primary is */
 
 static void backoff(rstream *x, int64_t now)
 {
@@ -190,6 +194,8 @@ static int prepare(tally_repl *rp, rstream *x, pick *p, uint64_t *flush_to)
 	}
 	if (!x->known) {
 		p->kind = 0;
+		p->p_gen = p->p_rlsn = 0;
+		tally_store_pos(rp->st, x->view_id, x->shard, &p->p_gen, &p->p_rlsn);
 		return 1;
 	}
 	tally_repl_out o = {.recs = &p->recs};
@@ -203,6 +209,8 @@ static int prepare(tally_repl *rp, rstream *x, pick *p, uint64_t *flush_to)
 	x->lag_bytes = o.lag_bytes;
 	x->lag_us = o.lag_us;
 	pthread_mutex_unlock(&rp->mu);
+	p->p_gen = o.gen;
+	p->p_rlsn = o.rlsn;
 	if (rc == TALLY_REPL_RECORDS && o.nrec > 0) {
 		p->kind = 1;
 		p->nrec = o.nrec;
@@ -216,6 +224,11 @@ static int prepare(tally_repl *rp, rstream *x, pick *p, uint64_t *flush_to)
 	}
 	if (rc == TALLY_REPL_RECORDS || rc == TALLY_REPL_NONE) {
 		x->state = RS_STREAMING;
+		if (rc == TALLY_REPL_RECORDS &&
+		    tally_mono_us() - x->last_msg_us > REPL_KEEPALIVE_US) {
+			p->kind = 0; /* up to date: a keepalive keeps the replica readable */
+			return 1;
+		}
 		return 0;
 	}
 	if (rc == TALLY_REPL_DIVERGED) {
@@ -281,8 +294,9 @@ static void build(tally_repl *rp, pick *p, tally_buf *req, uint64_t epoch)
 		tally_buf_put_u32(req, self);
 		tally_buf_put_u64(req, x->view_id);
 		tally_buf_put_u32(req, x->shard);
-		tally_buf_put_u64(req, p->kind == 1 ? p->gen : 0);
+		tally_buf_put_u64(req, p->kind == 1 ? p->gen : p->p_gen);
 		tally_buf_put_u64(req, p->kind == 1 ? p->first : 0);
+		tally_buf_put_u64(req, p->p_rlsn);
 		tally_buf_put_u32(req, p->nrec);
 		if (p->nrec)
 			tally_buf_append(req, p->recs.data, p->recs.len);
@@ -387,6 +401,7 @@ static void *dest_main(void *arg)
 		if (np && durable) {
 			for (int i = 0; i < np; i++) {
 				build(rp, &picks[i], &reqs[i], m->cat->epoch);
+				picks[i].x->last_msg_us = tally_mono_us();
 				memset(&calls[i], 0, sizeof calls[i]);
 				calls[i].addr = dn->data_addr;
 				calls[i].peer = dn->name;
@@ -620,6 +635,7 @@ void tally_repl_map_changed(tally_repl *rp)
 		sync_streams(rp, m);
 	rp->work++;
 	pthread_cond_broadcast(&rp->work_cv);
+	pthread_cond_broadcast(&rp->ack_cv); /* sync waits: a replica may be down now */
 	pthread_mutex_unlock(&rp->mu);
 	tally_map_put(m);
 }

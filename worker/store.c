@@ -78,6 +78,9 @@ typedef struct shard {
 	size_t rb_head, rb_n, rb_cap;
 	uint64_t rb_bytes;
 	bool retired; /* replaced by a snapshot from the primary: never written to disk again */
+	/* a replica's last word from its primary: where the primary copy was, and when */
+	uint64_t pri_gen, pri_rlsn;
+	int64_t pri_us;
 	/* hints (DESIGN §5): batches for other shards of the view (their home), kept apart */
 	struct hint *hints;
 	size_t nhints, caphints;
@@ -1272,10 +1275,25 @@ void tally_store_repl_trim(tally_store *st, uint64_t view_id, uint32_t sh, uint6
 	pthread_rwlock_unlock(&st->mu);
 }
 
+int tally_store_current(tally_store *st, uint64_t view_id, uint32_t sh)
+{
+	pthread_rwlock_rdlock(&st->mu);
+	shard *s = find(st, view_id, sh);
+	int rc = -1;
+	if (s) {
+		pthread_mutex_lock(&s->mu);
+		rc = s->gen != 0 && s->gen == s->pri_gen && s->rlsn >= s->pri_rlsn &&
+		     tally_mono_us() - s->pri_us < TALLY_REPLICA_CURRENT_US;
+		pthread_mutex_unlock(&s->mu);
+	}
+	pthread_rwlock_unlock(&st->mu);
+	return rc;
+}
+
 int tally_store_repl_apply(tally_store *st, tally_wal *wal, const tally_view_rt *v, uint64_t epoch,
-			   uint32_t sh, uint64_t gen, uint64_t first, uint32_t n, tally_rd *recs,
-			   uint64_t *pos_gen, uint64_t *pos_rlsn, uint64_t *flush_lsn,
-			   tally_err *err)
+			   uint32_t sh, uint64_t gen, uint64_t first, uint64_t prim, uint32_t n,
+			   tally_rd *recs, uint64_t *pos_gen, uint64_t *pos_rlsn,
+			   uint64_t *flush_lsn, tally_err *err)
 {
 	shard *s = get_locked(st, v, epoch, sh, true);
 	if (!s) {
@@ -1336,6 +1354,11 @@ int tally_store_repl_apply(tally_store *st, tally_wal *wal, const tally_view_rt 
 		}
 		free(kinds);
 		free(bodies);
+	}
+	if (gen != 0) {
+		s->pri_gen = gen;
+		s->pri_rlsn = prim;
+		s->pri_us = tally_mono_us();
 	}
 	*pos_gen = s->gen;
 	*pos_rlsn = s->rlsn;

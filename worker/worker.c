@@ -326,6 +326,11 @@ static void handle_read(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, ta
 				      TALLY_SQLSTATE_UNDEFINED_TABLE,
 				      "node %s has no shard %u of view id %llu", n->cfg.name,
 				      q.shard, (unsigned long long)q.view_id);
+	} else if ((h->flags & TALLY_MSG_F_CURRENT) &&
+		   tally_store_current(w->store, v->info->id, q.shard) != 1) {
+		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_UNAVAILABLE,
+				      "the copy of shard %s_%u on %s is behind its primary",
+				      v->info->name, q.shard, n->cfg.name);
 	} else {
 		tally_msg_begin(reply, TALLY_MSG_READ_OK, h->req_id, m->cat->epoch);
 		tally_store_read(w->store, v, q.shard, q.has_key ? q.key : NULL, q.keylen, reply);
@@ -403,10 +408,11 @@ static void handle_repl(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, ta
 {
 	tally_node *n = &w->node;
 	uint32_t from, sh, nrec;
-	uint64_t vid, gen, first;
+	uint64_t vid, gen, first, prim;
 	if (tally_rd_u32(r, &from) || tally_rd_u64(r, &vid) || tally_rd_u32(r, &sh) ||
-	    tally_rd_u64(r, &gen) || tally_rd_u64(r, &first) || tally_rd_u32(r, &nrec) ||
-	    nrec > tally_rd_left(r) / 5 || (nrec && (gen == 0 || first == 0))) {
+	    tally_rd_u64(r, &gen) || tally_rd_u64(r, &first) || tally_rd_u64(r, &prim) ||
+	    tally_rd_u32(r, &nrec) || nrec > tally_rd_left(r) / 5 ||
+	    (nrec && (gen == 0 || first == 0))) {
 		tally_rpc_reply_error(reply, h->req_id, tally_node_epoch(n),
 				      TALLY_SQLSTATE_PROTOCOL, "malformed REPL");
 		return;
@@ -417,8 +423,8 @@ static void handle_repl(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, ta
 	const tally_view_rt *v = repl_view(w, h, vid, sh, from, &m, &err);
 	uint64_t pgen = 0, prlsn = 0, lsn = 0;
 	if (!v ||
-	    tally_store_repl_apply(w->store, n->wal, v, m->cat->epoch, sh, gen, first, nrec, r,
-				   &pgen, &prlsn, &lsn, &err) != 0 ||
+	    tally_store_repl_apply(w->store, n->wal, v, m->cat->epoch, sh, gen, first, prim, nrec,
+				   r, &pgen, &prlsn, &lsn, &err) != 0 ||
 	    tally_wal_flush(n->wal, lsn, -1, &err) != 0) {
 		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, err.sqlstate, "%s",
 				      err.message);

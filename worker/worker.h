@@ -88,14 +88,19 @@ int tally_store_repl_fetch(tally_store *st, tally_wal *wal, uint64_t view_id, ui
 void tally_store_repl_trim(tally_store *st, uint64_t view_id, uint32_t shard, uint64_t gen,
 			   uint64_t upto);
 /* Replica side: n change records of history gen from position first (recs positioned at
- * them), in order: those the copy has are skipped, the rest checked completely, logged as
- * one record and merged. Records that do not continue the copy's history change nothing.
- * The copy's position after it in *pos_gen and *pos_rlsn; *flush_lsn what the log must have
- * durably before the caller reports that position. 0, or -1 with err (nothing changed). */
+ * them), in order, sent by the primary whose copy is at position prim: those the copy has
+ * are skipped, the rest checked completely, logged as one record and merged. Records that do
+ * not continue the copy's history change nothing. The copy's position after it in *pos_gen
+ * and *pos_rlsn; *flush_lsn what the log must have durably before the caller reports that
+ * position. 0, or -1 with err (nothing changed). */
 int tally_store_repl_apply(tally_store *st, tally_wal *wal, const tally_view_rt *v, uint64_t epoch,
-			   uint32_t shard, uint64_t gen, uint64_t first, uint32_t n, tally_rd *recs,
-			   uint64_t *pos_gen, uint64_t *pos_rlsn, uint64_t *flush_lsn,
-			   tally_err *err);
+			   uint32_t shard, uint64_t gen, uint64_t first, uint64_t prim, uint32_t n,
+			   tally_rd *recs, uint64_t *pos_gen, uint64_t *pos_rlsn,
+			   uint64_t *flush_lsn, tally_err *err);
+/* Is this replica copy current: at its primary's position (told with every REPL) as of a
+ * message less than TALLY_REPLICA_CURRENT_US ago? 1 yes, 0 no, -1 no such copy. */
+#define TALLY_REPLICA_CURRENT_US 1500000
+int tally_store_current(tally_store *st, uint64_t view_id, uint32_t shard);
 /* Primary side: the copy's state (snapshot file format) into out, with its history and
  * position; the log has it durably when this returns 0. */
 int tally_store_snap_encode(tally_store *st, tally_wal *wal, uint64_t view_id, uint32_t shard,

@@ -122,6 +122,7 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 	 * does not answer is replaced by the next one in the following wave. */
 	for (int wave = 0; rc == 0; wave++) {
 		ncalls = 0;
+		bool fallback = true;
 		for (int k = 0; k < nsr && rc == 0; k++) {
 			shard_read *x = &sr[k];
 			if (x->done)
@@ -175,15 +176,24 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 					    .key = key,
 					    .keylen = keylen};
 			tally_msg_put_read(&c->req, &r);
+			/* a replica read while its primary is reachable must be current (else the
+			 * primary answers); with the primary gone, any copy will do */
+			if (pn->id != v->primary[x->shard] &&
+			    tally_node_reachable(n, tally_catalog_node(cat, v->primary[x->shard])))
+				tally_put_be16(c->req.data + 4, TALLY_MSG_F_CURRENT);
 			tally_msg_end(&c->req);
 			c->addr = pn->data_addr;
 			c->peer = pn->name;
+			fallback &= x->next < x->ncand;
 			of_call[ncalls++] = k;
 		}
 		if (rc != 0 || ncalls == 0)
 			break;
-		tally_rpc_call_many(n->rpc, calls, ncalls,
-				    (int)tally_settings_ms(s, TALLY_SET_RPC_TIMEOUT));
+		/* When every shard of the wave has another copy to try, a copy that has not
+		 * answered within failure_timeout is given up for the next one. */
+		int timeout = (int)tally_settings_ms(s, TALLY_SET_RPC_TIMEOUT);
+		int ft = (int)tally_settings_ms(s, TALLY_SET_FAILURE_TIMEOUT);
+		tally_rpc_call_many(n->rpc, calls, ncalls, fallback && ft < timeout ? ft : timeout);
 		for (int i = 0; i < ncalls && rc == 0; i++) {
 			tally_rpc_call *c = &calls[i];
 			shard_read *x = &sr[of_call[i]];

@@ -134,8 +134,9 @@ int tally_msg_get_read(tally_rd *r, tally_msg_read *m);
  * Replication (DESIGN §6). Every shard copy has a history identity gen (nonzero; its low 16
  * bits are the node id of the primary that began it) and a position rlsn (change records
  * applied in that history, 1, 2, 3, ...).
- * REPL: u32 primary node id, u64 view id, u32 shard, u64 gen, u64 first rlsn, u32 nrec, then
- *   nrec x (u8 kind, str record); nrec = 0 asks for the position only. Record kinds below.
+ * REPL: u32 primary node id, u64 view id, u32 shard, u64 gen, u64 first rlsn, u64 the primary
+ *   copy's position (history gen), u32 nrec, then nrec x (u8 kind, str record); nrec = 0 asks
+ *   for the position only (and tells the replica how far the primary is: a keepalive).
  * REPL_SNAP: u32 primary node id, u64 view id, u32 shard, u64 gen, u64 rlsn, u64 total bytes,
  *   u64 offset, str chunk: the shard's state as of rlsn (the snapshot file format).
  * REPL_OK: u64 gen, u64 rlsn (the replica's durable position), u64 snapshot bytes received.
@@ -153,6 +154,9 @@ enum {
 };
 /* APPLY header flag: the batch is in doubt (sent before to another shard without an answer). */
 #define TALLY_MSG_F_IN_DOUBT 0x0001
+/* READ header flag: answer only if this copy is current (a replica that had every record of
+ * its primary at its last contact, less than a moment ago); else 57P03. */
+#define TALLY_MSG_F_CURRENT 0x0002
 
 const char *tally_msg_type_name(uint8_t type);
 
