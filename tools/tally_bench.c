@@ -18,6 +18,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <getopt.h>
 #include <libpq-fe.h>
 #include <limits.h>
@@ -50,6 +51,8 @@ typedef struct bench_opts {
 } bench_opts;
 
 typedef struct bench_ingest_result {
+	long long max_lag_records, max_lag_bytes, max_lag_ms; /* replication, sampled */
+	int lag_samples;
 	long long events;
 	double seconds;
 	double events_per_s;
@@ -118,13 +121,28 @@ static int bench_exec(PGconn *c, const char *sql)
 }
 
 /* Drop then create stream <name>_s and view <name>_v (count, sum, avg of v per k). */
-static int bench_shards; /* --shards: num_shards of the views made (0 = the default) */
+static int bench_shards;	      /* --shards: num_shards of the views made (0 = the default) */
+static int bench_replicas = -1;	      /* --replicas: num_replicas (-1 = the default) */
+static const char *bench_replication; /* --replication: the views' mode (NULL = default) */
 
 static int bench_create(PGconn *c, const char *name)
 {
-	char sql[512], with[64] = "";
+	char sql[512], with[160] = "";
+	size_t wl = 0;
 	if (bench_shards)
-		snprintf(with, sizeof with, "WITH (num_shards = %d) ", bench_shards);
+		wl +=
+		    (size_t)snprintf(with + wl, sizeof with - wl, "num_shards = %d", bench_shards);
+	if (bench_replicas >= 0)
+		wl += (size_t)snprintf(with + wl, sizeof with - wl, "%snum_replicas = %d",
+				       wl ? ", " : "", bench_replicas);
+	if (bench_replication)
+		wl += (size_t)snprintf(with + wl, sizeof with - wl, "%sreplication = '%s'",
+				       wl ? ", " : "", bench_replication);
+	if (wl) {
+		char w2[200];
+		snprintf(w2, sizeof w2, "WITH (%s) ", with);
+		snprintf(with, sizeof with, "%s", w2);
+	}
 	snprintf(sql, sizeof sql, "DROP CONTINUOUS VIEW IF EXISTS %s_v", name);
 	if (bench_exec(c, sql))
 		return -1;
@@ -267,6 +285,45 @@ static void *bench_ingest_thread(void *arg)
 	return NULL;
 }
 
+/* While ingest runs: sample pipeline_cluster.replication every 100 ms (the largest lag of any
+ * replica of the view). */
+typedef struct lag_sampler {
+	PGconn *conn;
+	const char *view;
+	int stop; /* atomic */
+	long long max_records, max_bytes, max_ms;
+	int samples;
+} lag_sampler;
+
+static void *lag_thread(void *arg)
+{
+	lag_sampler *ls = arg;
+	char sql[256];
+	snprintf(sql, sizeof sql,
+		 "SELECT max(lag_records), max(lag_bytes), max(lag_ms) FROM "
+		 "pipeline_cluster.replication WHERE continuous_view = '%s'",
+		 ls->view);
+	while (!__atomic_load_n(&ls->stop, __ATOMIC_ACQUIRE)) {
+		PGresult *r = PQexec(ls->conn, sql);
+		if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+		    !PQgetisnull(r, 0, 0)) {
+			long long v[3];
+			for (int i = 0; i < 3; i++)
+				v[i] = strtoll(PQgetvalue(r, 0, i), NULL, 10);
+			if (v[0] > ls->max_records)
+				ls->max_records = v[0];
+			if (v[1] > ls->max_bytes)
+				ls->max_bytes = v[1];
+			if (v[2] > ls->max_ms)
+				ls->max_ms = v[2];
+			ls->samples++;
+		}
+		PQclear(r);
+		usleep(100000);
+	}
+	return NULL;
+}
+
 static int bench_ingest(const bench_opts *o, bench_ingest_result *res)
 {
 	memset(res, 0, sizeof *res);
@@ -323,11 +380,29 @@ static int bench_ingest(const bench_opts *o, bench_ingest_result *res)
 		}
 		started++;
 	}
+	char vname[80];
+	snprintf(vname, sizeof vname, "%s_v", name);
+	lag_sampler ls = {.conn = bench_connect(o), .view = vname};
+	pthread_t lag_th;
+	bool lagging = ls.conn && pthread_create(&lag_th, NULL, lag_thread, &ls) == 0;
 	int64_t t0 = tally_mono_us();
 	pthread_barrier_wait(&start);
 	for (int i = 0; i < started; i++)
 		pthread_join(th[i], NULL);
 	int64_t t1 = tally_mono_us();
+	if (lagging) {
+		__atomic_store_n(&ls.stop, 1, __ATOMIC_RELEASE);
+		pthread_join(lag_th, NULL);
+		res->max_lag_records = ls.max_records;
+		res->max_lag_bytes = ls.max_bytes;
+		res->max_lag_ms = ls.max_ms;
+		res->lag_samples = ls.samples;
+		if (ls.samples)
+			printf("ingest: replication lag during the run (max of %d samples): %lld "
+			       "records, %lld bytes, %lld ms\n",
+			       ls.samples, ls.max_records, ls.max_bytes, ls.max_ms);
+	}
+	PQfinish(ls.conn);
 
 	long long sent = 0, bytes = 0;
 	bool failed = false;
@@ -709,6 +784,177 @@ static int bench_soak(const bench_opts *o, tally_buf *json)
 	return rc;
 }
 
+/* ---- failover ------------------------------------------------------------------------------ */
+
+#define FO_MAX_OPS 200000
+
+typedef struct fo_op {
+	int64_t start_us, end_us;
+	bool ok;
+} fo_op;
+
+typedef struct fo_worker {
+	const bench_opts *o;
+	PGconn *conn;
+	bool reader;
+	int stop; /* atomic */
+	fo_op *ops;
+	int nops;
+	long long acked_rows;
+	char name[64];
+	int groups;
+} fo_worker;
+
+#define FO_ROWS 32 /* rows per INSERT: keys spread over every shard */
+
+static void *fo_thread(void *arg)
+{
+	fo_worker *w = arg;
+	tally_buf sql = {0};
+	long long next = 0;
+	while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE) && w->nops < FO_MAX_OPS) {
+		tally_buf_reset(&sql);
+		if (w->reader) {
+			tally_buf_printf(&sql, "SELECT sum(count) FROM %s_v", w->name);
+		} else {
+			tally_buf_printf(&sql, "INSERT INTO %s_s (k, v) VALUES ", w->name);
+			for (int i = 0; i < FO_ROWS; i++)
+				tally_buf_printf(&sql, "%s(%lld, 1)", i ? ", " : "",
+						 (next++ * 7919) % w->groups);
+		}
+		tally_buf_putc(&sql, 0);
+		fo_op *op = &w->ops[w->nops];
+		op->start_us = tally_mono_us();
+		PGresult *r = PQexec(w->conn, (const char *)sql.data);
+		op->end_us = tally_mono_us();
+		op->ok = PQresultStatus(r) == (w->reader ? PGRES_TUPLES_OK : PGRES_COMMAND_OK);
+		PQclear(r);
+		if (op->ok && !w->reader)
+			w->acked_rows += FO_ROWS;
+		w->nops++;
+		if (!op->ok)
+			usleep(10000); /* a failed statement returns at once: do not spin */
+	}
+	tally_buf_free(&sql);
+	return NULL;
+}
+
+/* The first successful operation that ended after t, and the longest gap between successful
+ * completions around t. */
+static double fo_recovery_s(const fo_worker *w, int64_t t, int *errors)
+{
+	*errors = 0;
+	for (int i = 0; i < w->nops; i++) {
+		if (w->ops[i].end_us < t)
+			continue;
+		if (!w->ops[i].ok) {
+			(*errors)++;
+			continue;
+		}
+		return (double)(w->ops[i].end_us - t) / 1e6;
+	}
+	return -1;
+}
+
+static int bench_failover(const bench_opts *o, const char *victim, tally_buf *json)
+{
+	if (!o->cluster_dir || !victim) {
+		fprintf(stderr, "tally-bench: failover needs --cluster-dir and --victim\n");
+		return -1;
+	}
+	char path[1024];
+	snprintf(path, sizeof path, "%s/%s/ready", o->cluster_dir, victim);
+	FILE *f = fopen(path, "r");
+	int pid = 0;
+	if (!f || fscanf(f, "pid=%d", &pid) != 1 || pid <= 0) {
+		fprintf(stderr, "tally-bench: cannot read the pid of %s from \"%s\"\n", victim,
+			path);
+		if (f)
+			fclose(f);
+		return -1;
+	}
+	fclose(f);
+	PGconn *admin = bench_connect(o);
+	if (!admin || bench_create(admin, o->prefix) != 0)
+		return -1;
+	/* every group once, then wait until the view has them */
+	tally_buf fill = {0};
+	uint64_t seed = 1;
+	for (int k = 0; k < o->groups; k++)
+		bench_row(&fill, k, &seed);
+	char stream[80], sql[256];
+	snprintf(stream, sizeof stream, "%s_s", o->prefix);
+	char err[512];
+	bench_exec(admin, "SET pipeline_cluster.insert_level = sync_commit");
+	if (bench_copy(admin, stream, fill.data, fill.len, err, sizeof err) != o->groups) {
+		fprintf(stderr, "tally-bench: fill: %s\n", err);
+		return -1;
+	}
+	tally_buf_free(&fill);
+	fo_worker ws[2];
+	pthread_t th[2];
+	for (int i = 0; i < 2; i++) {
+		memset(&ws[i], 0, sizeof ws[i]);
+		ws[i].o = o;
+		ws[i].reader = i == 1;
+		ws[i].groups = o->groups;
+		snprintf(ws[i].name, sizeof ws[i].name, "%s", o->prefix);
+		ws[i].ops = tally_xcalloc(FO_MAX_OPS, sizeof *ws[i].ops);
+		ws[i].conn = bench_connect(o);
+		if (!ws[i].conn)
+			return -1;
+		bench_exec(ws[i].conn, i == 0 ? "SET pipeline_cluster.insert_level = sync_commit"
+					      : "SET pipeline_cluster.primary_only = off");
+	}
+	for (int i = 0; i < 2; i++)
+		pthread_create(&th[i], NULL, fo_thread, &ws[i]);
+	usleep(2000000);
+	int64_t t_kill = tally_mono_us();
+	if (kill(pid, SIGKILL) != 0) {
+		fprintf(stderr, "tally-bench: kill %d: %s\n", pid, strerror(errno));
+		return -1;
+	}
+	printf("failover: killed %s (pid %d) with SIGKILL under load\n", victim, pid);
+	usleep((useconds_t)(o->minutes > 0 && o->minutes < 1 ? o->minutes * 60e6 : 8e6));
+	for (int i = 0; i < 2; i++) {
+		__atomic_store_n(&ws[i].stop, 1, __ATOMIC_RELEASE);
+		pthread_join(th[i], NULL);
+	}
+	int werr, rerr;
+	double w_s = fo_recovery_s(&ws[0], t_kill, &werr);
+	double r_s = fo_recovery_s(&ws[1], t_kill, &rerr);
+	int wafter = 0, rafter = 0;
+	for (int i = 0; i < ws[0].nops; i++)
+		wafter += ws[0].ops[i].start_us > t_kill && ws[0].ops[i].ok;
+	for (int i = 0; i < ws[1].nops; i++)
+		rafter += ws[1].ops[i].start_us > t_kill && ws[1].ops[i].ok;
+	printf("failover: writes (%d-row INSERTs at sync_commit) flowing again %.3f s after the "
+	       "kill (%d failed statements, %d succeeded after it)\n",
+	       FO_ROWS, w_s, werr, wafter);
+	printf("failover: reads (primary_only = off) served again %.3f s after the kill (%d "
+	       "failed, %d succeeded after it)\n",
+	       r_s, rerr, rafter);
+	snprintf(sql, sizeof sql, "SELECT sum(count) FROM %s_v", o->prefix);
+	long long counted = -1;
+	bench_scalar(admin, sql, &counted);
+	printf("failover: the view counts %lld of %lld acknowledged rows now (in-doubt hints "
+	       "are counted once %s is back)\n",
+	       counted, (long long)o->groups + ws[0].acked_rows, victim);
+	tally_buf_printf(json,
+			 "{\"benchmark\":\"failover\",\"victim\":\"%s\",\"write_recovery_s\":%.3f,"
+			 "\"read_recovery_s\":%.3f,\"write_errors\":%d,\"read_errors\":%d,"
+			 "\"writes_after\":%d,\"reads_after\":%d,\"acked_rows\":%lld,"
+			 "\"counted\":%lld}",
+			 victim, w_s, r_s, werr, rerr, wafter, rafter,
+			 (long long)o->groups + ws[0].acked_rows, counted);
+	for (int i = 0; i < 2; i++) {
+		PQfinish(ws[i].conn);
+		free(ws[i].ops);
+	}
+	PQfinish(admin);
+	return w_s >= 0 && r_s >= 0 ? 0 : -1;
+}
+
 /* ---- output -------------------------------------------------------------------------------- */
 
 static void json_ingest(tally_buf *b, const bench_opts *o, const bench_ingest_result *r)
@@ -716,10 +962,14 @@ static void json_ingest(tally_buf *b, const bench_opts *o, const bench_ingest_re
 	tally_buf_printf(b,
 			 "{\"connections\":%d,\"events\":%lld,\"groups\":%d,\"batch\":%d,"
 			 "\"insert_level\":\"%s\",\"seconds\":%.3f,\"events_per_s\":%.0f,"
-			 "\"mb_per_s\":%.2f,\"visible_s\":%.3f,\"counted\":%lld,\"ok\":%s}",
+			 "\"mb_per_s\":%.2f,\"visible_s\":%.3f,\"counted\":%lld,\"ok\":%s,"
+			 "\"num_replicas\":%d,\"replication\":\"%s\",\"max_lag_records\":%lld,"
+			 "\"max_lag_bytes\":%lld,\"max_lag_ms\":%lld}",
 			 o->connections, r->events, o->groups, o->batch,
 			 o->insert_level ? o->insert_level : "default", r->seconds, r->events_per_s,
-			 r->mb_per_s, r->visible_s, r->counted, r->ok ? "true" : "false");
+			 r->mb_per_s, r->visible_s, r->counted, r->ok ? "true" : "false",
+			 bench_replicas, bench_replication ? bench_replication : "default",
+			 r->max_lag_records, r->max_lag_bytes, r->max_lag_ms);
 }
 
 static void json_select(tally_buf *b, const bench_select_result *r)
@@ -747,6 +997,7 @@ static const char *usage =
     "                          [--view-prefix b]\n"
     "       tally-bench all    [options of both]\n"
     "       tally-bench soak   --cluster-dir DIR [--minutes 30] [--sample 60] [ingest options]\n"
+    "       tally-bench failover --cluster-dir DIR --victim NODE [--groups 1000]\n"
     "\n"
     "ingest  COPY --events rows (k integer, v double precision; k in 0..groups-1) over\n"
     "        --connections connections, --batch rows per COPY, into stream <prefix>_s feeding\n"
@@ -759,11 +1010,17 @@ static const char *usage =
     "        print every --sample seconds each node's resident memory and data directory\n"
     "        size (nodes found in DIR, as tallyctl up --dir DIR made it); at the end check\n"
     "        the view counted every event.\n"
+    "failover  fill view <prefix>_v with --groups groups, then one client INSERTs 32 rows\n"
+    "        per statement (sync_commit) and one reads the view (primary_only = off) without\n"
+    "        pause; after 2 s kill -9 NODE (pid from DIR/NODE/ready) and report how long\n"
+    "        until writes and reads succeed again (8 s of load after the kill).\n"
     "\n"
     "--insert-level L  SET pipeline_cluster.insert_level = L on every ingest connection\n"
     "                  (sync_receive, sync_commit or async); events/s counts acknowledged\n"
     "                  rows, visible_s when the view had them all.\n"
     "--shards N        num_shards of the views the tool creates (default: the cluster's)\n"
+    "--replicas N      num_replicas of the views the tool creates (default: the cluster's)\n"
+    "--replication M   replication mode of those views (async, sync or quorum)\n"
     "--sequential-keys ingest: row r of connection c has k = (r * connections + c) mod\n"
     "                  groups, so connections x batch >= groups rows fill every group\n"
     "                  (default: k at random).\n"
@@ -785,8 +1042,13 @@ enum {
 	OPT_SAMPLE,
 	OPT_CLUSTER_DIR,
 	OPT_SEQUENTIAL,
-	OPT_SHARDS
+	OPT_SHARDS,
+	OPT_REPLICAS,
+	OPT_REPLICATION,
+	OPT_VICTIM
 };
+
+static const char *bench_victim; /* failover: the node killed */
 
 static int parse_ll(const char *s, long long min, long long max, long long *out)
 {
@@ -827,6 +1089,9 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 	    {"cluster-dir", required_argument, NULL, OPT_CLUSTER_DIR},
 	    {"sequential-keys", no_argument, NULL, OPT_SEQUENTIAL},
 	    {"shards", required_argument, NULL, OPT_SHARDS},
+	    {"replicas", required_argument, NULL, OPT_REPLICAS},
+	    {"replication", required_argument, NULL, OPT_REPLICATION},
+	    {"victim", required_argument, NULL, OPT_VICTIM},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -911,6 +1176,22 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 			if (parse_ll(optarg, 1, 1024, &v))
 				bad = "--shards", range = "1..1024";
 			bench_shards = (int)v;
+			break;
+		case OPT_REPLICAS:
+			if (parse_ll(optarg, 0, 15, &v))
+				bad = "--replicas", range = "0..15";
+			bench_replicas = (int)v;
+			break;
+		case OPT_REPLICATION:
+			if (strcmp(optarg, "async") && strcmp(optarg, "sync") &&
+			    strcmp(optarg, "quorum"))
+				bad = "--replication", range = "async, sync or quorum";
+			bench_replication = optarg;
+			break;
+		case OPT_VICTIM:
+			if (!valid_prefix(optarg))
+				bad = "--victim", range = "a node name";
+			bench_victim = optarg;
 			break;
 		case ':':
 			fprintf(stderr, "tally-bench: option %s needs a value\n", argv[optind - 1]);
@@ -1008,6 +1289,11 @@ int main(int argc, char **argv)
 		tally_buf_printf(&json, "]}");
 		json_print(&json);
 		return failed ? 1 : 0;
+	}
+	if (strcmp(cmd, "failover") == 0) {
+		rc = bench_failover(&o, bench_victim, &json);
+		json_print(&json);
+		return rc ? 1 : 0;
 	}
 	if (strcmp(cmd, "soak") == 0) {
 		rc = bench_soak(&o, &json);
