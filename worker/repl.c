@@ -359,11 +359,13 @@ static void *dest_main(void *arg)
 	pick *picks = tally_xcalloc(REPL_ROUND, sizeof *picks);
 	tally_rpc_call *calls = tally_xcalloc(REPL_ROUND, sizeof *calls);
 	tally_buf *reqs = tally_xcalloc(REPL_ROUND, sizeof *reqs);
+	size_t rot = 0;
 	pthread_mutex_lock(&rp->mu);
 	while (!rp->stopping) {
 		tally_map *m = tally_node_map(n);
 		if (m->cat->epoch != rp->epoch)
 			sync_streams(rp, m);
+		rot += REPL_ROUND;
 		const tally_node_info *dn = tally_catalog_node(m->cat, da.dest);
 		bool up = dn && dn->state == TALLY_NODE_UP;
 		int64_t now = tally_mono_us();
@@ -371,8 +373,9 @@ static void *dest_main(void *arg)
 		/* the streams of this node due now */
 		rstream *cand[REPL_ROUND];
 		int nc = 0;
-		for (size_t i = 0; up && i < rp->ns && nc < REPL_ROUND; i++) {
-			rstream *x = rp->s[i];
+		/* start where the last round stopped, so no stream waits behind others */
+		for (size_t j = 0; up && j < rp->ns && nc < REPL_ROUND; j++) {
+			rstream *x = rp->s[(j + rot) % rp->ns];
 			if (x->dest == da.dest && x->live && !x->inflight &&
 			    x->next_try_us <= now) {
 				x->inflight = true;
@@ -561,8 +564,20 @@ static void *handoff_main(void *arg)
 				continue; /* only the holder's primary copy hands off */
 			const tally_node_info *dest =
 			    tally_catalog_node(m->cat, v->info->primary[rows[i].home]);
-			if (!tally_node_reachable(n, dest))
+			if (!tally_node_reachable(n, dest)) {
+				/* hints hidden by a hand-off that was cut short (e.g. by a restart)
+				 * count again until the home primary is back */
+				uint64_t lsn;
+				tally_err err;
+				tally_err_clear(&err);
+				if (rows[i].handing_off &&
+				    tally_store_hint_op(rp->st, n->wal, v, rows[i].shard, self,
+							rows[i].home, TALLY_HINT_OP_REVERT, NULL, 0,
+							&lsn, &err) != 0)
+					tally_log_warn("hints for shard %s_%u: %s", v->info->name,
+						       rows[i].home, err.message);
 				continue;
+			}
 			int k = handoff_one(rp, m, v, rows[i].shard, rows[i].home, dest);
 			if (k < 0) {
 				failed = true;
