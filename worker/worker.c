@@ -176,6 +176,62 @@ static int do_heartbeat(tally_worker *w)
 	return rc;
 }
 
+/* Shard copies the catalog places on the node called name. */
+static int copies_placed(const tally_catalog *cat, const char *name)
+{
+	const tally_node_info *self = tally_catalog_node_by_name(cat, name);
+	int copies = 0;
+	for (int i = 0; self && i < cat->nviews; i++) {
+		const tally_view_info *v = &cat->views[i];
+		for (int s = 0; s < v->num_shards; s++) {
+			copies += v->primary[s] == self->id;
+			for (int r = 0; r < v->num_replicas; r++)
+				copies += v->replicas[s * v->num_replicas + r] == self->id;
+		}
+	}
+	return copies;
+}
+
+/* A worker that started with an empty data directory but which the cluster map gives shard
+ * copies lost its data (a disk replaced, a directory removed): serving those copies empty
+ * would answer reads wrongly, and its replicas hold the data. It refuses to run, and leaves
+ * its directory new so that the next start refuses too. Returns 0 if all is well. */
+static int lost_directory(tally_worker *w, const tally_catalog *cat, tally_err *err)
+{
+	tally_node *n = &w->node;
+	int copies = n->fresh_dir ? copies_placed(cat, n->cfg.name) : 0;
+	if (copies == 0)
+		return 0;
+	char path[600];
+	snprintf(path, sizeof path, "%s/node.state", n->cfg.dir);
+	unlink(path);
+	snprintf(path, sizeof path, "%s/map", n->cfg.dir);
+	unlink(path);
+	tally_err_set(err, "55000",
+		      "the data directory \"%s\" is new, but the cluster map places %d shard "
+		      "copies on node %s: its data was lost",
+		      n->cfg.dir, copies, n->cfg.name);
+	return tally_err_hint(err,
+			      "Remove the node with SELECT pipeline_cluster.remove_node('%s') "
+			      "(its replicas hold the data) and start it under a new name, or "
+			      "restore its directory.",
+			      n->cfg.name);
+}
+
+/* After registering (when the coordinator could not be asked before): the same check. */
+static void refuse_lost_directory(tally_worker *w)
+{
+	tally_map *m = tally_node_map(&w->node);
+	tally_err err;
+	tally_err_clear(&err);
+	int rc = lost_directory(w, m->cat, &err);
+	tally_map_put(m);
+	if (rc == 0)
+		return;
+	tally_log_error("%s. %s Exiting.", err.message, err.hint);
+	_exit(1);
+}
+
 static void *hb_main(void *arg)
 {
 	tally_worker *w = arg;
@@ -186,6 +242,7 @@ static void *hb_main(void *arg)
 		    tally_settings_ms(&w->node.cfg.defaults, TALLY_SET_HEARTBEAT_INTERVAL);
 		if (w->state == W_UNREGISTERED) {
 			if (do_register(w) == 0) {
+				refuse_lost_directory(w);
 				w->state = W_REGISTERED;
 				if (!w->ready_written && tally_node_write_ready(&w->node) == 0)
 					w->ready_written = true;
@@ -214,23 +271,37 @@ static void *hb_main(void *arg)
 
 /* ---- requests ------------------------------------------------------------------------------- */
 
-/* Ask the coordinator for the current map and take it. 0 if a map came back. */
-static int fetch_map(tally_worker *w, int timeout_ms)
+/* Ask the coordinator for the current map (a heap catalog the caller owns), or NULL. */
+static tally_catalog *get_map(tally_worker *w, int timeout_ms)
 {
 	tally_node *n = &w->node;
 	tally_buf req = {0};
 	tally_msg_begin(&req, TALLY_MSG_GET_MAP, tally_node_next_req(n), tally_node_epoch(n));
 	tally_msg_end(&req);
 	tally_rpc_call c;
-	int rc = -1;
+	tally_catalog *cat = NULL;
 	if (coord_call(w, &req, &c, timeout_ms) == 0 && c.hdr.type == TALLY_MSG_MAP) {
-		rc = install_from(w, &c.body);
-		if (rc != 0)
+		const uint8_t *p;
+		uint32_t len;
+		if (tally_rd_str(&c.body, &p, &len, TALLY_MSG_MAX) != 0 ||
+		    tally_catalog_decode(p, len, &cat) != 0) {
 			tally_log_warn("malformed MAP reply from the coordinator");
+			cat = NULL;
+		}
 	}
 	tally_rpc_calls_done(&c, 1);
 	tally_buf_free(&req);
-	return rc;
+	return cat;
+}
+
+/* Ask the coordinator for the current map and take it. 0 if a map came back. */
+static int fetch_map(tally_worker *w, int timeout_ms)
+{
+	tally_catalog *cat = get_map(w, timeout_ms);
+	if (!cat)
+		return -1;
+	take_map(w, cat);
+	return 0;
 }
 
 /* The view a peer's request names, looked up in the current map (*m, a reference the caller
@@ -721,6 +792,19 @@ static int worker_recover(tally_node *n, tally_err *err)
 			tally_log_warn(
 			    "still waiting for the cluster map from the coordinator at %s",
 			    n->cfg.coordinator_addr);
+	}
+	if (rc == 1 && n->fresh_dir) {
+		/* A new directory: unless the coordinator says this node held shard copies
+		 * (then its data was lost and it must not serve them empty). */
+		tally_catalog *cat = get_map(w, 2000);
+		if (!cat)
+			tally_log_warn("could not ask the coordinator whether node %s held data; "
+				       "checking after registration",
+				       n->cfg.name);
+		int lost = cat ? lost_directory(w, cat, err) : 0;
+		tally_catalog_free(cat);
+		if (lost)
+			return -1;
 	}
 	tally_map *m = tally_node_map(n);
 	rc = tally_store_load(w->store, m, err);
