@@ -31,6 +31,9 @@ struct tally_coord {
 	copy_pos *pos; /* answers gathered for the remove_node being planned */
 	size_t npos;
 	pthread_t fd_thread;
+	pthread_t push_thread; /* publishes what the failure detector decided */
+	pthread_cond_t push_cv;
+	bool push_pending; /* guarded by stop_mu */
 	pthread_mutex_t stop_mu;
 	pthread_cond_t stop_cv;
 	bool stopping;
@@ -864,9 +867,14 @@ static void *fd_main(void *arg)
 			publish_locked(c, false);
 		}
 		pthread_mutex_unlock(&c->mu);
-		if (changed)
-			push_map(c, 0);
 		pthread_mutex_lock(&c->stop_mu);
+		if (changed) {
+			/* Published by the pusher: a push waits up to 2 s for workers still
+			 * marked up, and one of them may be the next to die (its silence must
+			 * be noticed on time too). */
+			c->push_pending = true;
+			pthread_cond_broadcast(&c->push_cv);
+		}
 		if (c->stopping)
 			break;
 		struct timespec ts;
@@ -882,12 +890,31 @@ static void *fd_main(void *arg)
 	return NULL;
 }
 
+static void *push_main(void *arg)
+{
+	tally_coord *c = arg;
+	pthread_mutex_lock(&c->stop_mu);
+	while (!c->stopping) {
+		if (!c->push_pending) {
+			pthread_cond_wait(&c->push_cv, &c->stop_mu);
+			continue;
+		}
+		c->push_pending = false;
+		pthread_mutex_unlock(&c->stop_mu);
+		push_map(c, 0); /* the newest map: changes made meanwhile coalesce */
+		pthread_mutex_lock(&c->stop_mu);
+	}
+	pthread_mutex_unlock(&c->stop_mu);
+	return NULL;
+}
+
 int tally_coord_start(tally_coord **out, const tally_node_config *cfg)
 {
 	tally_coord *c = tally_xcalloc(1, sizeof *c);
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_mutex_init(&c->stop_mu, NULL);
 	pthread_cond_init(&c->stop_cv, NULL);
+	pthread_cond_init(&c->push_cv, NULL);
 	c->cat = tally_xcalloc(1, sizeof *c->cat);
 	/* A new cluster's epochs and stream/view ids start at its creation time (microseconds):
 	 * a coordinator that lost its catalog file and starts over is then always newer than
@@ -919,6 +946,7 @@ int tally_coord_start(tally_coord **out, const tally_node_config *cfg)
 		return -1;
 	}
 	pthread_create(&c->fd_thread, NULL, fd_main, c);
+	pthread_create(&c->push_thread, NULL, push_main, c);
 	*out = c;
 	return 0;
 }
@@ -928,8 +956,10 @@ void tally_coord_stop(tally_coord *c)
 	pthread_mutex_lock(&c->stop_mu);
 	c->stopping = true;
 	pthread_cond_broadcast(&c->stop_cv);
+	pthread_cond_broadcast(&c->push_cv);
 	pthread_mutex_unlock(&c->stop_mu);
 	pthread_join(c->fd_thread, NULL);
+	pthread_join(c->push_thread, NULL);
 	tally_node_close(&c->node);
 	tally_catalog_free(c->cat);
 	free(c);

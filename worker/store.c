@@ -1121,6 +1121,18 @@ int tally_store_hint_op(tally_store *st, tally_wal *wal, const tally_view_rt *v,
 	tally_buf_put_u32(&b, 0);
 	if (ids) {
 		for (size_t i = 0; i < nids; i++) {
+			/* only ids of hints it changes: no record for nothing */
+			bool found = false;
+			for (size_t j = 0; j < s->nhints && !found; j++) {
+				const hint *h = &s->hints[j];
+				found =
+				    h->home == home && h->origin == ids[i].origin &&
+				    h->seq == ids[i].seq &&
+				    (op == TALLY_HINT_OP_DROP ||
+				     (op == TALLY_HINT_OP_HANDOFF) != (h->state == HINT_HANDOFF));
+			}
+			if (!found)
+				continue;
 			tally_buf_put_u32(&b, home);
 			tally_buf_put_u64(&b, ids[i].origin);
 			tally_buf_put_u64(&b, ids[i].seq);

@@ -81,6 +81,7 @@ typedef struct shard_read {
 	uint32_t cand[TALLY_MAX_REPLICAS + 2];
 	int ncand, next; /* next candidate to try */
 	bool done;
+	bool optional; /* asked only for hints it may hold (a key the shard does not own) */
 	char why[300]; /* the last failure */
 } shard_read;
 
@@ -98,17 +99,18 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 	static uint32_t rotor; /* spreads reads over replicas; races only skew the spread */
 	uint32_t rot = __atomic_fetch_add(&rotor, 1, __ATOMIC_RELAXED);
 	int S = v->num_shards;
-	/* A full group key of a read_optimized view lives in exactly one shard. */
+	/* A full group key of a read_optimized view lives in one shard; the others are asked
+	 * for the key too, but only for hints of it they may hold while that shard's primary
+	 * is or was down (DESIGN §5): if they cannot be read, nobody is told. */
 	int only = -1;
 	if (key && v->sharding_policy == TALLY_POLICY_READ_OPTIMIZED)
 		only = (int)tally_ring_shard_of(tally_group_hash(key, keylen), (uint32_t)S);
 	shard_read *sr = tally_xcalloc((size_t)S, sizeof *sr);
 	int nsr = 0;
 	for (int i = 0; i < S; i++) {
-		if (only >= 0 && i != only)
-			continue;
 		shard_read *x = &sr[nsr++];
 		x->shard = i;
+		x->optional = only >= 0 && i != only;
 		x->ncand = copies_of(v, i, tally_node_id(n), primary_only, rot, x->cand);
 	}
 	tally_rpc_call *calls = tally_xcalloc((size_t)S, sizeof *calls);
@@ -146,6 +148,8 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 			}
 			if (!pn) {
 				x->done = true;
+				if (x->optional)
+					continue;
 				if (!skip) {
 					rc = tally_err_set(
 					    err, TALLY_SQLSTATE_UNAVAILABLE,

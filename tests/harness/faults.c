@@ -17,6 +17,13 @@
  * acknowledged ones must be there exactly once, failed ones exactly once or not at all.
  * The rows of acknowledged and applied-failed statements not yet in the oracle are then
  * COPYed into it, and each view is compared with the oracle's GROUP BY at every node.
+ *
+ * Outages. With max_down >= 1 a round takes down several workers at once (SIGKILL, or
+ * SIGSTOP for a hung node) while the clients keep ingesting. The victims' bits are set in
+ * down_mask before the signal and cleared once they are back up, so a client statement that
+ * fails meanwhile is counted as an error of a victim's own connection or, the one that
+ * should never happen with sync_receive, of a live node. The main thread checks reads and
+ * writes at a live node once the coordinator has marked every victim down.
  */
 #include "faults.h"
 #include "harness_int.h"
@@ -66,11 +73,16 @@ struct th_faults {
 	atomic_bool stop;
 	faults_client clients[FAULTS_MAX_CLIENTS];
 	int nclients;
-	int gen;		/* generation, 1-based (th_faults_new_generation) */
-	uint64_t base;		/* its first statement id: recs[id - base] */
-	char vname[3][48];	/* its view names */
-	th_faults_summary done; /* statement counts of the generations before */
-	th_faults_summary cur;	/* those of this generation at its last check */
+	int gen;		      /* generation, 1-based (th_faults_new_generation) */
+	uint64_t base;		      /* its first statement id: recs[id - base] */
+	char vname[3][48];	      /* its view names */
+	th_faults_summary done;	      /* statement counts of the generations before */
+	th_faults_summary cur;	      /* those of this generation at its last check */
+	int replicas;		      /* num_replicas of the views (0: no clause) */
+	char hosts[TH_MAX_NODES][64]; /* SQL addresses, fixed across restarts */
+	atomic_uint down_mask;	      /* node indexes taken down by the current outage round */
+	atomic_long out_origin;	      /* client failures in an outage, on a victim */
+	atomic_long out_other;	      /* client failures in an outage, on a live node */
 };
 
 static const struct {
@@ -196,23 +208,36 @@ static void faults_create_views(th_faults *f)
 		else
 			snprintf(f->vname[i], sizeof f->vname[i], "%s_g%d", faults_views[i].name,
 				 f->gen);
-		th_runf(co, "CREATE CONTINUOUS VIEW %s WITH (%s) AS %s", f->vname[i],
-			faults_views[i].with, faults_views[i].select);
+		char reps[48] = "";
+		if (f->replicas >= 1)
+			snprintf(reps, sizeof reps, ", num_replicas = %d", f->replicas);
+		th_runf(co, "CREATE CONTINUOUS VIEW %s WITH (%s%s) AS %s", f->vname[i],
+			faults_views[i].with, reps, faults_views[i].select);
 	}
 	PQfinish(co);
 }
 
-th_faults *th_faults_alloc(th_cluster *c, PGconn *oracle)
+th_faults *th_faults_alloc_replicas(th_cluster *c, PGconn *oracle, int replicas)
 {
+	cr_assert(replicas >= 0 && replicas < c->nnodes - 1,
+		  "num_replicas %d needs more than %d workers", replicas, c->nnodes - 1);
+	cr_assert(c->nnodes <= 32, "down_mask has 32 bits");
 	th_faults *f = tally_xcalloc(1, sizeof *f);
 	f->c = c;
 	f->oracle = oracle;
+	f->replicas = replicas;
 	f->recs = tally_xcalloc(FAULTS_MAX_STMT, sizeof *f->recs);
 	atomic_init(&f->next, 1);
 	atomic_init(&f->stop, false);
+	atomic_init(&f->down_mask, 0);
+	atomic_init(&f->out_origin, 0);
+	atomic_init(&f->out_other, 0);
 	f->nnodes = c->nnodes;
-	for (int i = 0; i < c->nnodes; i++)
+	for (int i = 0; i < c->nnodes; i++) {
 		f->ports[i] = c->nodes[i].sql_port;
+		snprintf(f->hosts[i], sizeof f->hosts[i], "%s",
+			 c->nodes[i].host[0] ? c->nodes[i].host : "127.0.0.1");
+	}
 
 	f->gen = 1;
 	f->base = 1;
@@ -222,6 +247,23 @@ th_faults *th_faults_alloc(th_cluster *c, PGconn *oracle)
 	faults_create_views(f);
 	th_run(oracle, "CREATE TABLE fs (stmt bigint, k integer, v double precision, g text)");
 	return f;
+}
+
+th_faults *th_faults_alloc(th_cluster *c, PGconn *oracle)
+{
+	return th_faults_alloc_replicas(c, oracle, 0);
+}
+
+const char *th_faults_view(th_faults *f, int i)
+{
+	cr_assert(i >= 0 && i < (int)FAULTS_NVIEWS, "view index %d", i);
+	return f->vname[i];
+}
+
+const char *th_faults_view_query(int i)
+{
+	cr_assert(i >= 0 && i < (int)FAULTS_NVIEWS, "view index %d", i);
+	return faults_views[i].select;
 }
 
 void th_faults_free(th_faults *f)
@@ -329,13 +371,13 @@ static bool faults_exec(PGconn *conn, const char *sql, const char *copy, size_t 
 	return ok && !err;
 }
 
-static PGconn *faults_connect_port(int port, const char *level)
+static PGconn *faults_connect_port(const char *host, int port, const char *level)
 {
 	char ci[256];
 	snprintf(ci, sizeof ci,
-		 "host=127.0.0.1 port=%d user=tally dbname=tally connect_timeout=3 "
+		 "host=%s port=%d user=tally dbname=tally connect_timeout=3 "
 		 "application_name=tally_faults",
-		 port);
+		 host, port);
 	PGconn *conn = PQconnectdb(ci);
 	if (PQstatus(conn) != CONNECTION_OK) {
 		PQfinish(conn);
@@ -371,7 +413,7 @@ static void *faults_client_main(void *arg)
 	int64_t failing_since = 0;
 	while (!atomic_load(&f->stop)) {
 		if (!conn) {
-			conn = faults_connect_port(f->ports[node], cl->level);
+			conn = faults_connect_port(f->hosts[node], f->ports[node], cl->level);
 			if (!conn) {
 				int64_t now = faults_now_ms();
 				if (!failing_since)
@@ -401,6 +443,13 @@ static void *faults_client_main(void *arg)
 						FAULTS_STMT_TIMEOUT_MS, &broken);
 		rec->node = (uint8_t)node;
 		rec->outcome = ok ? TH_FAULTS_ACKED : TH_FAULTS_FAILED;
+		unsigned down = atomic_load(&f->down_mask);
+		if (!ok && down && (down >> node) & 1u) {
+			atomic_fetch_add(&f->out_origin, 1);
+		} else if (!ok && down && atomic_fetch_add(&f->out_other, 1) < 10) {
+			fprintf(stderr, "faults: outage: stmt %llu failed at live node %d: %s",
+				(unsigned long long)stmt, node, PQerrorMessage(conn));
+		}
 		if (!ok || ++sent_here >= FAULTS_ROTATE_EVERY) {
 			PQfinish(conn);
 			conn = NULL;
@@ -507,6 +556,81 @@ static bool faults_sqlstate_is(const PGresult *r, const char *state)
 	return got && strcmp(got, state) == 0;
 }
 
+static bool faults_is_view(const th_faults *f, const char *name)
+{
+	for (size_t i = 0; i < FAULTS_NVIEWS; i++)
+		if (strcmp(f->vname[i], name) == 0)
+			return true;
+	return false;
+}
+
+/* At the coordinator: every replica copy of the engine's views streaming with lag 0, no
+ * hints held, every shard balanced. */
+static bool faults_replicas_settled(faults_settle_ctx *x)
+{
+	PGconn *conn = th_try_connect(th_coord(x->f->c));
+	if (!conn) {
+		snprintf(x->why, sizeof x->why, "cannot connect to the coordinator");
+		return false;
+	}
+	bool ok = true;
+	PGresult *r = PQexec(conn, "SELECT continuous_view, shard, replica, state, lag_records "
+				   "FROM pipeline_cluster.replication");
+	if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+		snprintf(x->why, sizeof x->why, "pipeline_cluster.replication: %s",
+			 PQresultErrorMessage(r));
+		ok = false;
+	}
+	for (int i = 0; ok && i < PQntuples(r); i++) {
+		if (!faults_is_view(x->f, PQgetvalue(r, i, 0)))
+			continue;
+		if (strcmp(PQgetvalue(r, i, 3), "streaming") != 0 ||
+		    strcmp(PQgetvalue(r, i, 4), "0") != 0) {
+			snprintf(x->why, sizeof x->why, "replica of %s at %s: state %s, lag %s",
+				 PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), PQgetvalue(r, i, 3),
+				 PQgetisnull(r, i, 4) ? "NULL" : PQgetvalue(r, i, 4));
+			ok = false;
+		}
+	}
+	PQclear(r);
+	if (ok) {
+		r = PQexec(conn, "SELECT continuous_view, shard, home_shard FROM "
+				 "pipeline_cluster.hints");
+		if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+			snprintf(x->why, sizeof x->why, "pipeline_cluster.hints: %s",
+				 PQresultErrorMessage(r));
+			ok = false;
+		}
+		for (int i = 0; ok && i < PQntuples(r); i++)
+			if (faults_is_view(x->f, PQgetvalue(r, i, 0))) {
+				snprintf(x->why, sizeof x->why, "%s holds hints for %s",
+					 PQgetvalue(r, i, 1), PQgetvalue(r, i, 2));
+				ok = false;
+			}
+		PQclear(r);
+	}
+	if (ok) {
+		r = PQexec(conn, "SELECT continuous_view, shard, owner, balanced FROM "
+				 "pipeline_cluster.shards");
+		if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+			snprintf(x->why, sizeof x->why, "pipeline_cluster.shards: %s",
+				 PQresultErrorMessage(r));
+			ok = false;
+		}
+		for (int i = 0; ok && i < PQntuples(r); i++)
+			if (faults_is_view(x->f, PQgetvalue(r, i, 0)) &&
+			    strcmp(PQgetvalue(r, i, 3), "t") != 0) {
+				snprintf(x->why, sizeof x->why, "%s at %s: balanced %s",
+					 PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
+					 PQgetisnull(r, i, 3) ? "NULL" : PQgetvalue(r, i, 3));
+				ok = false;
+			}
+		PQclear(r);
+	}
+	PQfinish(conn);
+	return ok;
+}
+
 static bool faults_settled_cond(void *arg)
 {
 	faults_settle_ctx *x = arg;
@@ -546,7 +670,11 @@ static bool faults_settled_cond(void *arg)
 		if (pending != 0)
 			return false;
 	}
-	return true;
+	/* outboxes empty and every worker up: nothing more becomes a hint or a change to
+	 * replicate, so lag and hints only go down from here (views without a num_replicas
+	 * clause get the cluster's default, and batches for a killed primary become hints in
+	 * every mode: in doubt ones count only once handed off) */
+	return faults_replicas_settled(x);
 }
 
 bool th_faults_wait_up(th_faults *f, int deadline_ms)
@@ -731,10 +859,25 @@ static void faults_compare_views(th_faults *f, th_faults_summary *s)
 			s->read_errors++;
 			continue;
 		}
-		for (size_t v = 0; v < FAULTS_NVIEWS; v++) {
-			char sql[96], what[128];
+		/* with replicas, also with primary_only = off: each node reads its local copies
+		 * first, so every replica copy is compared at its own node */
+		for (size_t pass = 0; pass < (f->replicas >= 1 ? 2u : 1u) * FAULTS_NVIEWS; pass++) {
+			size_t v = pass % FAULTS_NVIEWS;
+			bool off = pass >= FAULTS_NVIEWS;
+			if (off && v == 0) {
+				PGresult *sr =
+				    PQexec(conn, "SET pipeline_cluster.primary_only = off");
+				if (PQresultStatus(sr) != PGRES_COMMAND_OK) {
+					fprintf(stderr, "faults: SET primary_only at %s: %s",
+						n->name, PQresultErrorMessage(sr));
+					s->read_errors++;
+				}
+				PQclear(sr);
+			}
+			char sql[96], what[160];
 			snprintf(sql, sizeof sql, "SELECT * FROM %s", f->vname[v]);
-			snprintf(what, sizeof what, "%s at %s", f->vname[v], n->name);
+			snprintf(what, sizeof what, "%s at %s%s", f->vname[v], n->name,
+				 off ? " (primary_only off)" : "");
 			PGresult *r = PQexec(conn, sql);
 			if (PQresultStatus(r) != PGRES_TUPLES_OK) {
 				fprintf(stderr, "faults: %s failed: %s\n", what,
@@ -849,12 +992,17 @@ void th_faults_summary_print(const th_faults_summary *s, FILE *out)
 		"faults: seed=%llu checks=%d rounds=%d faults(worker=%d coordinator=%d origin=%d) "
 		"stmts(acked=%ld failed=%ld failed_applied=%ld) events_acked=%ld lost=%ld "
 		"doubled=%ld partial=%ld phantom=%ld mismatching_rows=%ld read_errors=%d "
-		"settle_timeouts=%d client_errors=%d seconds=%.1f\n",
+		"settle_timeouts=%d client_errors=%d outages=%d sigstopped=%d multi_down=%d "
+		"detect_timeouts=%d outage_read_errors=%d outage_write_errors=%d "
+		"outage_client_errors_origin=%ld outage_client_errors_other=%ld "
+		"outage_read_max_ms=%.0f detect_max_ms=%.0f seconds=%.1f\n",
 		(unsigned long long)s->seed, s->checks, s->rounds, s->faults_worker,
 		s->faults_coordinator, s->faults_origin, s->stmts_acked, s->stmts_failed,
 		s->stmts_failed_applied, s->events_acked, s->lost, s->doubled, s->partial,
 		s->phantom, s->mismatches, s->read_errors, s->settle_timeouts, s->client_errors,
-		s->seconds);
+		s->outages, s->faults_sigstop, s->faults_multi, s->detect_timeouts,
+		s->outage_read_errors, s->outage_write_errors, s->outage_client_origin,
+		s->outage_client_other, s->outage_read_max_ms, s->detect_max_ms, s->seconds);
 	fflush(out);
 }
 
@@ -862,7 +1010,8 @@ bool th_faults_summary_clean(const th_faults_summary *s)
 {
 	return s->lost == 0 && s->doubled == 0 && s->partial == 0 && s->phantom == 0 &&
 	       s->mismatches == 0 && s->read_errors == 0 && s->settle_timeouts == 0 &&
-	       s->client_errors == 0;
+	       s->client_errors == 0 && s->detect_timeouts == 0 && s->outage_read_errors == 0 &&
+	       s->outage_write_errors == 0 && s->outage_client_other == 0;
 }
 
 enum { VICTIM_WORKER, VICTIM_COORDINATOR, VICTIM_ORIGIN };
@@ -884,6 +1033,164 @@ static int faults_pick_kind(const th_faults_opts *o, int round, int order, uint6
 	return VICTIM_WORKER;
 }
 
+/* ---- outages ---------------------------------------------------------------------------- */
+
+typedef struct faults_down_ctx {
+	th_faults *f;
+	const int *victims;
+	int nvictims;
+	int still_up; /* victims still 'up' at the last poll */
+} faults_down_ctx;
+
+/* Does the coordinator show every victim as not 'up'? */
+static bool faults_down_cond(void *arg)
+{
+	faults_down_ctx *x = arg;
+	th_cluster *c = x->f->c;
+	PGconn *conn = th_try_connect(th_coord(c));
+	if (!conn)
+		return false;
+	PGresult *r = PQexec(conn, "SELECT name, state FROM pipeline_cluster.nodes");
+	bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+	x->still_up = ok ? 0 : x->nvictims;
+	for (int i = 0; ok && i < PQntuples(r); i++)
+		for (int v = 0; v < x->nvictims; v++)
+			if (strcmp(PQgetvalue(r, i, 0), c->nodes[x->victims[v]].name) == 0 &&
+			    strcmp(PQgetvalue(r, i, 1), "up") == 0)
+				x->still_up++;
+	PQclear(r);
+	PQfinish(conn);
+	return ok && x->still_up == 0;
+}
+
+/* During an outage, at a live node: every view reads (primary_only = off) and a few
+ * statements are acknowledged (sync_receive; recorded, so the check judges them too). */
+static void faults_outage_check(th_faults *f, int node, th_faults_summary *s)
+{
+	th_node *n = &f->c->nodes[node];
+	s->outages++;
+	PGconn *conn = th_try_connect(n);
+	if (!conn) {
+		fprintf(stderr, "faults: outage: cannot connect to live node %s\n", n->name);
+		s->outage_read_errors++;
+		return;
+	}
+	th_run(conn, "SET pipeline_cluster.primary_only = off");
+	th_run(conn, "SET pipeline_cluster.insert_level = 'sync_receive'");
+	for (size_t v = 0; v < FAULTS_NVIEWS; v++) {
+		char sql[96];
+		snprintf(sql, sizeof sql, "SELECT * FROM %s", f->vname[v]);
+		int64_t t0 = faults_now_ms();
+		PGresult *r = PQexec(conn, sql);
+		double ms = (double)(faults_now_ms() - t0);
+		if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+			fprintf(stderr, "faults: outage: %s at %s failed after %.0f ms: %s", sql,
+				n->name, ms, PQresultErrorMessage(r));
+			s->outage_read_errors++;
+		} else if (ms > s->outage_read_max_ms) {
+			s->outage_read_max_ms = ms;
+		}
+		PQclear(r);
+	}
+	int acked = th_faults_ingest(f, conn, node, 4);
+	if (acked != 4)
+		fprintf(stderr, "faults: outage: %d of 4 statements failed at live node %s\n",
+			4 - acked, n->name);
+	s->outage_write_errors += 4 - acked;
+	PQfinish(conn);
+}
+
+static int64_t faults_rand_to(uint64_t *rng, int64_t n)
+{
+	return n > 0 ? (int64_t)(faults_rng(rng) % (uint64_t)n) : 0;
+}
+
+/* One outage round: 1..max_down workers down at random moments (max_down when all_down),
+ * the outage check, then every victim back and up. force_stop: SIGSTOP the first victim
+ * whatever sigstop_pct draws. */
+static void faults_outage_round(th_faults *f, const th_faults_opts *o, uint64_t *rng,
+				th_faults_summary *s, int64_t t0, bool all_down, bool force_stop)
+{
+	th_cluster *c = f->c;
+	int nworkers = c->nnodes - 1;
+	int maxd = o->max_down < nworkers ? o->max_down : nworkers;
+	int ndown = all_down ? maxd : 1 + (int)faults_rand_to(rng, maxd);
+	int victims[TH_MAX_NODES], nv = 0;
+	bool is_victim[TH_MAX_NODES] = {false};
+	bool origin = faults_rand_to(rng, 100) < o->origin_pct;
+	if (origin) {
+		int first = (int)faults_rand_to(rng, o->clients);
+		for (int i = 0; i < o->clients && nv == 0; i++) {
+			int node = th_faults_client_node(f, (first + i) % o->clients);
+			if (node >= 1) {
+				victims[nv++] = node;
+				is_victim[node] = true;
+			}
+		}
+	}
+	while (nv < ndown) {
+		int w = 1 + (int)faults_rand_to(rng, nworkers);
+		if (!is_victim[w]) {
+			victims[nv++] = w;
+			is_victim[w] = true;
+		}
+	}
+	bool stop_first = faults_rand_to(rng, 100) < o->sigstop_pct || force_stop;
+	for (int i = 0; i < nv; i++) {
+		if (i > 0)
+			faults_pause_ms((int)faults_rand_to(rng, 400));
+		th_node *victim = &c->nodes[victims[i]];
+		int sig = i == 0 && stop_first ? SIGSTOP : SIGKILL;
+		fprintf(stderr, "faults: round %d: %s %s (%s, %d of %d down)\n", s->rounds + 1,
+			sig == SIGSTOP ? "SIGSTOP" : "kill -9", victim->name,
+			i == 0 && origin ? "origin" : "worker", i + 1, nv);
+		atomic_fetch_or(&f->down_mask, 1u << victims[i]);
+		th_kill_node(c, victim, sig);
+		s->faults_sigstop += sig == SIGSTOP;
+		s->faults_worker += sig == SIGKILL && !(i == 0 && origin);
+		s->faults_origin += sig == SIGKILL && i == 0 && origin;
+	}
+	s->rounds++;
+	s->faults_multi += nv > 1;
+
+	faults_down_ctx dx = {.f = f, .victims = victims, .nvictims = nv};
+	int64_t tk = faults_now_ms();
+	if (!th_wait_until(faults_down_cond, &dx, 15000)) {
+		fprintf(stderr,
+			"faults: outage: %d of %d victims still 'up' at the coordinator "
+			"15 s after going down\n",
+			dx.still_up, nv);
+		s->detect_timeouts += dx.still_up > 0 ? dx.still_up : nv;
+	} else {
+		double ms = (double)(faults_now_ms() - tk);
+		fprintf(stderr, "faults: outage: all down at the coordinator after %.0f ms\n", ms);
+		if (ms > s->detect_max_ms)
+			s->detect_max_ms = ms;
+	}
+	/* a live node: the coordinator or a worker that is not a victim */
+	int live[TH_MAX_NODES], nlive = 0;
+	for (int i = 0; i < c->nnodes; i++)
+		if (!is_victim[i])
+			live[nlive++] = i;
+	faults_outage_check(f, live[faults_rand_to(rng, nlive)], s);
+	faults_pause_ms((int)faults_rand_to(rng, o->max_down_ms + 1));
+
+	for (int i = 0; i < nv; i++) {
+		th_node *victim = &c->nodes[victims[i]];
+		if (victim->stopped)
+			th_kill_node(c, victim, SIGCONT);
+		else
+			th_restart_node(c, victim);
+	}
+	if (!th_faults_wait_up(f, 30000)) {
+		th_faults_stop_clients(f);
+		s->seconds = (double)(faults_now_ms() - t0) / 1000.0;
+		th_faults_summary_print(s, stderr);
+		cr_assert_fail("workers not up 30 s after an outage of %d workers", nv);
+	}
+	atomic_store(&f->down_mask, 0);
+}
+
 void th_faults_run(th_faults *f, const th_faults_opts *opts, th_faults_summary *s)
 {
 	th_faults_opts o = *opts;
@@ -901,6 +1208,13 @@ void th_faults_run(th_faults *f, const th_faults_opts *opts, th_faults_summary *
 		o.max_down_ms = 1000;
 	if (!o.seed)
 		o.seed = (uint64_t)tally_now_us();
+	cr_assert(o.replicas == 0 || o.replicas == f->replicas,
+		  "opts.replicas %d, but the engine's views have num_replicas %d", o.replicas,
+		  f->replicas);
+	cr_assert(o.workers == 0 || o.workers == f->c->nnodes - 1,
+		  "opts.workers %d, but the cluster has %d", o.workers, f->c->nnodes - 1);
+	cr_assert(o.max_down >= 0 && o.sigstop_pct >= 0 && o.sigstop_pct <= 100,
+		  "max_down %d, sigstop_pct %d", o.max_down, o.sigstop_pct);
 	memset(s, 0, sizeof *s);
 	s->seed = o.seed;
 	uint64_t rng = faults_mix(o.seed) | 1;
@@ -911,8 +1225,18 @@ void th_faults_run(th_faults *f, const th_faults_opts *opts, th_faults_summary *
 		if (s->checks > 0)
 			th_faults_new_generation(f);
 		th_faults_start_clients(f, o.clients, o.insert_level, faults_mix(rng));
+		int stopped_before = s->faults_sigstop;
 		for (int round = 0; round < o.rounds; round++) {
 			faults_pause_ms(300 + (int)(faults_rng(&rng) % 1200));
+			if (o.max_down >= 1) {
+				/* every cycle has max_down workers down at once in its first
+				 * round and, with sigstop_pct, a hung node by its last */
+				bool last = round == o.rounds - 1;
+				faults_outage_round(f, &o, &rng, s, t0, round == 0,
+						    last && o.sigstop_pct > 0 &&
+							s->faults_sigstop == stopped_before);
+				continue;
+			}
 			int kind = faults_pick_kind(&o, s->rounds, order, &rng);
 			th_node *victim = NULL;
 			if (kind == VICTIM_ORIGIN) {
@@ -956,6 +1280,8 @@ void th_faults_run(th_faults *f, const th_faults_opts *opts, th_faults_summary *
 		}
 		th_faults_stop_clients(f);
 		s->client_errors += faults_clients_gave_up(f);
+		s->outage_client_origin += atomic_exchange(&f->out_origin, 0);
+		s->outage_client_other += atomic_exchange(&f->out_other, 0);
 		if (!th_faults_settle(f, 60000))
 			s->settle_timeouts++;
 		th_faults_check(f, s);

@@ -46,6 +46,19 @@ typedef struct th_faults_opts {
 	int coordinator_pct;	  /* % of rounds killing the coordinator (default 20) */
 	int origin_pct;		  /* % killing the node a client is connected to (default 25) */
 	int max_down_ms;	  /* a victim stays down 0..max_down_ms (default 1000) */
+	/* Outage mode (max_down >= 1; 0 keeps the rounds above): a round takes down 1..max_down
+	 * distinct workers at random moments (never the coordinator; the first victim is a
+	 * client's node in origin_pct of the rounds), waits until the coordinator marks them all
+	 * down, checks at a live node that reads (primary_only = off) of every view and writes
+	 * (sync_receive) succeed while the clients go on ingesting, keeps them down up to
+	 * max_down_ms more, then brings them back. Settling then also waits for replication lag
+	 * 0 and no hints left, and views are compared with primary_only on and off. */
+	int replicas;	 /* num_replicas of the engine's views (0: the cluster's default); the
+			    engine must have been made with the same (th_faults_alloc_replicas) */
+	int workers;	 /* workers the caller started (0: not checked) */
+	int max_down;	 /* workers down at once in a round (0: outage mode off) */
+	int sigstop_pct; /* % of outage rounds that SIGSTOP the first victim instead of killing
+			    it (a hung node; SIGCONT at the end of the round) */
 } th_faults_opts;
 
 typedef struct th_faults_summary {
@@ -68,6 +81,18 @@ typedef struct th_faults_summary {
 	int read_errors;	   /* view reads that failed after settling */
 	int settle_timeouts;	   /* checks where outboxes did not drain in time */
 	int client_errors;	   /* client threads that could not reconnect in time */
+	/* outage mode */
+	int faults_sigstop;	   /* victims SIGSTOPped (hung) instead of killed */
+	int faults_multi;	   /* rounds with more than one worker down at once */
+	int outages;		   /* outage checks done */
+	int detect_timeouts;	   /* victims the coordinator did not mark down in time */
+	int outage_read_errors;	   /* view reads at a live node that failed in an outage */
+	int outage_write_errors;   /* the engine's own writes at a live node that failed */
+	long outage_client_origin; /* client statements failed in an outage on a victim */
+	long outage_client_other;  /* client statements failed in an outage on a live node */
+	double outage_read_max_ms; /* slowest successful outage read */
+	double detect_max_ms;	   /* longest wait, from the last victim's signal, until the
+				      coordinator showed every victim down */
 	double seconds;
 } th_faults_summary;
 
@@ -75,6 +100,11 @@ typedef struct th_faults_summary {
  * oracle table `fs` through oracle (a connection to th_oracle_start's server). Both stay
  * borrowed and must outlive the engine. Asserts on failure. */
 th_faults *th_faults_alloc(th_cluster *c, PGconn *oracle);
+/* As th_faults_alloc, with the views made WITH (num_replicas = replicas) when replicas >= 1
+ * (needs more than replicas workers). Their replica copies are then also compared at every
+ * check (reads with primary_only = off at each node), and th_faults_settle also waits for
+ * replication lag 0 and no hints left. */
+th_faults *th_faults_alloc_replicas(th_cluster *c, PGconn *oracle, int replicas);
 /* Release the engine (NULL is fine). Client threads must have been stopped. */
 void th_faults_free(th_faults *f);
 
@@ -113,7 +143,9 @@ int th_faults_client_node(th_faults *f, int client);
 
 /* Wait (deadline_ms) until every worker is 'up' at the coordinator and every node answers
  * `SELECT count(*) FROM pipeline_cluster.outbox` = 0 (a node without that view, 42P01,
- * counts as drained). Returns false on timeout, printing what was still pending. */
+ * counts as drained); for an engine with replicas, also until the coordinator shows every
+ * replica copy 'streaming' with lag_records 0, no row in pipeline_cluster.hints and no
+ * shard unbalanced. Returns false on timeout, printing what was still pending. */
 bool th_faults_settle(th_faults *f, int deadline_ms);
 /* Wait (deadline_ms) until the coordinator shows every worker 'up'. */
 bool th_faults_wait_up(th_faults *f, int deadline_ms);
@@ -136,8 +168,17 @@ void th_faults_new_generation(th_faults *f);
  * the clients, do opts->rounds rounds
  * (ingest 0.3-1.5 s, SIGKILL a victim, ingest 0-max_down_ms, restart it, wait until every worker
  * is up), stop the clients, settle (60 s) and check; repeat while opts->minutes have not
- * passed. Fills *s and prints it with th_faults_summary_print after every check. */
+ * passed. Fills *s and prints it with th_faults_summary_print after every check.
+ * In outage mode (opts->max_down >= 1) a round is an outage instead (see th_faults_opts):
+ * the first round of every cycle takes max_down workers down at once, and with sigstop_pct
+ * the last one hangs a worker if no round of the cycle did. Asserts that opts->replicas and
+ * opts->workers (when not 0) match the engine and the cluster. */
 void th_faults_run(th_faults *f, const th_faults_opts *opts, th_faults_summary *s);
+
+/* The engine's view names of the current generation (i: 0 fv_stmt, 1 fv_k, 2 fv_g). */
+const char *th_faults_view(th_faults *f, int i);
+/* The oracle's query for view i (over table fs, same columns as SELECT * FROM the view). */
+const char *th_faults_view_query(int i);
 
 /* The summary on one line ("faults: rounds=... lost=... doubled=..."). */
 void th_faults_summary_print(const th_faults_summary *s, FILE *out);

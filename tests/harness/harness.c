@@ -384,7 +384,8 @@ int th_psql(const th_node *n, const char *const extra_args[], const char *in, ch
 {
 	char port[16];
 	snprintf(port, sizeof port, "%d", n->sql_port);
-	const char *argv[64] = {"/usr/bin/psql", "-X", "-h",   "127.0.0.1", "-p", port, "-U",
+	const char *host = n->host[0] ? n->host : "127.0.0.1";
+	const char *argv[64] = {"/usr/bin/psql", "-X", "-h",   host, "-p", port, "-U",
 				"tally",	 "-d", "tally"};
 	int argc = 10;
 	for (int i = 0; extra_args && extra_args[i] && argc < 62; i++)
@@ -459,11 +460,24 @@ static const char *node_binary(const th_cluster *c, const th_node *n, char *buf,
 static void node_spawn(th_cluster *c, th_node *n, bool reuse_ports)
 {
 	char bin[600], port[16], dport[16];
-	const char *argv[24 + 2 * TH_MAX_SETS];
+	const char *argv[28 + 2 * TH_MAX_SETS];
 	int argc = 0;
+	int idx = (int)(n - c->nodes);
+	const char *host = c->opts.hosts[idx] ? c->opts.hosts[idx] : "127.0.0.1";
+	const char *netns = c->opts.netns[idx];
+	const char *path = bin;
 	node_binary(c, n, bin, sizeof bin);
+	snprintf(n->host, sizeof n->host, "%s", host);
 	snprintf(port, sizeof port, "%d", reuse_ports ? n->sql_port : 0);
 	snprintf(dport, sizeof dport, "%d", reuse_ports ? n->data_port : 0);
+	if (netns) {
+		/* ip execs the node in the namespace: the pid stays the node's */
+		path = access("/usr/sbin/ip", X_OK) == 0 ? "/usr/sbin/ip" : "/sbin/ip";
+		argv[argc++] = path;
+		argv[argc++] = "netns";
+		argv[argc++] = "exec";
+		argv[argc++] = netns;
+	}
 	argv[argc++] = bin;
 	if (!n->is_coordinator) {
 		argv[argc++] = "--name";
@@ -474,7 +488,7 @@ static void node_spawn(th_cluster *c, th_node *n, bool reuse_ports)
 	argv[argc++] = "--dir";
 	argv[argc++] = n->dir;
 	argv[argc++] = "--host";
-	argv[argc++] = "127.0.0.1";
+	argv[argc++] = host;
 	argv[argc++] = "--port";
 	argv[argc++] = port;
 	argv[argc++] = "--data-port";
@@ -499,7 +513,7 @@ static void node_spawn(th_cluster *c, th_node *n, bool reuse_ports)
 	unlink(ready); /* a SIGKILLed node leaves its old one */
 	n->stopped = false;
 	n->exit_status = -1;
-	n->pid = th_spawn(bin, (char *const *)argv, n->log, false);
+	n->pid = th_spawn(path, (char *const *)argv, n->log, false);
 	if (n->pid < 0) {
 		n->pid = 0;
 		cluster_fail(c, "cannot start %s", bin);

@@ -49,6 +49,7 @@ typedef struct th_node {
 	int sql_port;
 	int data_port;
 	char data_addr[128]; /* tcp://127.0.0.1:PORT */
+	char host[64];	     /* address it listens on: 127.0.0.1 unless th_opts.hosts */
 	char dir[512];	     /* the node's --dir */
 	char log[512];	     /* its stderr */
 	int exit_status;     /* raw waitpid status of the last exit, -1 if unknown */
@@ -62,6 +63,11 @@ typedef struct th_opts {
 	int ready_timeout_ms;  /* for each node's ready file (default 20000) */
 	const char *bin_dir;   /* default $TALLY_TEST_BIN_DIR or TALLY_BIN_DIR */
 	bool no_wait_up;       /* don't wait for pipeline_cluster.nodes (fake nodes) */
+	/* per node index (0: the coordinator, i: wi), NULL for the default: the address the node
+	 * listens on and advertises (--host; default 127.0.0.1), and a network namespace to run
+	 * it in (`ip netns exec NS`, root only). Borrowed: must outlive the cluster. */
+	const char *hosts[TH_MAX_NODES];
+	const char *netns[TH_MAX_NODES];
 } th_opts;
 
 typedef struct th_cluster {

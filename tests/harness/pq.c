@@ -17,9 +17,9 @@ PGconn *th_try_connect(const th_node *n)
 {
 	char ci[256];
 	snprintf(ci, sizeof ci,
-		 "host=127.0.0.1 port=%d user=tally dbname=tally connect_timeout=10 "
+		 "host=%s port=%d user=tally dbname=tally connect_timeout=10 "
 		 "application_name=tally_test",
-		 n->sql_port);
+		 n->host[0] ? n->host : "127.0.0.1", n->sql_port);
 	PGconn *c = PQconnectdb(ci);
 	if (PQstatus(c) != CONNECTION_OK) {
 		PQfinish(c);
@@ -32,9 +32,9 @@ PGconn *th_connect(const th_node *n)
 {
 	char ci[256];
 	snprintf(ci, sizeof ci,
-		 "host=127.0.0.1 port=%d user=tally dbname=tally connect_timeout=10 "
+		 "host=%s port=%d user=tally dbname=tally connect_timeout=10 "
 		 "application_name=tally_test",
-		 n->sql_port);
+		 n->host[0] ? n->host : "127.0.0.1", n->sql_port);
 	PGconn *c = PQconnectdb(ci);
 	if (PQstatus(c) != CONNECTION_OK) {
 		char msg[512];

@@ -1,13 +1,15 @@
 /*
  * test_store.c - the worker's shard store (worker/store.c): exactly-once apply by batch id
  * (in and out of order), refused batches that leave no trace, snapshots (round trip,
- * corruption, dropped views, changed aggregates) and recovery by loading the snapshots and
- * replaying the log after them.
+ * corruption, dropped views, changed aggregates), recovery by loading the snapshots and
+ * replaying the log after them, replication of a shard copy (records, snapshots, diverged
+ * histories, promotion) and hints held for another shard (reads, hand-off, recovery).
  *
  * Every test runs on a fresh directory under /tmp with a real log (fsync off), a catalog of
  * one worker (node 1) holding both shards of view v = SELECT k, count(*), sum(v), min(v),
  * max(v) FROM s GROUP BY k, and a model of what each shard must hold, computed here from the
- * rows sent.
+ * rows sent. Replication tests use a map of two workers (node 2 holds a replica of both
+ * shards) and a second store with its own directory and log for the replica.
  */
 #include "../../../worker/worker.h"
 
@@ -44,18 +46,21 @@ static int replay_noop(void *ctx, uint8_t type, uint64_t lsn, const uint8_t *dat
 }
 
 /* A map at epoch with node 1 and stream s(k integer, v bigint); with view_sql, also view v
- * over 2 shards whose primary is node 1 (its id is 2: ids are handed out in order). */
-static tally_map *map_make(uint64_t epoch, const char *view_sql)
+ * over 2 shards whose primary is node 1 (its id is 2: ids are handed out in order). With
+ * nrep = 1 the map has a second node w2 (id 2) holding a replica of both shards. */
+static tally_map *map_build(uint64_t epoch, const char *view_sql, int nrep)
 {
 	tally_catalog *c = tally_catalog_alloc();
 	c->epoch = epoch;
-	tally_node_info n;
-	memset(&n, 0, sizeof n);
-	tally_strlcpy(n.name, "w1", sizeof n.name);
-	tally_strlcpy(n.data_addr, "tcp://127.0.0.1:1", sizeof n.data_addr);
-	tally_strlcpy(n.sql_addr, "127.0.0.1:2", sizeof n.sql_addr);
-	n.state = TALLY_NODE_UP;
-	cr_assert_eq(tally_catalog_upsert_node(c, &n), 1);
+	for (uint32_t id = 1; id <= (nrep ? 2u : 1u); id++) {
+		tally_node_info n;
+		memset(&n, 0, sizeof n);
+		snprintf(n.name, sizeof n.name, "w%u", id);
+		snprintf(n.data_addr, sizeof n.data_addr, "tcp://127.0.0.1:%u", 2 * id - 1);
+		snprintf(n.sql_addr, sizeof n.sql_addr, "127.0.0.1:%u", 2 * id);
+		n.state = TALLY_NODE_UP;
+		cr_assert_eq(tally_catalog_upsert_node(c, &n), id);
+	}
 	static const tally_column cols[] = {{"k", TALLY_T_INT4}, {"v", TALLY_T_INT8}};
 	tally_err err;
 	tally_err_clear(&err);
@@ -63,14 +68,15 @@ static tally_map *map_make(uint64_t epoch, const char *view_sql)
 	if (!view_sql)
 		c->next_id = 3; /* as after view 2 was dropped: ids are never reused */
 	if (view_sql) {
-		uint32_t prim[NSHARDS] = {1, 1};
+		uint32_t prim[NSHARDS] = {1, 1}, reps[NSHARDS] = {2, 2};
 		tally_view_info vi;
 		memset(&vi, 0, sizeof vi);
 		tally_strlcpy(vi.name, "v", sizeof vi.name);
 		tally_strlcpy(vi.stream, "s", sizeof vi.stream);
 		vi.query_text = (char *)view_sql;
 		vi.num_shards = NSHARDS;
-		vi.num_replicas = 0;
+		vi.num_replicas = nrep;
+		vi.replicas = nrep ? reps : NULL;
 		vi.sharding_policy = TALLY_POLICY_READ_OPTIMIZED;
 		vi.primary = prim;
 		cr_assert_eq(tally_catalog_add_view(c, &vi, &err), 0, "%s", err.message);
@@ -86,6 +92,11 @@ static tally_map *map_make(uint64_t epoch, const char *view_sql)
 	return m;
 }
 
+static tally_map *map_make(uint64_t epoch, const char *view_sql)
+{
+	return map_build(epoch, view_sql, 0);
+}
+
 static void wal_open(fx *f, tally_wal_replay_fn fn, void *ctx)
 {
 	tally_wal_options o = {.dir = f->waldir, .fsync = false};
@@ -96,16 +107,23 @@ static void wal_open(fx *f, tally_wal_replay_fn fn, void *ctx)
 		     err.message);
 }
 
-static void fx_open(fx *f)
+/* A fixture whose map has nrep replicas per shard and whose store keeps up to keep bytes of
+ * change records for them. */
+static void fx_open_ex(fx *f, int nrep, uint64_t keep)
 {
 	memset(f, 0, sizeof *f);
 	tally_strlcpy(f->dir, "/tmp/tally_store_XXXXXX", sizeof f->dir);
 	cr_assert_not_null(mkdtemp(f->dir));
 	snprintf(f->waldir, sizeof f->waldir, "%s/wal", f->dir);
 	wal_open(f, NULL, NULL);
-	f->map = map_make(1, VIEW_SQL);
+	f->map = map_build(1, VIEW_SQL, nrep);
 	f->v = tally_map_view(f->map, "v");
-	f->st = tally_store_alloc(f->dir, false, 64u << 20);
+	f->st = tally_store_alloc(f->dir, false, keep);
+}
+
+static void fx_open(fx *f)
+{
+	fx_open_ex(f, 0, 64u << 20);
 }
 
 static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
@@ -135,10 +153,11 @@ typedef struct pgroup {
 	_Alignas(16) uint8_t states[MAX_AGGS * TALLY_AGG_SLOT];
 } pgroup;
 
-/* The APPLY body of batch (origin, seq) for shard sh of view v: the rows pre-aggregated into
- * one group per k, as an origin's ingest would send them. */
-static void batch_make(const tally_view_rt *v, uint64_t origin, uint64_t seq, uint32_t sh,
-		       const row *rows, int n, tally_buf *out)
+/* The APPLY body of batch (origin, seq) for home shard sh sent to shard target of view v (a
+ * hint when they differ): the rows pre-aggregated into one group per k, as an origin's ingest
+ * would send them. */
+static void batch_make_to(const tally_view_rt *v, uint64_t origin, uint64_t seq, uint32_t sh,
+			  uint32_t target, const row *rows, int n, tally_buf *out)
 {
 	const tally_agg_spec *aggs = v->plan->aggs;
 	int naggs = v->plan->naggs;
@@ -165,7 +184,7 @@ static void batch_make(const tally_view_rt *v, uint64_t origin, uint64_t seq, ui
 			     .home_shard = sh,
 			     .seq = seq,
 			     .view_id = v->info->id,
-			     .target_shard = sh,
+			     .target_shard = target,
 			     .ngroups = (uint32_t)ng};
 	tally_msg_put_apply(out, &a);
 	tally_buf key = {0};
@@ -179,6 +198,12 @@ static void batch_make(const tally_view_rt *v, uint64_t origin, uint64_t seq, ui
 	}
 	tally_buf_free(&key);
 	free(g);
+}
+
+static void batch_make(const tally_view_rt *v, uint64_t origin, uint64_t seq, uint32_t sh,
+		       const row *rows, int n, tally_buf *out)
+{
+	batch_make_to(v, origin, seq, sh, sh, rows, n, out);
 }
 
 /* Apply an APPLY body as the worker's request handler does: header, then the store. */
@@ -448,6 +473,7 @@ typedef struct replay_ctx {
 	const tally_map *map;
 	int records;
 	tally_buf *saved; /* copies of (lsn, len, body) when set */
+	uint32_t self;	  /* the node replaying (0: node 1) */
 } replay_ctx;
 
 static int replay_store(void *ctx, uint8_t type, uint64_t lsn, const uint8_t *data, uint32_t len,
@@ -464,25 +490,30 @@ static int replay_store(void *ctx, uint8_t type, uint64_t lsn, const uint8_t *da
 		tally_buf_put_u64(c->saved, lsn);
 		tally_buf_put_str(c->saved, (const char *)data, len);
 	}
-	return tally_store_replay(c->st, c->map, 1, type, lsn, lsn + TALLY_WAL_HDR + len, data, len,
-				  err);
+	return tally_store_replay(c->st, c->map, c->self ? c->self : 1, type, lsn,
+				  lsn + TALLY_WAL_HDR + len, data, len, err);
 }
 
 /* Simulate a restart: close the log, drop the store, open both again, load the snapshots
  * (with load) and replay the whole log through the store. Returns the records replayed. */
-static int restart(fx *f, bool load, tally_buf *saved)
+static int restart_as(fx *f, bool load, tally_buf *saved, uint32_t self, uint64_t keep)
 {
 	tally_wal_close(f->wal);
 	f->wal = NULL;
 	tally_store_free(f->st);
-	f->st = tally_store_alloc(f->dir, false, 64u << 20);
+	f->st = tally_store_alloc(f->dir, false, keep);
 	tally_err err;
 	tally_err_clear(&err);
 	if (load)
 		cr_assert_eq(tally_store_load(f->st, f->map, &err), 0, "%s", err.message);
-	replay_ctx c = {.st = f->st, .map = f->map, .saved = saved};
+	replay_ctx c = {.st = f->st, .map = f->map, .saved = saved, .self = self};
 	wal_open(f, replay_store, &c);
 	return c.records;
+}
+
+static int restart(fx *f, bool load, tally_buf *saved)
+{
+	return restart_as(f, load, saved, 1, 64u << 20);
 }
 
 /* ---- exactly once ------------------------------------------------------------------------- */
@@ -1518,4 +1549,957 @@ Test(store, checkpoints_during_applies_recover_exactly, .timeout = 60)
 	}
 	tally_buf_free(&now);
 	fx_close(&f);
+}
+
+/* ---- replication (DESIGN §6) ------------------------------------------------------------------
+ *
+ * Two fixtures with maps of two nodes: the primary copies are node 1's (p), the replica copies
+ * node 2's (r, its own directory and log). Records travel as worker/repl.c moves them: fetch at
+ * the primary for the replica's position, apply at the replica; snapshots by encode/install. */
+
+/* Apply one APPLY body to f's store as node self with flags (header first, as the request
+ * handler does); *rlsn gets the copy's position after it. */
+static int apply_ex(fx *f, uint32_t self, unsigned flags, const tally_buf *b, uint64_t *rlsn,
+		    tally_err *err)
+{
+	tally_err_clear(err);
+	tally_rd r;
+	tally_rd_init(&r, b->data, b->len);
+	tally_msg_apply a;
+	cr_assert_eq(tally_msg_get_apply(&r, &a), 0);
+	uint64_t lsn = 0, pos = 0;
+	int rc = tally_store_apply(f->st, f->wal, f->v, f->map->cat->epoch, self, flags, &a,
+				   b->data, b->len, &r, &lsn, &pos, err);
+	if (rc == 0)
+		cr_assert_gt(lsn, 0);
+	if (rlsn)
+		*rlsn = pos;
+	return rc;
+}
+
+static void pos_of(tally_store *st, uint32_t sh, uint64_t *gen, uint64_t *rlsn)
+{
+	cr_assert_eq(tally_store_pos(st, 2, sh, gen, rlsn), 0, "no copy of shard %u", sh);
+}
+
+static uint64_t wal_end(const fx *f)
+{
+	tally_wal_stats ws;
+	tally_wal_stats_get(f->wal, &ws);
+	return ws.insert_lsn;
+}
+
+/* Fetch for r's position at p (node pself) into recs/o; returns the TALLY_REPL_* code. */
+static int fetch_for(fx *p, uint32_t pself, uint32_t sh, uint64_t r_gen, uint64_t r_rlsn,
+		     size_t max, tally_buf *recs, tally_repl_out *o)
+{
+	tally_err err;
+	tally_err_clear(&err);
+	tally_buf_reset(recs);
+	memset(o, 0, sizeof *o);
+	o->recs = recs;
+	int rc = tally_store_repl_fetch(p->st, p->wal, 2, sh, pself, r_gen, r_rlsn, max, o, &err);
+	cr_assert_geq(rc, 0, "fetch: %s", err.message);
+	return rc;
+}
+
+/* Apply what a fetch returned to r; the replica's position after it in *gen, *rlsn. */
+static void apply_out(fx *r, uint32_t sh, const tally_repl_out *o, uint64_t *gen, uint64_t *rlsn)
+{
+	tally_err err;
+	tally_err_clear(&err);
+	tally_rd rd;
+	tally_rd_init(&rd, o->recs->data, o->recs->len);
+	uint64_t fl = 0;
+	cr_assert_eq(tally_store_repl_apply(r->st, r->wal, r->v, r->map->cat->epoch, sh, o->gen,
+					    o->first, o->rlsn, o->nrec, &rd, gen, rlsn, &fl, &err),
+		     0, "repl_apply: %s", err.message);
+}
+
+/* Encode p's copy (node pself) and install it at r; checks both report the same position. */
+static void ship_snapshot(fx *p, uint32_t pself, fx *r, uint32_t sh)
+{
+	tally_err err;
+	tally_err_clear(&err);
+	tally_buf snap = {0};
+	uint64_t g1 = 0, r1 = 0, g2 = 0, r2 = 0;
+	cr_assert_eq(tally_store_snap_encode(p->st, p->wal, 2, sh, pself, &snap, &g1, &r1, &err), 0,
+		     "snap_encode: %s", err.message);
+	cr_assert_eq(
+	    tally_store_snap_install(r->st, r->wal, r->map, snap.data, snap.len, &g2, &r2, &err), 0,
+	    "snap_install: %s", err.message);
+	cr_assert_eq(g2, g1);
+	cr_assert_eq(r2, r1);
+	tally_buf_free(&snap);
+}
+
+typedef struct sync_result {
+	int rounds;    /* fetch/apply rounds that carried records */
+	int snapshots; /* snapshots installed */
+	uint32_t max_nrec;
+} sync_result;
+
+/* Bring r's copy of shard sh up to p's, as the replicator does, fetching at most max bytes
+ * of records at a time. Every round must make progress. */
+static sync_result sync_shard(fx *p, fx *r, uint32_t sh, size_t max)
+{
+	sync_result res = {0};
+	tally_buf recs = {0};
+	for (int guard = 0;; guard++) {
+		cr_assert_lt(guard, 100000, "replication of shard %u makes no progress", sh);
+		uint64_t rg = 0, rr = 0;
+		(void)tally_store_pos(r->st, 2, sh, &rg, &rr);
+		tally_repl_out o;
+		int rc = fetch_for(p, 1, sh, rg, rr, max, &recs, &o);
+		if (rc == TALLY_REPL_SNAPSHOT) {
+			cr_assert_lt(res.snapshots, 3, "snapshot after snapshot");
+			ship_snapshot(p, 1, r, sh);
+			res.snapshots++;
+			continue;
+		}
+		cr_assert_eq(rc, TALLY_REPL_RECORDS, "shard %u: fetch gave %d", sh, rc);
+		if (o.nrec == 0) {
+			cr_assert_eq(o.gen, rg);
+			cr_assert_eq(o.rlsn, rr);
+			break;
+		}
+		cr_assert_eq(o.first, rr + 1);
+		cr_assert_leq(o.first + o.nrec - 1, o.rlsn);
+		uint64_t ng, nr;
+		apply_out(r, sh, &o, &ng, &nr);
+		cr_assert_eq(ng, o.gen);
+		cr_assert_eq(nr, rr + o.nrec, "replica at %llu after %u records from %llu",
+			     (unsigned long long)nr, o.nrec, (unsigned long long)o.first);
+		res.rounds++;
+		if (o.nrec > res.max_nrec)
+			res.max_nrec = o.nrec;
+	}
+	tally_buf_free(&recs);
+	return res;
+}
+
+/* p's and r's copies of sh hold the same groups (byte for byte) at the same position. */
+static void assert_same_copy(fx *p, fx *r, uint32_t sh, const char *what)
+{
+	tally_buf a = {0}, b = {0};
+	dump_sorted(p->st, p->v, sh, &a);
+	dump_sorted(r->st, r->v, sh, &b);
+	char msg[128];
+	snprintf(msg, sizeof msg, "%s, shard %u", what, sh);
+	assert_same_dump(&a, &b, msg);
+	uint64_t g1, r1, g2, r2;
+	pos_of(p->st, sh, &g1, &r1);
+	pos_of(r->st, sh, &g2, &r2);
+	cr_assert_eq(g1, g2, "%s: gen %016llx vs %016llx", msg, (unsigned long long)g1,
+		     (unsigned long long)g2);
+	cr_assert_eq(r1, r2, "%s: rlsn %llu vs %llu", msg, (unsigned long long)r1,
+		     (unsigned long long)r2);
+	tally_buf_free(&a);
+	tally_buf_free(&b);
+}
+
+Test(store, replica_catches_up_by_records_and_keeps_the_dedup_state, .timeout = 30)
+{
+	fx p, r;
+	fx_open_ex(&p, 1, 64u << 20);
+	fx_open_ex(&r, 1, 64u << 20);
+	srand(23);
+	model m;
+	memset(&m, 0, sizeof m);
+	workload w = {0};
+	work_send(&p, &m, &w, 40, 800);
+	/* one origin's batches overtaking each other */
+	const row ro[] = {{-32, 7}, {0, -9}};
+	send_rows(&p, &m, 0x77, 3, 0, &ro[0], 1);
+	send_rows(&p, &m, 0x77, 1, 0, &ro[1], 1);
+	send_rows(&p, &m, 0x77, 5, 0, &ro[0], 2);
+	tally_store_shard_stats ps0 = stats_of(p.st, 0);
+	cr_assert_gt(ps0.kept_records, 0, "a primary with replicas keeps its records");
+	cr_assert_eq(ps0.kept_records, ps0.rlsn);
+	cr_assert_eq(ps0.gen & 0xFFFF, 1, "the history is authored by node 1");
+
+	/* a replica with nothing: records in several small rounds */
+	for (uint32_t sh = 0; sh < NSHARDS; sh++) {
+		sync_result res = sync_shard(&p, &r, sh, 600);
+		cr_assert_gt(res.rounds, 1, "shard %u caught up in %d round(s)", sh, res.rounds);
+		cr_assert_eq(res.snapshots, 0);
+		assert_same_copy(&p, &r, sh, "after catching up");
+		check_shard(r.st, r.v, sh, &m);
+		tally_store_shard_stats rs = stats_of(r.st, sh), ps = stats_of(p.st, sh);
+		cr_assert_eq(rs.origins, ps.origins);
+		cr_assert_eq(rs.batches, ps.batches);
+	}
+
+	uint64_t gen, rl, pg, pr;
+	pos_of(r.st, 0, &gen, &rl);
+	tally_buf recs = {0}, before = {0}, after = {0};
+	tally_repl_out o;
+	/* a limit below one record still sends one */
+	cr_assert_eq(fetch_for(&p, 1, 0, gen, rl - 2, 1, &recs, &o), TALLY_REPL_RECORDS);
+	cr_assert_eq(o.nrec, 1);
+	cr_assert_eq(o.first, rl - 1);
+	cr_assert_eq(o.rlsn, rl);
+	cr_assert_gt(o.lag_bytes, 0);
+
+	/* a resend of everything it has changes nothing (not even its log) */
+	cr_assert_eq(fetch_for(&p, 1, 0, gen, 0, 1u << 30, &recs, &o), TALLY_REPL_RECORDS);
+	cr_assert_eq(o.first, 1);
+	cr_assert_eq(o.nrec, rl);
+	dump_sorted(r.st, r.v, 0, &before);
+	uint64_t w0 = wal_end(&r);
+	apply_out(&r, 0, &o, &pg, &pr);
+	cr_assert_eq(pg, gen);
+	cr_assert_eq(pr, rl);
+	cr_assert_eq(wal_end(&r), w0, "a resend was logged again");
+	dump_sorted(r.st, r.v, 0, &after);
+	assert_same_dump(&before, &after, "after a resend");
+
+	/* a range overlapping what it has: only the new records apply */
+	work_send(&p, &m, &w, 6, 60);
+	send_rows(&p, &m, 0x77, 2, 0, &ro[1], 1);
+	uint64_t prl;
+	pos_of(p.st, 0, &pg, &prl);
+	cr_assert_gt(prl, rl);
+	cr_assert_eq(fetch_for(&p, 1, 0, gen, rl - 2, 1u << 30, &recs, &o), TALLY_REPL_RECORDS);
+	cr_assert_eq(o.first, rl - 1);
+	cr_assert_eq(o.nrec, prl - rl + 2);
+	apply_out(&r, 0, &o, &pg, &pr);
+	cr_assert_eq(pr, prl);
+	assert_same_copy(&p, &r, 0, "after an overlapping range");
+	check_shard(r.st, r.v, 0, &m);
+	rl = prl;
+
+	/* a gap: records after one it does not have change nothing */
+	work_send(&p, &m, &w, 4, 40);
+	send_rows(&p, &m, 0x77, 4, 0, &ro[0], 1);
+	pos_of(p.st, 0, &pg, &prl);
+	cr_assert_geq(prl, rl + 2);
+	cr_assert_eq(fetch_for(&p, 1, 0, gen, rl + 1, 1u << 30, &recs, &o), TALLY_REPL_RECORDS);
+	cr_assert_eq(o.first, rl + 2);
+	dump_sorted(r.st, r.v, 0, &before);
+	w0 = wal_end(&r);
+	apply_out(&r, 0, &o, &pg, &pr);
+	cr_assert_eq(pg, gen);
+	cr_assert_eq(pr, rl, "a gap moved the replica to %llu", (unsigned long long)pr);
+	cr_assert_eq(wal_end(&r), w0);
+	dump_sorted(r.st, r.v, 0, &after);
+	assert_same_dump(&before, &after, "after a gap");
+	for (uint32_t sh = 0; sh < NSHARDS; sh++) {
+		sync_result res = sync_shard(&p, &r, sh, 600);
+		cr_assert_eq(res.snapshots, 0);
+		assert_same_copy(&p, &r, sh, "after the gap was filled");
+		check_shard(r.st, r.v, sh, &m);
+	}
+
+	/* trimmed records are gone: a replica behind them needs a snapshot; later ones stream */
+	pos_of(r.st, 0, &gen, &rl);
+	tally_store_repl_trim(p.st, 2, 0, gen, rl);
+	cr_assert_eq(stats_of(p.st, 0).kept_records, 0);
+	cr_assert_eq(stats_of(p.st, 0).kept_bytes, 0);
+	cr_assert_eq(fetch_for(&p, 1, 0, gen, rl - 1, 1u << 30, &recs, &o), TALLY_REPL_SNAPSHOT);
+	cr_assert_eq(fetch_for(&p, 1, 0, gen, rl, 1u << 30, &recs, &o), TALLY_REPL_RECORDS);
+	cr_assert_eq(o.nrec, 0);
+	/* trimming another history's positions does nothing */
+	tally_store_repl_trim(p.st, 2, 1, gen ^ 0x10000, ~0ull);
+	cr_assert_gt(stats_of(p.st, 1).kept_records, 0);
+	work_send(&p, &m, &w, 6, 60);
+	for (uint32_t sh = 0; sh < NSHARDS; sh++) {
+		sync_result res = sync_shard(&p, &r, sh, 600);
+		cr_assert_eq(res.snapshots, 0);
+		assert_same_copy(&p, &r, sh, "after trim");
+		check_shard(r.st, r.v, sh, &m);
+	}
+
+	/* "promotion": node 2 applies as the primary; what node 1 applied is a duplicate */
+	pos_of(r.st, 0, &gen, &rl);
+	tally_store_shard_stats rs0 = stats_of(r.st, 0);
+	tally_err err;
+	int dups = 0;
+	for (int i = 0; i < w.nbodies; i++) {
+		if (tally_be32(w.bodies[i].data + 8) != 0)
+			continue; /* (home shard, after the u64 origin) */
+		w0 = wal_end(&r);
+		cr_assert_eq(apply_ex(&r, 2, 0, &w.bodies[i], NULL, &err), 0, "%s", err.message);
+		cr_assert_eq(wal_end(&r), w0, "a duplicate was logged");
+		dups++;
+	}
+	cr_assert_gt(dups, 0);
+	tally_buf b = {0};
+	batch_make(r.v, 0x77, 2, 0, &ro[1], 1, &b); /* applied above its hi at node 1 */
+	cr_assert_eq(apply_ex(&r, 2, 0, &b, NULL, &err), 0, "%s", err.message);
+	tally_store_shard_stats rs1 = stats_of(r.st, 0);
+	cr_assert_eq(rs1.duplicates, rs0.duplicates + (uint64_t)dups + 1);
+	cr_assert_eq(rs1.batches, rs0.batches);
+	pos_of(r.st, 0, &pg, &pr);
+	cr_assert_eq(pg, gen, "a duplicate began a new history");
+	cr_assert_eq(pr, rl);
+	check_shard(r.st, r.v, 0, &m);
+	/* a new batch (the hole in 0x77's seqs) begins node 2's history after the old one */
+	batch_make(r.v, 0x77, 6, 0, &ro[1], 1, &b);
+	uint64_t nrl = 0;
+	cr_assert_eq(apply_ex(&r, 2, 0, &b, &nrl, &err), 0, "%s", err.message);
+	model_add(&m, 0, &ro[1], 1);
+	pos_of(r.st, 0, &pg, &pr);
+	cr_assert_neq(pg, gen);
+	cr_assert_eq(pg & 0xFFFF, 2, "new history %016llx not authored by node 2",
+		     (unsigned long long)pg);
+	cr_assert_eq(pr, rl + 1);
+	cr_assert_eq(nrl, pr);
+	cr_assert_eq(stats_of(r.st, 0).batches, rs0.batches + 1);
+	check_shard(r.st, r.v, 0, &m);
+
+	tally_buf_free(&b);
+	tally_buf_free(&recs);
+	tally_buf_free(&before);
+	tally_buf_free(&after);
+	work_free(&w);
+	fx_close(&p);
+	fx_close(&r);
+}
+
+/* One batch (origin, seq) of a few rows to each shard. */
+static void one_each(fx *p, model *m, uint64_t origin, uint64_t seq)
+{
+	for (uint32_t sh = 0; sh < NSHARDS; sh++) {
+		const row x[] = {{(int32_t)(seq % 8) * 2 + (int32_t)sh - KEYS / 2, (int64_t)seq},
+				 {(int32_t)sh, -(int64_t)seq * 3}};
+		send_rows(p, m, origin, seq, sh, x, 2);
+	}
+}
+
+Test(store, replica_behind_the_kept_records_gets_a_snapshot, .timeout = 30)
+{
+	fx p, r, o3;
+	fx_open_ex(&p, 1, 1); /* keeps only the latest record */
+	fx_open_ex(&r, 1, 64u << 20);
+	fx_open_ex(&o3, 1, 64u << 20);
+	srand(29);
+	model m;
+	memset(&m, 0, sizeof m);
+	workload w = {0};
+	work_send(&p, &m, &w, 20, 400);
+	for (uint32_t sh = 0; sh < NSHARDS; sh++) {
+		tally_store_shard_stats ps = stats_of(p.st, sh);
+		cr_assert_gt(ps.rlsn, 1);
+		cr_assert_eq(ps.kept_records, 1);
+	}
+	uint64_t pg, prl, g, rl;
+	tally_buf recs = {0};
+	tally_repl_out o;
+	cr_assert_eq(fetch_for(&p, 1, 0, 0, 0, 1u << 20, &recs, &o), TALLY_REPL_SNAPSHOT);
+	pos_of(p.st, 0, &pg, &prl);
+	cr_assert_eq(o.gen, pg);
+	cr_assert_eq(o.rlsn, prl);
+
+	/* the snapshot gives an equal copy and a file of its own */
+	cr_assert_eq(snap_count(&r), 0);
+	ship_snapshot(&p, 1, &r, 0);
+	assert_same_copy(&p, &r, 0, "after the snapshot");
+	check_shard(r.st, r.v, 0, &m);
+	cr_assert_eq(snap_count(&r), 1, "install wrote no snapshot file");
+	cr_assert_eq(stats_of(r.st, 0).origins, stats_of(p.st, 0).origins);
+	sync_result res = sync_shard(&p, &r, 1, 1u << 20);
+	cr_assert_eq(res.snapshots, 1);
+	cr_assert_eq(res.rounds, 0);
+	assert_same_copy(&p, &r, 1, "after the snapshot");
+
+	/* later records stream on top of it (one at a time: only the latest is kept) */
+	uint64_t next = 0;
+	for (int i = 0; i < 3; i++) {
+		one_each(&p, &m, 0x4444, ++next);
+		for (uint32_t sh = 0; sh < NSHARDS; sh++) {
+			res = sync_shard(&p, &r, sh, 1u << 20);
+			cr_assert_eq(res.snapshots, 0, "shard %u: a snapshot where records do", sh);
+			assert_same_copy(&p, &r, sh, "records after the snapshot");
+			check_shard(r.st, r.v, sh, &m);
+		}
+	}
+	/* (a round with records did happen on some shard) */
+	pos_of(r.st, 0, &g, &rl);
+	pos_of(p.st, 0, &pg, &prl);
+	cr_assert_eq(rl, prl);
+	tally_store_shard_stats rs = stats_of(r.st, 0);
+	cr_assert_gt(rs.applied_lsn, rs.snapshot_lsn, "nothing streamed after the snapshot");
+
+	tally_err err;
+	/* the replica restarts: its snapshot files plus its log give the same copies */
+	tally_buf live[NSHARDS] = {{0}}, now = {0};
+	for (uint32_t sh = 0; sh < NSHARDS; sh++)
+		dump_sorted(r.st, r.v, sh, &live[sh]);
+	restart_as(&r, true, NULL, 2, 64u << 20);
+	for (uint32_t sh = 0; sh < NSHARDS; sh++) {
+		dump_sorted(r.st, r.v, sh, &now);
+		assert_same_dump(&live[sh], &now, "replica after restart");
+		assert_same_copy(&p, &r, sh, "replica after restart");
+		check_shard(r.st, r.v, sh, &m);
+		tally_buf_free(&live[sh]);
+	}
+	/* and it goes on streaming from there */
+	one_each(&p, &m, 0x4444, ++next);
+	for (uint32_t sh = 0; sh < NSHARDS; sh++) {
+		res = sync_shard(&p, &r, sh, 1u << 20);
+		cr_assert_eq(res.snapshots, 0);
+		assert_same_copy(&p, &r, sh, "streaming after the restart");
+		check_shard(r.st, r.v, sh, &m);
+	}
+	/* the replica's own checkpoint, more records, and another restart */
+	tally_err_clear(&err);
+	cr_assert_eq(tally_store_checkpoint(r.st, r.wal, &err), 0, "%s", err.message);
+	one_each(&p, &m, 0x4444, ++next);
+	for (uint32_t sh = 0; sh < NSHARDS; sh++)
+		cr_assert_eq(sync_shard(&p, &r, sh, 1u << 20).snapshots, 0);
+	restart_as(&r, true, NULL, 2, 64u << 20);
+	for (uint32_t sh = 0; sh < NSHARDS; sh++) {
+		assert_same_copy(&p, &r, sh, "after the replica's checkpoint and restart");
+		check_shard(r.st, r.v, sh, &m);
+		cr_assert_eq(sync_shard(&p, &r, sh, 1u << 20).rounds, 0);
+	}
+
+	/* a copy on another history (begun by node 3) gets a snapshot too, and then equals */
+	const row x[] = {{1, 1000}, {-31, 5}};
+	tally_buf b = {0};
+	for (uint64_t seq = 1; seq <= 3; seq++) {
+		batch_make(o3.v, 0x3333, seq, 1, x, 2, &b);
+		cr_assert_eq(apply_ex(&o3, 3, 0, &b, NULL, &err), 0, "%s", err.message);
+	}
+	pos_of(o3.st, 1, &g, &rl);
+	cr_assert_eq(g & 0xFFFF, 3);
+	cr_assert_eq(rl, 3);
+	cr_assert_eq(fetch_for(&p, 1, 1, g, rl, 1u << 20, &recs, &o), TALLY_REPL_SNAPSHOT);
+	pos_of(p.st, 1, &pg, &prl);
+	cr_assert_eq(fetch_for(&p, 1, 1, g, prl + 10, 1u << 20, &recs, &o), TALLY_REPL_SNAPSHOT,
+		     "another history ahead of the primary is not this one's");
+	/* its records do not continue that copy's history: they change nothing */
+	cr_assert_eq(fetch_for(&p, 1, 1, pg, prl - 1, 1u << 20, &recs, &o), TALLY_REPL_RECORDS);
+	cr_assert_eq(o.nrec, 1);
+	uint64_t w0 = wal_end(&o3), ng, nr;
+	apply_out(&o3, 1, &o, &ng, &nr);
+	cr_assert_eq(ng, g);
+	cr_assert_eq(nr, rl);
+	cr_assert_eq(wal_end(&o3), w0);
+	res = sync_shard(&p, &o3, 1, 1u << 20);
+	cr_assert_eq(res.snapshots, 1);
+	assert_same_copy(&p, &o3, 1, "the other history replaced");
+	check_shard(o3.st, o3.v, 1, &m);
+
+	tally_buf_free(&b);
+	tally_buf_free(&now);
+	tally_buf_free(&recs);
+	work_free(&w);
+	fx_close(&p);
+	fx_close(&r);
+	fx_close(&o3);
+}
+
+Test(store, replica_with_what_the_primary_lacks_is_diverged, .timeout = 30)
+{
+	fx p, r, p2;
+	fx_open_ex(&p, 1, 64u << 20);
+	fx_open_ex(&r, 1, 64u << 20);
+	fx_open_ex(&p2, 1, 64u << 20);
+	model m, m2;
+	memset(&m, 0, sizeof m);
+	memset(&m2, 0, sizeof m2);
+	const row x[] = {{0, 1}, {2, 20}, {-4, 300}};
+	for (uint64_t seq = 1; seq <= 5; seq++)
+		send_rows(&p, &m, 0x55, seq, 0, x, 3);
+	sync_result res = sync_shard(&p, &r, 0, 1u << 20);
+	cr_assert_eq(res.snapshots, 0);
+	uint64_t g, rl;
+	pos_of(r.st, 0, &g, &rl);
+	cr_assert_eq(g & 0xFFFF, 1);
+	cr_assert_eq(rl, 5);
+
+	/* node 1 lost its state: a fresh store begins another history of the shard */
+	for (uint64_t seq = 1; seq <= 3; seq++)
+		send_rows(&p2, &m2, 0x66, seq, 0, &x[1], 1);
+	uint64_t g2, rl2;
+	pos_of(p2.st, 0, &g2, &rl2);
+	cr_assert_neq(g2, g);
+	cr_assert_eq(g2 & 0xFFFF, 1);
+	tally_buf before = {0}, after = {0}, recs = {0};
+	dump_sorted(p2.st, p2.v, 0, &before);
+	tally_repl_out o;
+	cr_assert_eq(fetch_for(&p2, 1, 0, g, rl, 1u << 20, &recs, &o), TALLY_REPL_DIVERGED);
+	cr_assert_eq(recs.len, 0);
+	cr_assert_eq(fetch_for(&p2, 1, 0, g, 1, 1u << 20, &recs, &o), TALLY_REPL_DIVERGED,
+		     "a replica behind on a history this node began is still not this one's");
+	/* nothing overwritten at either end: the primary's copy is as it was... */
+	uint64_t pg, pr;
+	pos_of(p2.st, 0, &pg, &pr);
+	cr_assert_eq(pg, g2);
+	cr_assert_eq(pr, rl2);
+	dump_sorted(p2.st, p2.v, 0, &after);
+	assert_same_dump(&before, &after, "diverged primary");
+	check_shard(p2.st, p2.v, 0, &m2);
+	/* ...and its records, even if sent, do not apply to the replica */
+	dump_sorted(r.st, r.v, 0, &before);
+	cr_assert_eq(fetch_for(&p2, 1, 0, 0, 0, 1u << 20, &recs, &o), TALLY_REPL_RECORDS);
+	cr_assert_eq(o.nrec, rl2);
+	uint64_t w0 = wal_end(&r);
+	apply_out(&r, 0, &o, &pg, &pr);
+	cr_assert_eq(pg, g);
+	cr_assert_eq(pr, rl);
+	cr_assert_eq(wal_end(&r), w0);
+	dump_sorted(r.st, r.v, 0, &after);
+	assert_same_dump(&before, &after, "diverged replica");
+	check_shard(r.st, r.v, 0, &m);
+
+	/* same history, the replica ahead of the primary: diverged too */
+	cr_assert_eq(fetch_for(&p, 1, 0, g, rl + 3, 1u << 20, &recs, &o), TALLY_REPL_DIVERGED);
+	/* and a node without the copy says so */
+	cr_assert_eq(fetch_for(&p2, 1, 1, 0, 0, 1u << 20, &recs, &o), TALLY_REPL_NONE);
+
+	tally_buf_free(&before);
+	tally_buf_free(&after);
+	tally_buf_free(&recs);
+	fx_close(&p);
+	fx_close(&r);
+	fx_close(&p2);
+}
+
+/* ---- hints (DESIGN §5) ---------------------------------------------------------------------- */
+
+/* What a reader gets from one shard: every group of tally_store_read's reply merged per key
+ * (a shard's own group and a visible hint's group for the same key come apart). */
+static void read_merged(tally_store *st, const tally_view_rt *v, uint32_t sh, agg_model *out)
+{
+	memset(out, 0, KEYS * sizeof *out);
+	tally_buf b = {0};
+	tally_store_read(st, v, sh, NULL, 0, &b);
+	tally_rd r;
+	tally_rd_init(&r, b.data, b.len);
+	uint32_t ng;
+	cr_assert_eq(tally_rd_u32(&r, &ng), 0);
+	const tally_agg_spec *aggs = v->plan->aggs;
+	for (uint32_t i = 0; i < ng; i++) {
+		const uint8_t *kp;
+		uint32_t kl;
+		cr_assert_eq(tally_rd_str(&r, &kp, &kl, TALLY_GROUP_KEY_MAX), 0);
+		tally_rd kr;
+		tally_rd_init(&kr, kp, kl);
+		tally_value kv;
+		cr_assert_eq(tally_key_decode(&kr, &kv), 0);
+		cr_assert(kv.u.i >= -KEYS / 2 && kv.u.i < KEYS / 2);
+		agg_model *e = &out[kv.u.i + KEYS / 2];
+		agg_model g = {0};
+		for (int a = 0; a < v->plan->naggs; a++) {
+			_Alignas(16) uint8_t slot[TALLY_AGG_SLOT];
+			cr_assert_eq(tally_agg_deserialize(&aggs[a], &r, slot), 0);
+			tally_value val;
+			cr_assert_eq(tally_agg_finalize(&aggs[a], slot, &val, NULL), 0);
+			tally_agg_release(&aggs[a], slot);
+			__int128 x = val.type == TALLY_T_NUMERIC ? val.u.n.m : val.u.i;
+			switch (aggs[a].kind) {
+			case TALLY_AGG_COUNT_STAR:
+				g.count = (int64_t)x;
+				break;
+			case TALLY_AGG_SUM:
+				g.sum = x;
+				break;
+			case TALLY_AGG_MIN:
+				g.min = (int64_t)x;
+				break;
+			case TALLY_AGG_MAX:
+				g.max = (int64_t)x;
+				break;
+			default:
+				cr_assert_fail("unexpected aggregate");
+			}
+		}
+		cr_assert_gt(g.count, 0);
+		if (e->count == 0 || g.min < e->min)
+			e->min = g.min;
+		if (e->count == 0 || g.max > e->max)
+			e->max = g.max;
+		e->count += g.count;
+		e->sum += g.sum;
+	}
+	cr_assert_eq(tally_rd_left(&r), 0);
+	tally_buf_free(&b);
+}
+
+/* A reader merging shard sh of st gets exactly want (per group: count, sum, min, max). */
+static void check_read(tally_store *st, const tally_view_rt *v, uint32_t sh, const agg_model *want,
+		       const char *what)
+{
+	agg_model got[KEYS];
+	read_merged(st, v, sh, got);
+	for (int k = 0; k < KEYS; k++) {
+		const agg_model *a = &got[k], *e = &want[k];
+		cr_assert_eq(a->count, e->count, "%s: group %d counts %lld, want %lld", what,
+			     k - KEYS / 2, (long long)a->count, (long long)e->count);
+		if (!e->count)
+			continue;
+		cr_assert(a->sum == e->sum, "%s: group %d sum differs", what, k - KEYS / 2);
+		cr_assert_eq(a->min, e->min, "%s: group %d min", what, k - KEYS / 2);
+		cr_assert_eq(a->max, e->max, "%s: group %d max", what, k - KEYS / 2);
+	}
+}
+
+/* The one hint row of (view 2, shard sh, home), or a zero row if none. */
+static tally_hint_row hint_row(tally_store *st, uint32_t sh, uint32_t home)
+{
+	tally_hint_row *rows = NULL, out;
+	memset(&out, 0, sizeof out);
+	size_t n = tally_store_hint_rows(st, &rows);
+	int found = 0;
+	for (size_t i = 0; i < n; i++)
+		if (rows[i].view_id == 2 && rows[i].shard == sh && rows[i].home == home) {
+			out = rows[i];
+			found++;
+		}
+	cr_assert_leq(found, 1, "two rows for (%u, %u)", sh, home);
+	free(rows);
+	return out;
+}
+
+static void check_hints(tally_store *st, uint32_t sh, uint32_t home, uint32_t visible,
+			uint32_t in_doubt, uint32_t handing_off, const char *what)
+{
+	tally_hint_row h = hint_row(st, sh, home);
+	cr_assert_eq(h.visible, visible, "%s: %u visible hints, want %u", what, h.visible, visible);
+	cr_assert_eq(h.in_doubt, in_doubt, "%s: %u in doubt, want %u", what, h.in_doubt, in_doubt);
+	cr_assert_eq(h.handing_off, handing_off, "%s: %u handing off, want %u", what, h.handing_off,
+		     handing_off);
+	cr_assert_eq(h.bytes > 0, visible + in_doubt + handing_off > 0, "%s: bytes", what);
+}
+
+static void hint_op(fx *f, uint32_t sh, uint32_t home, int op, const tally_hint_ref *ids,
+		    size_t nids, bool changes)
+{
+	tally_err err;
+	tally_err_clear(&err);
+	uint64_t fl = 7;
+	cr_assert_eq(
+	    tally_store_hint_op(f->st, f->wal, f->v, sh, 1, home, op, ids, nids, &fl, &err), 0,
+	    "hint op %d: %s", op, err.message);
+	if (changes)
+		cr_assert_gt(fl, 0, "hint op %d changed nothing", op);
+	else
+		cr_assert_eq(fl, 0, "hint op %d: nothing to change, yet flush %llu", op,
+			     (unsigned long long)fl);
+}
+
+/* The hints being handed off for home at shard sh, as ids sorted by (origin, seq); their
+ * bodies must equal those given (by id). */
+static size_t take_all(fx *f, uint32_t sh, uint32_t home, tally_hint_ref *ids, size_t max,
+		       const tally_buf *const *bodies_by_id, const tally_hint_ref *known,
+		       size_t nknown)
+{
+	tally_buf bodies[8];
+	memset(bodies, 0, sizeof bodies);
+	cr_assert_leq(max, 8);
+	size_t n = tally_store_hint_take(f->st, 2, sh, home, max, bodies, ids);
+	cr_assert_leq(n, max);
+	for (size_t i = 0; i < n; i++) {
+		size_t j = 0;
+		while (j < nknown &&
+		       (known[j].origin != ids[i].origin || known[j].seq != ids[i].seq))
+			j++;
+		cr_assert_lt(j, nknown, "took an unknown hint (%llu, %llu)",
+			     (unsigned long long)ids[i].origin, (unsigned long long)ids[i].seq);
+		cr_assert_eq(bodies[i].len, bodies_by_id[j]->len);
+		cr_assert_eq(memcmp(bodies[i].data, bodies_by_id[j]->data, bodies[i].len), 0,
+			     "hint (%llu, %llu) body changed", (unsigned long long)ids[i].origin,
+			     (unsigned long long)ids[i].seq);
+	}
+	for (size_t i = 0; i < 8; i++)
+		tally_buf_free(&bodies[i]);
+	/* sort by (origin, seq) for the comparisons */
+	for (size_t i = 1; i < n; i++)
+		for (size_t j = i;
+		     j > 0 && (ids[j - 1].origin > ids[j].origin ||
+			       (ids[j - 1].origin == ids[j].origin && ids[j - 1].seq > ids[j].seq));
+		     j--) {
+			tally_hint_ref t = ids[j];
+			ids[j] = ids[j - 1];
+			ids[j - 1] = t;
+		}
+	return n;
+}
+
+static void model_merge(agg_model *dst, const agg_model *src)
+{
+	for (int k = 0; k < KEYS; k++) {
+		const agg_model *s = &src[k];
+		agg_model *d = &dst[k];
+		if (!s->count)
+			continue;
+		if (!d->count || s->min < d->min)
+			d->min = s->min;
+		if (!d->count || s->max > d->max)
+			d->max = s->max;
+		d->count += s->count;
+		d->sum += s->sum;
+	}
+}
+
+enum { H_A1, H_A2, H_B1, H_B2, H_N };
+
+/* The reader's view of the holder's shard 1: its own groups and the visible hints. */
+static void want_of(agg_model *want, const model *own, const model *h, const bool *vis)
+{
+	memset(want, 0, KEYS * sizeof *want);
+	model_merge(want, own->g[1]);
+	for (int i = 0; i < H_N; i++)
+		if (vis[i])
+			model_merge(want, h[i].g[1]);
+}
+
+/* The replica reads exactly what the holder reads, and counts the same hints. */
+static void check_replica(fx *p, fx *r, const agg_model *want, const char *what)
+{
+	for (uint32_t sh = 0; sh < NSHARDS; sh++) {
+		sync_result res = sync_shard(p, r, sh, 1u << 20);
+		cr_assert_eq(res.snapshots, 0, "%s: shard %u needed a snapshot", what, sh);
+		tally_hint_row a = hint_row(p->st, sh, 1 - sh), b = hint_row(r->st, sh, 1 - sh);
+		cr_assert_eq(a.visible, b.visible, "%s: shard %u visible", what, sh);
+		cr_assert_eq(a.in_doubt, b.in_doubt, "%s: shard %u in doubt", what, sh);
+		cr_assert_eq(a.handing_off, b.handing_off, "%s: shard %u handing off", what, sh);
+		cr_assert_eq(a.bytes, b.bytes, "%s: shard %u bytes", what, sh);
+		agg_model x[KEYS];
+		read_merged(p->st, p->v, sh, x);
+		check_read(r->st, r->v, sh, x, what);
+	}
+	check_read(r->st, r->v, 1, want, what);
+}
+
+Test(store, hints_are_kept_apart_handed_off_and_replicated, .timeout = 30)
+{
+	fx p, r;
+	fx_open_ex(&p, 1, 64u << 20);
+	fx_open_ex(&r, 1, 64u << 20);
+	tally_err err;
+	/* shard 1's own groups (odd keys) */
+	model own, h[H_N], c1;
+	memset(&own, 0, sizeof own);
+	memset(h, 0, sizeof h);
+	memset(&c1, 0, sizeof c1);
+	const row ro[] = {{1, 10}, {3, 20}, {-31, 30}, {1, 40}};
+	send_rows(&p, &own, 0x10, 1, 1, ro, 4);
+	/* hints for shard 0 held by shard 1; key 1 and 3 are groups shard 1 has too */
+	static const struct {
+		uint64_t origin, seq;
+		row rows[3];
+		int n;
+		unsigned flags;
+	} hs[H_N] = {
+	    [H_A1] = {0xA, 1, {{0, 5}, {1, 100}, {2, -7}}, 3, 0},
+	    [H_A2] = {0xA, 2, {{4, 9}, {1, -50}}, 2, TALLY_MSG_F_IN_DOUBT},
+	    [H_B1] = {0xB, 1, {{0, -1000}, {6, 3}}, 2, 0},
+	    [H_B2] = {0xB, 2, {{8, 11}, {3, 77}}, 2, 0},
+	};
+	tally_buf body[H_N] = {{0}};
+	const tally_buf *bodyp[H_N];
+	tally_hint_ref ref[H_N];
+	for (int i = 0; i < H_N; i++) {
+		batch_make_to(p.v, hs[i].origin, hs[i].seq, 0, 1, hs[i].rows, hs[i].n, &body[i]);
+		model_add(&h[i], 1, hs[i].rows, hs[i].n);
+		bodyp[i] = &body[i];
+		ref[i] = (tally_hint_ref){hs[i].origin, hs[i].seq};
+	}
+	bool vis[H_N] = {0};
+	agg_model want[KEYS];
+	uint64_t rl0, rl;
+	pos_of(p.st, 1, &(uint64_t){0}, &rl0);
+	for (int i = H_A1; i <= H_B1; i++) {
+		cr_assert_eq(apply_ex(&p, 1, hs[i].flags, &body[i], &rl, &err), 0, "%s",
+			     err.message);
+		cr_assert_eq(rl, rl0 + 1 + (uint64_t)i, "a hint is a change of the holder");
+		vis[i] = !hs[i].flags;
+	}
+	want_of(want, &own, h, vis);
+	check_read(p.st, p.v, 1, want, "visible hints");
+	check_hints(p.st, 1, 0, 2, 1, 0, "three hints");
+	cr_assert_eq(stats_of(p.st, 1).groups, 3, "hints went into the shard's own groups");
+
+	/* the same hints again are duplicates: nothing changes, nothing is logged */
+	for (int i = H_A1; i <= H_B1; i++) {
+		uint64_t w0 = wal_end(&p);
+		for (unsigned fl = 0; fl <= TALLY_MSG_F_IN_DOUBT; fl += TALLY_MSG_F_IN_DOUBT)
+			cr_assert_eq(apply_ex(&p, 1, fl, &body[i], &rl, &err), 0, "%s",
+				     err.message);
+		cr_assert_eq(wal_end(&p), w0, "a duplicate hint was logged");
+		cr_assert_eq(rl, rl0 + 3);
+	}
+	check_read(p.st, p.v, 1, want, "after duplicates");
+	check_hints(p.st, 1, 0, 2, 1, 0, "after duplicates");
+	/* a hint for shard 1 held by shard 0 (a copy with nothing else) is counted apart */
+	const row rc1[] = {{-29, 4}, {1, 6}};
+	tally_buf cb = {0};
+	batch_make_to(p.v, 0xC, 1, 1, 0, rc1, 2, &cb);
+	cr_assert_eq(apply_ex(&p, 1, 0, &cb, NULL, &err), 0, "%s", err.message);
+	model_add(&c1, 0, rc1, 2);
+	check_hints(p.st, 0, 1, 1, 0, 0, "hint at shard 0");
+	check_hints(p.st, 1, 0, 2, 1, 0, "shard 1 after a hint at shard 0");
+	check_read(p.st, p.v, 0, c1.g[0], "shard 0's hint");
+	cr_assert_eq(stats_of(p.st, 0).groups, 0);
+	/* all of it streams to the replica as records */
+	check_replica(&p, &r, want, "hints replicated");
+
+	/* hand-off begins: the hints stop being read and can be taken */
+	hint_op(&p, 1, 0, TALLY_HINT_OP_HANDOFF, NULL, 0, true);
+	check_hints(p.st, 1, 0, 0, 0, 3, "handing off");
+	memset(vis, 0, sizeof vis);
+	want_of(want, &own, h, vis);
+	check_read(p.st, p.v, 1, want, "handing off");
+	check_read(p.st, p.v, 0, c1.g[0], "shard 0 while shard 1 hands off");
+	tally_hint_ref got[8];
+	cr_assert_eq(take_all(&p, 1, 0, got, 8, bodyp, ref, H_N), 3);
+	cr_assert(got[0].origin == 0xA && got[0].seq == 1 && got[1].origin == 0xA &&
+		      got[1].seq == 2 && got[2].origin == 0xB && got[2].seq == 1,
+		  "took the wrong hints");
+	cr_assert_eq(take_all(&p, 1, 0, got, 2, bodyp, ref, H_N), 2);
+	cr_assert_eq(take_all(&p, 0, 1, got, 8, bodyp, ref, H_N), 0,
+		     "shard 0's hint is not handed off");
+	hint_op(&p, 1, 0, TALLY_HINT_OP_HANDOFF, NULL, 0, false);
+	check_replica(&p, &r, want, "handing off replicated");
+
+	/* the home shard took A1: dropped; the rest goes back as it was */
+	hint_op(&p, 1, 0, TALLY_HINT_OP_DROP, &ref[H_A1], 1, true);
+	check_hints(p.st, 1, 0, 0, 0, 2, "after drop");
+	cr_assert_eq(take_all(&p, 1, 0, got, 8, bodyp, ref, H_N), 2);
+	cr_assert(got[0].origin == 0xA && got[0].seq == 2 && got[1].origin == 0xB &&
+		      got[1].seq == 1,
+		  "drop removed the wrong hints");
+	check_read(p.st, p.v, 1, want, "after drop");
+	check_replica(&p, &r, want, "drop replicated");
+	hint_op(&p, 1, 0, TALLY_HINT_OP_REVERT, NULL, 0, true);
+	check_hints(p.st, 1, 0, 1, 1, 0, "after revert");
+	vis[H_B1] = true;
+	want_of(want, &own, h, vis);
+	check_read(p.st, p.v, 1, want, "after revert");
+	cr_assert_eq(take_all(&p, 1, 0, got, 8, bodyp, ref, H_N), 0);
+	check_replica(&p, &r, want, "revert replicated");
+	/* A1 was handed off: sent again, it is still a duplicate here */
+	uint64_t w0 = wal_end(&p);
+	cr_assert_eq(apply_ex(&p, 1, 0, &body[H_A1], NULL, &err), 0, "%s", err.message);
+	cr_assert_eq(wal_end(&p), w0, "a dropped hint was taken again");
+	check_hints(p.st, 1, 0, 1, 1, 0, "A1 again");
+
+	/* a checkpoint (snapshot format 3), then more: B2 visible and being handed off */
+	tally_err_clear(&err);
+	cr_assert_eq(tally_store_checkpoint(p.st, p.wal, &err), 0, "%s", err.message);
+	char path[256];
+	snap_path(&p, 1, path, sizeof path);
+	tally_buf file = {0};
+	cr_assert_eq(tally_file_read(path, &file), 0);
+	cr_assert_geq(file.len, 8);
+	cr_assert_eq(tally_be32(file.data + 4), 3, "snapshot format %u", tally_be32(file.data + 4));
+	tally_buf_free(&file);
+	cr_assert_eq(apply_ex(&p, 1, 0, &body[H_B2], NULL, &err), 0, "%s", err.message);
+	hint_op(&p, 1, 0, TALLY_HINT_OP_HANDOFF, &ref[H_B2], 1, true);
+	check_hints(p.st, 1, 0, 1, 1, 1, "B2 handing off");
+	check_read(p.st, p.v, 1, want, "B2 handing off");
+	agg_model live[KEYS];
+	read_merged(p.st, p.v, 1, live);
+
+	/* restarts: snapshot + log, and log alone, give the same hints in the same states */
+	for (int load = 1; load >= 0; load--) {
+		const char *what = load ? "after snapshot + log" : "after the log alone";
+		restart_as(&p, load, NULL, 1, 64u << 20);
+		check_hints(p.st, 1, 0, 1, 1, 1, what);
+		check_hints(p.st, 0, 1, 1, 0, 0, what);
+		check_read(p.st, p.v, 1, live, what);
+		check_read(p.st, p.v, 0, c1.g[0], what);
+		cr_assert_eq(take_all(&p, 1, 0, got, 8, bodyp, ref, H_N), 1, "%s", what);
+		cr_assert(got[0].origin == 0xB && got[0].seq == 2, "%s", what);
+		w0 = wal_end(&p);
+		for (int i = 0; i < H_N; i++)
+			cr_assert_eq(apply_ex(&p, 1, 0, &body[i], NULL, &err), 0, "%s",
+				     err.message);
+		cr_assert_eq(wal_end(&p), w0, "%s: a hint was no longer a duplicate", what);
+	}
+	/* B2 goes back to visible (as it was before its hand-off), A2 stays in doubt */
+	hint_op(&p, 1, 0, TALLY_HINT_OP_REVERT, NULL, 0, true);
+	check_hints(p.st, 1, 0, 2, 1, 0, "B2 reverted");
+	vis[H_B2] = true;
+	want_of(want, &own, h, vis);
+	check_read(p.st, p.v, 1, want, "B2 reverted");
+	check_replica(&p, &r, want, "after the holder's restarts");
+	/* and the replica restarts to the same */
+	restart_as(&r, true, NULL, 2, 64u << 20);
+	check_read(r.st, r.v, 1, want, "replica restarted");
+	check_hints(r.st, 1, 0, 2, 1, 0, "replica restarted");
+	check_read(r.st, r.v, 0, c1.g[0], "replica restarted");
+	/* the replica has the hints' dedup state: promoted, it knows them all */
+	w0 = wal_end(&r);
+	for (int i = 0; i < H_N; i++)
+		cr_assert_eq(apply_ex(&r, 2, 0, &body[i], NULL, &err), 0, "%s", err.message);
+	cr_assert_eq(apply_ex(&r, 2, 0, &cb, NULL, &err), 0, "%s", err.message);
+	cr_assert_eq(wal_end(&r), w0, "a promoted replica took a hint again");
+	/* a snapshot carries the hints too, in their states */
+	fx r2;
+	fx_open_ex(&r2, 1, 64u << 20);
+	hint_op(&p, 1, 0, TALLY_HINT_OP_HANDOFF, &ref[H_B1], 1, true);
+	vis[H_B1] = false;
+	want_of(want, &own, h, vis);
+	for (uint32_t sh = 0; sh < NSHARDS; sh++)
+		ship_snapshot(&p, 1, &r2, sh);
+	check_hints(r2.st, 1, 0, 1, 1, 1, "snapshot with hints");
+	check_hints(r2.st, 0, 1, 1, 0, 0, "snapshot with hints");
+	check_read(r2.st, r2.v, 1, want, "snapshot with hints");
+	check_read(r2.st, r2.v, 0, c1.g[0], "snapshot with hints");
+	check_replica(&p, &r2, want, "records after a snapshot with hints");
+	fx_close(&r2);
+
+	for (int i = 0; i < H_N; i++)
+		tally_buf_free(&body[i]);
+	tally_buf_free(&cb);
+	fx_close(&p);
+	fx_close(&r);
+}
+
+Test(store, replica_is_current_only_at_its_primarys_position, .timeout = 30)
+{
+	fx p, r;
+	fx_open_ex(&p, 1, 1);
+	fx_open_ex(&r, 1, 64u << 20);
+	model m;
+	memset(&m, 0, sizeof m);
+	cr_assert_eq(tally_store_current(r.st, 2, 0), -1, "no copy yet");
+	for (uint64_t seq = 1; seq <= 3; seq++)
+		one_each(&p, &m, 0x99, seq);
+	cr_assert_eq(tally_store_current(p.st, 2, 0), 0, "a primary copy never heard of one");
+	/* a copy from a snapshot has heard nothing from its primary yet */
+	ship_snapshot(&p, 1, &r, 0);
+	assert_same_copy(&p, &r, 0, "snapshot");
+	cr_assert_eq(tally_store_current(r.st, 2, 0), 0, "current before any REPL");
+	uint64_t g, rl, pg, pr, fl;
+	pos_of(r.st, 0, &g, &rl);
+	tally_err err;
+	tally_err_clear(&err);
+	tally_rd rd;
+	tally_rd_init(&rd, NULL, 0);
+	/* an empty REPL saying the primary is where it is */
+	cr_assert_eq(tally_store_repl_apply(r.st, r.wal, r.v, 1, 0, g, rl + 1, rl, 0, &rd, &pg, &pr,
+					    &fl, &err),
+		     0, "%s", err.message);
+	cr_assert_eq(pr, rl);
+	cr_assert_eq(tally_store_current(r.st, 2, 0), 1, "at its primary's position");
+	/* the primary moved on: behind until the record arrives */
+	one_each(&p, &m, 0x99, 4);
+	tally_buf recs = {0};
+	tally_repl_out o;
+	cr_assert_eq(fetch_for(&p, 1, 0, g, rl, 1u << 20, &recs, &o), TALLY_REPL_RECORDS);
+	cr_assert_eq(o.nrec, 1);
+	tally_rd_init(&rd, NULL, 0);
+	cr_assert_eq(tally_store_repl_apply(r.st, r.wal, r.v, 1, 0, g, rl + 1, o.rlsn, 0, &rd, &pg,
+					    &pr, &fl, &err),
+		     0, "%s", err.message);
+	cr_assert_eq(tally_store_current(r.st, 2, 0), 0, "current while its primary is ahead");
+	apply_out(&r, 0, &o, &pg, &pr);
+	cr_assert_eq(pr, o.rlsn);
+	cr_assert_eq(tally_store_current(r.st, 2, 0), 1, "not current after catching up");
+	/* records of another history (with the primary's word on them) do not make it current */
+	tally_rd_init(&rd, NULL, 0);
+	cr_assert_eq(tally_store_repl_apply(r.st, r.wal, r.v, 1, 0, g ^ 0x10000, 1, pr, 0, &rd, &pg,
+					    &pr, &fl, &err),
+		     0, "%s", err.message);
+	cr_assert_eq(pg, g);
+	cr_assert_eq(tally_store_current(r.st, 2, 0), 0, "current on another history");
+	tally_buf_free(&recs);
+	fx_close(&p);
+	fx_close(&r);
 }
