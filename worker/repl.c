@@ -47,6 +47,8 @@ typedef struct rstream {
 	tally_buf snap;
 	uint64_t snap_gen, snap_rlsn, snap_off;
 	uint64_t snapshots;  /* snapshots sent in full */
+	uint64_t dest_inc;   /* incarnation of the replica's node the position was learned from */
+	bool reprobe;	     /* the replica restarted: ask its position before anything else */
 	int64_t last_msg_us; /* when the last message went (keepalives when idle) */
 	bool inflight, live; /* live: still wanted by the current map */
 	int64_t next_try_us;
@@ -125,6 +127,16 @@ static void sync_streams(tally_repl *rp, const tally_map *m)
 					rp->s[rp->ns++] = x;
 				}
 				x->live = true;
+				/* a replica that restarted is asked for its position again (and so
+				 * hears from its primary before it counts as caught up) */
+				const tally_node_info *dn = tally_catalog_node(m->cat, dest);
+				if (dn && dn->incarnation != x->dest_inc) {
+					x->dest_inc = dn->incarnation;
+					x->reprobe = true; /* (a round in flight finishes first) */
+					x->next_try_us = 0;
+					if (x->state != RS_DIVERGED)
+						x->state = RS_CONNECTING;
+				}
 				bool have = false;
 				for (size_t k = 0; k < rp->nd; k++)
 					have |= rp->d[k].id == dest;
@@ -188,6 +200,14 @@ static int prepare(tally_repl *rp, rstream *x, pick *p, uint64_t *flush_to)
 	p->x = x;
 	p->nrec = 0;
 	tally_buf_reset(&p->recs);
+	if (x->reprobe) {
+		x->reprobe = false;
+		x->known = false;
+		if (x->snapping) {
+			x->snapping = false; /* the new process has none of it */
+			tally_buf_free(&x->snap);
+		}
+	}
 	if (x->snapping) {
 		p->kind = 2;
 		return 1;
@@ -224,8 +244,7 @@ static int prepare(tally_repl *rp, rstream *x, pick *p, uint64_t *flush_to)
 	}
 	if (rc == TALLY_REPL_RECORDS || rc == TALLY_REPL_NONE) {
 		x->state = RS_STREAMING;
-		if (rc == TALLY_REPL_RECORDS &&
-		    tally_mono_us() - x->last_msg_us > REPL_KEEPALIVE_US) {
+		if (tally_mono_us() - x->last_msg_us > REPL_KEEPALIVE_US) {
 			p->kind = 0; /* up to date: a keepalive keeps the replica readable */
 			return 1;
 		}
@@ -329,6 +348,8 @@ static void take_reply(pick *p, tally_rpc_call *c, int64_t now)
 	x->fails = 0;
 	x->warned = false;
 	x->next_try_us = 0;
+	if (x->reprobe)
+		return; /* answered by the node's previous process: ask again */
 	x->known = true;
 	x->r_gen = gen;
 	x->r_rlsn = rlsn;
@@ -410,9 +431,15 @@ static void *dest_main(void *arg)
 				calls[i].peer = dn->name;
 				calls[i].req = reqs[i];
 			}
+			/* short unless a snapshot chunk goes: a dead replica's old address must not
+			 * hold up its new one for long */
+			bool chunk = false;
+			for (int i = 0; i < np; i++)
+				chunk |= picks[i].kind == 2;
 			int timeout =
 			    (int)tally_settings_ms(&n->cfg.defaults, TALLY_SET_RPC_TIMEOUT);
-			tally_rpc_call_many(n->rpc, calls, np, timeout > 5000 ? 5000 : timeout);
+			int cap = chunk ? 5000 : 2000;
+			tally_rpc_call_many(n->rpc, calls, np, timeout > cap ? cap : timeout);
 		}
 		pthread_mutex_lock(&rp->mu);
 		now = tally_mono_us();
@@ -449,6 +476,54 @@ static void *dest_main(void *arg)
 	return NULL;
 }
 
+/* Wait until the replicas mode needs have position rlsn of history gen. */
+static int wait_replicas(tally_repl *rp, const tally_view_info *v, uint32_t shard, uint64_t gen,
+			 uint64_t rlsn, int mode, int timeout_ms, tally_err *err)
+{
+	if (mode == TALLY_REPL_ASYNC || v->num_replicas == 0)
+		return 0;
+	int64_t deadline = tally_mono_us() + (int64_t)timeout_ms * 1000;
+	int need = 0, have = 0;
+	pthread_mutex_lock(&rp->mu);
+	for (;;) {
+		tally_map *m = tally_node_map(rp->n);
+		int up = 0;
+		have = 0;
+		for (int r = 0; r < v->num_replicas; r++) {
+			uint32_t id = v->replicas[shard * (uint32_t)v->num_replicas + (uint32_t)r];
+			const tally_node_info *ni = tally_catalog_node(m->cat, id);
+			bool is_up = ni && ni->state == TALLY_NODE_UP;
+			up += is_up;
+			rstream *x = stream_find(rp, v->id, shard, id);
+			if (x && x->known && x->r_gen == gen && x->r_rlsn >= rlsn)
+				have++;
+		}
+		tally_map_put(m);
+		/* sync: every replica that is up; quorum: a majority of all copies */
+		need = mode == TALLY_REPL_SYNC ? up : (v->num_replicas + 1) / 2;
+		if (have >= need || rp->stopping || tally_mono_us() >= deadline)
+			break;
+		struct timespec ts = tally_mono_ts(deadline);
+		pthread_cond_timedwait(&rp->ack_cv, &rp->mu, &ts);
+	}
+	pthread_mutex_unlock(&rp->mu);
+	if (have >= need)
+		return 0;
+	tally_err_set(err, TALLY_SQLSTATE_UNAVAILABLE,
+		      "shard %s_%u: %d of the %d replica acknowledgements %s replication needs "
+		      "arrived within %d ms",
+		      v->name, shard, have, need, mode == TALLY_REPL_SYNC ? "sync" : "quorum",
+		      timeout_ms);
+	return tally_err_detail(err, "The batch is durable on the primary and will be "
+				     "acknowledged when its replicas have it.");
+}
+
+int tally_repl_wait(tally_repl *rp, const tally_view_info *v, uint32_t shard, uint64_t gen,
+		    uint64_t rlsn, int timeout_ms, tally_err *err)
+{
+	return wait_replicas(rp, v, shard, gen, rlsn, v->replication, timeout_ms, err);
+}
+
 /* ---- hinted hand-off (DESIGN §5) ----------------------------------------------------------- */
 
 #define HANDOFF_ROUND 64
@@ -466,20 +541,29 @@ static int handoff_one(tally_repl *rp, const tally_map *m, const tally_view_rt *
 	uint32_t self = tally_node_id(n);
 	tally_err err;
 	tally_err_clear(&err);
-	uint64_t lsn = 0;
+	int rc = 0, total = 0;
+	uint64_t lsn = 0, rlsn = 0, gen, pos;
+	tally_buf bodies[HANDOFF_ROUND];
+	memset(bodies, 0, sizeof bodies);
 	if (tally_store_hint_op(rp->st, n->wal, v, shard, self, home, TALLY_HINT_OP_HANDOFF, NULL,
-				0, &lsn, &err) != 0 ||
+				0, &lsn, &rlsn, &err) != 0 ||
 	    (lsn && tally_wal_flush(n->wal, lsn, -1, &err) != 0)) {
 		tally_log_warn("hand-off of shard %s_%u's hints: %s", v->info->name, home,
 			       err.message);
 		return -1;
 	}
-	tally_buf bodies[HANDOFF_ROUND];
+	/* Every live replica of this copy hides them too before the home shard gets them, or a
+	 * read served by a replica would count them twice. */
+	if (rlsn && tally_store_pos(rp->st, v->info->id, shard, &gen, &pos) == 0 &&
+	    wait_replicas(rp, v->info, shard, gen, rlsn, TALLY_REPL_SYNC, 2000, &err) != 0) {
+		tally_log_warn("hand-off of shard %s_%u's hints: %s", v->info->name, home,
+			       err.message);
+		rc = -1;
+		goto revert;
+	}
 	tally_hint_ref ids[HANDOFF_ROUND], done[HANDOFF_ROUND];
 	tally_rpc_call calls[HANDOFF_ROUND];
-	memset(bodies, 0, sizeof bodies);
-	int total = 0, rc = 0;
-	for (;;) {
+	for (; rc == 0;) {
 		size_t k = tally_store_hint_take(rp->st, v->info->id, shard, home, HANDOFF_ROUND,
 						 bodies, ids);
 		if (k == 0)
@@ -514,9 +598,10 @@ static int handoff_one(tally_repl *rp, const tally_map *m, const tally_view_rt *
 		tally_rpc_calls_done(calls, (int)k);
 		for (size_t i = 0; i < k; i++)
 			tally_buf_free(&calls[i].req);
-		if (nd && (tally_store_hint_op(rp->st, n->wal, v, shard, self, home,
-					       TALLY_HINT_OP_DROP, done, nd, &lsn, &err) != 0 ||
-			   tally_wal_flush(n->wal, lsn, -1, &err) != 0)) {
+		if (nd &&
+		    (tally_store_hint_op(rp->st, n->wal, v, shard, self, home, TALLY_HINT_OP_DROP,
+					 done, nd, &lsn, &rlsn, &err) != 0 ||
+		     tally_wal_flush(n->wal, lsn, -1, &err) != 0)) {
 			tally_log_warn("hand-off of shard %s_%u's hints: %s", v->info->name, home,
 				       err.message);
 			rc = -1;
@@ -528,8 +613,9 @@ static int handoff_one(tally_repl *rp, const tally_map *m, const tally_view_rt *
 			break;
 		}
 	}
+revert:
 	if (rc != 0 && tally_store_hint_op(rp->st, n->wal, v, shard, self, home,
-					   TALLY_HINT_OP_REVERT, NULL, 0, &lsn, &err) != 0)
+					   TALLY_HINT_OP_REVERT, NULL, 0, &lsn, &rlsn, &err) != 0)
 		tally_log_warn("hand-off of shard %s_%u's hints: %s", v->info->name, home,
 			       err.message);
 	for (int i = 0; i < HANDOFF_ROUND; i++)
@@ -564,20 +650,8 @@ static void *handoff_main(void *arg)
 				continue; /* only the holder's primary copy hands off */
 			const tally_node_info *dest =
 			    tally_catalog_node(m->cat, v->info->primary[rows[i].home]);
-			if (!tally_node_reachable(n, dest)) {
-				/* hints hidden by a hand-off that was cut short (e.g. by a restart)
-				 * count again until the home primary is back */
-				uint64_t lsn;
-				tally_err err;
-				tally_err_clear(&err);
-				if (rows[i].handing_off &&
-				    tally_store_hint_op(rp->st, n->wal, v, rows[i].shard, self,
-							rows[i].home, TALLY_HINT_OP_REVERT, NULL, 0,
-							&lsn, &err) != 0)
-					tally_log_warn("hints for shard %s_%u: %s", v->info->name,
-						       rows[i].home, err.message);
+			if (!tally_node_reachable(n, dest))
 				continue;
-			}
 			int k = handoff_one(rp, m, v, rows[i].shard, rows[i].home, dest);
 			if (k < 0) {
 				failed = true;
@@ -695,47 +769,6 @@ void tally_repl_free(tally_repl *rp)
 	pthread_cond_destroy(&rp->stop_cv);
 	pthread_mutex_destroy(&rp->mu);
 	free(rp);
-}
-
-int tally_repl_wait(tally_repl *rp, const tally_view_info *v, uint32_t shard, uint64_t gen,
-		    uint64_t rlsn, int timeout_ms, tally_err *err)
-{
-	if (v->replication == TALLY_REPL_ASYNC || v->num_replicas == 0)
-		return 0;
-	int64_t deadline = tally_mono_us() + (int64_t)timeout_ms * 1000;
-	int need = 0, have = 0;
-	pthread_mutex_lock(&rp->mu);
-	for (;;) {
-		tally_map *m = tally_node_map(rp->n);
-		int up = 0;
-		have = 0;
-		for (int r = 0; r < v->num_replicas; r++) {
-			uint32_t id = v->replicas[shard * (uint32_t)v->num_replicas + (uint32_t)r];
-			const tally_node_info *ni = tally_catalog_node(m->cat, id);
-			bool is_up = ni && ni->state == TALLY_NODE_UP;
-			up += is_up;
-			rstream *x = stream_find(rp, v->id, shard, id);
-			if (x && x->known && x->r_gen == gen && x->r_rlsn >= rlsn)
-				have++;
-		}
-		tally_map_put(m);
-		/* sync: every replica that is up; quorum: a majority of all copies */
-		need = v->replication == TALLY_REPL_SYNC ? up : (v->num_replicas + 1) / 2;
-		if (have >= need || rp->stopping || tally_mono_us() >= deadline)
-			break;
-		struct timespec ts = tally_mono_ts(deadline);
-		pthread_cond_timedwait(&rp->ack_cv, &rp->mu, &ts);
-	}
-	pthread_mutex_unlock(&rp->mu);
-	if (have >= need)
-		return 0;
-	tally_err_set(err, TALLY_SQLSTATE_UNAVAILABLE,
-		      "shard %s_%u: %d of the %d replica acknowledgements %s replication needs "
-		      "arrived within %d ms",
-		      v->name, shard, have, need,
-		      v->replication == TALLY_REPL_SYNC ? "sync" : "quorum", timeout_ms);
-	return tally_err_detail(err, "The batch is durable on the primary and will be "
-				     "acknowledged when its replicas have it.");
 }
 
 size_t tally_repl_rows(tally_repl *rp, tally_repl_row **rows)

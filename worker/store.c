@@ -673,8 +673,9 @@ static void hint_ops(shard *s, hint_id *ids, size_t n)
 			h->prior = h->state;
 			h->state = HINT_HANDOFF;
 		} else if (op && op->op == HOP_REVERT && h->state == HINT_HANDOFF) {
-			h->state = h->prior;
-			rebuild |= h->state == HINT_VISIBLE;
+			/* it may have reached the home shard already (its answer got lost): from
+			 * now on it is in doubt, never visible again (DESIGN §5) */
+			h->state = HINT_IN_DOUBT;
 		} else if (op && op->op == HOP_DROP) {
 			rebuild |= h->state == HINT_VISIBLE;
 			free(h->body);
@@ -1108,11 +1109,12 @@ size_t tally_store_hint_rows(tally_store *st, tally_hint_row **rows)
 
 int tally_store_hint_op(tally_store *st, tally_wal *wal, const tally_view_rt *v, uint32_t sh,
 			uint32_t self, uint32_t home, int op, const tally_hint_ref *ids,
-			size_t nids, uint64_t *flush_lsn, tally_err *err)
+			size_t nids, uint64_t *flush_lsn, uint64_t *rlsn, tally_err *err)
 {
 	shard *s = get_locked(st, v, 0, sh, false);
 	int rc = 0;
 	*flush_lsn = 0;
+	*rlsn = 0;
 	if (!s)
 		goto out;
 	pthread_mutex_lock(&s->mu);
@@ -1154,10 +1156,9 @@ int tally_store_hint_op(tally_store *st, tally_wal *wal, const tally_view_rt *v,
 		}
 	}
 	tally_put_be32(b.data, k);
-	uint64_t rlsn;
 	if (k)
 		rc = primary_change(st, wal, s, v, self, TALLY_SREC_HINT_STATE, b.data,
-				    (uint32_t)b.len, flush_lsn, &rlsn, err);
+				    (uint32_t)b.len, flush_lsn, rlsn, err);
 	tally_buf_free(&b);
 	pthread_mutex_unlock(&s->mu);
 out:
@@ -1302,6 +1303,20 @@ int tally_store_current(tally_store *st, uint64_t view_id, uint32_t sh)
 	return rc;
 }
 
+int tally_store_servable(tally_store *st, uint64_t view_id, uint32_t sh)
+{
+	pthread_rwlock_rdlock(&st->mu);
+	shard *s = find(st, view_id, sh);
+	int rc = -1;
+	if (s) {
+		pthread_mutex_lock(&s->mu);
+		rc = s->pri_us != 0 && s->gen == s->pri_gen;
+		pthread_mutex_unlock(&s->mu);
+	}
+	pthread_rwlock_unlock(&st->mu);
+	return rc;
+}
+
 int tally_store_repl_apply(tally_store *st, tally_wal *wal, const tally_view_rt *v, uint64_t epoch,
 			   uint32_t sh, uint64_t gen, uint64_t first, uint64_t prim, uint32_t n,
 			   tally_rd *recs, uint64_t *pos_gen, uint64_t *pos_rlsn,
@@ -1367,7 +1382,8 @@ int tally_store_repl_apply(tally_store *st, tally_wal *wal, const tally_view_rt 
 		free(kinds);
 		free(bodies);
 	}
-	if (gen != 0) {
+	if (gen != 0 || n == 0) {
+		/* (a primary with no copy yet tells gen 0: nothing to have) */
 		s->pri_gen = gen;
 		s->pri_rlsn = prim;
 		s->pri_us = tally_mono_us();

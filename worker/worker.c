@@ -402,6 +402,15 @@ static void handle_read(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, ta
 		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_UNAVAILABLE,
 				      "the copy of shard %s_%u on %s is behind its primary",
 				      v->info->name, q.shard, n->cfg.name);
+	} else if (v->info->primary[q.shard] != tally_node_id(n) &&
+		   tally_store_servable(w->store, v->info->id, q.shard) != 1) {
+		/* a replica that has not heard from its primary since it started, or is on
+		 * another history (e.g. a new copy waiting for its snapshot): it cannot tell
+		 * what it lacks */
+		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_UNAVAILABLE,
+				      "the copy of shard %s_%u on %s has not caught up with its "
+				      "primary",
+				      v->info->name, q.shard, n->cfg.name);
 	} else {
 		tally_msg_begin(reply, TALLY_MSG_READ_OK, h->req_id, m->cat->epoch);
 		tally_store_read(w->store, v, q.shard, q.has_key ? q.key : NULL, q.keylen, reply);

@@ -101,6 +101,10 @@ int tally_store_repl_apply(tally_store *st, tally_wal *wal, const tally_view_rt 
  * message less than TALLY_REPLICA_CURRENT_US ago? 1 yes, 0 no, -1 no such copy. */
 #define TALLY_REPLICA_CURRENT_US 1500000
 int tally_store_current(tally_store *st, uint64_t view_id, uint32_t shard);
+/* May this replica copy answer reads when its primary cannot: it has heard from its primary
+ * since it started and is on its primary's history (perhaps behind)? 1 yes, 0 no, -1 no such
+ * copy (a replica that has no copy has not heard from its primary either). */
+int tally_store_servable(tally_store *st, uint64_t view_id, uint32_t shard);
 /* Primary side: the copy's state (snapshot file format) into out, with its history and
  * position; the log has it durably when this returns 0. */
 int tally_store_snap_encode(tally_store *st, tally_wal *wal, uint64_t view_id, uint32_t shard,
@@ -127,13 +131,14 @@ typedef struct tally_hint_ref {
 enum { TALLY_HINT_OP_HANDOFF = 2, TALLY_HINT_OP_DROP = 3, TALLY_HINT_OP_REVERT = 4 };
 /* On the primary copy (view v, shard) of this node (self): begin handing off the hints for
  * home (TALLY_HINT_OP_HANDOFF: they stop being visible; ids NULL = all not yet handing off),
- * drop those handed off (DROP, ids given) or take them back (REVERT: visible or in doubt as
- * before; ids NULL = all being handed off). Logged and replicated like any change;
- * *flush_lsn is what the log must have before the change is relied on (0 = nothing
- * changed). 0, or -1 with err. */
+ * drop those handed off (DROP, ids given) or take back those a hand-off did not get through
+ * (REVERT; ids NULL = all being handed off): they may have reached the home shard, so they
+ * stay invisible, in doubt, until a later hand-off. Logged and replicated like any change;
+ * *flush_lsn is what the log must have before the change is relied on, *rlsn its position
+ * (both 0 = nothing changed). 0, or -1 with err. */
 int tally_store_hint_op(tally_store *st, tally_wal *wal, const tally_view_rt *v, uint32_t shard,
 			uint32_t self, uint32_t home, int op, const tally_hint_ref *ids,
-			size_t nids, uint64_t *flush_lsn, tally_err *err);
+			size_t nids, uint64_t *flush_lsn, uint64_t *rlsn, tally_err *err);
 /* Copy up to max hints for home that are being handed off (APPLY bodies, ids). */
 size_t tally_store_hint_take(tally_store *st, uint64_t view_id, uint32_t shard, uint32_t home,
 			     size_t max, tally_buf *bodies, tally_hint_ref *ids);

@@ -156,6 +156,16 @@ bool tally_node_install_map(tally_node *n, tally_catalog *cat)
 		m = NULL;
 	}
 	pthread_mutex_unlock(&n->map_mu);
+	if (old) {
+		/* A peer that restarted (new incarnation, perhaps a new address) is no longer
+		 * suspected for what its previous process did not answer. */
+		const tally_catalog *nc = n->map->cat;
+		for (int i = 0; i < nc->nnodes; i++) {
+			const tally_node_info *was = tally_catalog_node(old->cat, nc->nodes[i].id);
+			if (was && was->incarnation != nc->nodes[i].incarnation)
+				tally_node_unsuspect(n, nc->nodes[i].id);
+		}
+	}
 	tally_map_put(old);
 	if (m) {
 		tally_map_put(m);

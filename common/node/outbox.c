@@ -649,7 +649,12 @@ static int pick_round(tally_outbox *ob, const tally_map *m, ob_batch **pick, uin
 			*dest = bdest;
 		}
 		b->target = target;
-		floors[np] = se->cap && se->cap < se->floor ? se->cap : se->floor;
+		/* The home shard must not count a batch a holder took as applied before its
+		 * hand-off arrives: its floor stays below the lowest such seq. A holder's own
+		 * dedup of hints can take the plain floor (every lower seq was acknowledged by
+		 * someone and is never sent again). */
+		floors[np] =
+		    target == b->shard && se->cap && se->cap < se->floor ? se->cap : se->floor;
 		pick[np++] = b;
 	}
 	return np;
