@@ -30,6 +30,7 @@ struct tally_coord {
 	tally_catalog *cat;
 	copy_pos *pos; /* answers gathered for the remove_node being planned */
 	size_t npos;
+	pthread_mutex_t remove_mu; /* one remove_node at a time (it owns pos) */
 	pthread_t fd_thread;
 	pthread_t push_thread; /* publishes what the failure detector decided */
 	pthread_cond_t push_cv;
@@ -279,12 +280,15 @@ static int ddl_create_view(tally_coord *c, const tally_stmt *st, int default_rep
 
 /* Which replica of shard `shard` of v becomes its primary: the index of the first replica
  * whose node is up, -1 if none is. */
-/* The replica of shard to promote: of those up that told their position, the one furthest
- * along (async replicas may lag; the one with the most of the history loses the least);
- * if none answered, the first that is up. */
+/* The replica of shard to promote: of those up that told their position, one on the history
+ * the removed primary (gone, id gone_id) was writing (its gen's low bits name the primary that
+ * began it), furthest along; then any that told its position, furthest along (positions of
+ * different histories are not comparable, so only as a last resort); if none answered, the
+ * first that is up. */
 static int pick_promotion(tally_coord *c, const tally_view_info *v, int shard)
 {
-	int best = -1, first_up = -1;
+	uint32_t gone_id = v->primary[shard];
+	int best = -1, best_rank = -1, first_up = -1;
 	uint64_t best_rlsn = 0;
 	for (int r = 0; r < v->num_replicas; r++) {
 		uint32_t id = v->replicas[(size_t)shard * (size_t)v->num_replicas + (size_t)r];
@@ -295,9 +299,12 @@ static int pick_promotion(tally_coord *c, const tally_view_info *v, int shard)
 			first_up = r;
 		for (size_t k = 0; k < c->npos; k++) {
 			const copy_pos *p = &c->pos[k];
-			if (p->view_id == v->id && p->shard == (uint32_t)shard && p->node == id &&
-			    (best < 0 || p->rlsn > best_rlsn)) {
+			if (p->view_id != v->id || p->shard != (uint32_t)shard || p->node != id)
+				continue;
+			int rank = p->gen != 0 && (p->gen & 0xFFFFu) == (gone_id & 0xFFFFu);
+			if (rank > best_rank || (rank == best_rank && p->rlsn > best_rlsn)) {
 				best = r;
+				best_rank = rank;
 				best_rlsn = p->rlsn;
 			}
 		}
@@ -680,16 +687,24 @@ static int coord_ddl(tally_node *n, const char *sql, const tally_settings *s, ch
 	tally_stmt *st;
 	int nst;
 	tally_err perr;
-	if (tally_sql_parse(sql, &pa, &st, &nst, &perr) == 0 && nst == 1 &&
-	    st->kind == TALLY_STMT_REMOVE_NODE)
+	bool removal = tally_sql_parse(sql, &pa, &st, &nst, &perr) == 0 && nst == 1 &&
+		       st->kind == TALLY_STMT_REMOVE_NODE;
+	/* one removal at a time: its positions must not be replaced by another's */
+	if (removal) {
+		pthread_mutex_lock(&c->remove_mu);
 		gather_positions(c, st->u.remove_node.name);
+	}
 	tally_arena_free(&pa);
 	pthread_mutex_lock(&c->mu);
 	int rc = ddl_locked(c, sql, nrep, tag, tagsz, nt, sizeof nt, &published, err);
-	free(c->pos);
-	c->pos = NULL;
-	c->npos = 0;
+	if (removal) {
+		free(c->pos);
+		c->pos = NULL;
+		c->npos = 0;
+	}
 	pthread_mutex_unlock(&c->mu);
+	if (removal)
+		pthread_mutex_unlock(&c->remove_mu);
 	if (published)
 		push_map(c, 0); /* every worker has the change before the client hears back */
 	if (rc == 0 && nt[0] && notice) {
@@ -912,6 +927,7 @@ int tally_coord_start(tally_coord **out, const tally_node_config *cfg)
 {
 	tally_coord *c = tally_xcalloc(1, sizeof *c);
 	pthread_mutex_init(&c->mu, NULL);
+	pthread_mutex_init(&c->remove_mu, NULL);
 	pthread_mutex_init(&c->stop_mu, NULL);
 	pthread_cond_init(&c->stop_cv, NULL);
 	pthread_cond_init(&c->push_cv, NULL);

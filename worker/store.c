@@ -1470,6 +1470,15 @@ int tally_store_snap_install(tally_store *st, tally_wal *wal, const tally_map *m
 	*rlsn = s->rlsn;
 	pthread_rwlock_unlock(&st->mu);
 	int rc = snap_save_locked(st, wal, s, err);
+	if (rc != 0) {
+		/* The copy in memory is the new one and records of its history follow in the
+		 * log, but recovery would start from the old snapshot: exit so that recovery
+		 * rebuilds the old copy and the primary sends the snapshot again. */
+		tally_log_error("could not write the snapshot installed for shard %llu/%u: %s; "
+				"exiting so that recovery rebuilds it",
+				(unsigned long long)s->view_id, s->shard, err->message);
+		abort();
+	}
 	pthread_mutex_unlock(&st->snap_mu);
 	if (rc == 0 && st->fsync && tally_dir_sync(st->dir) != 0)
 		rc = tally_err_set(err, TALLY_SQLSTATE_INTERNAL, "could not fsync \"%s\": %s",
