@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 /* nng_close, but give up after ms: NNG 1.5 can wedge a socket (see below), and a node
  * shutting down must not hang on it: everything durable is on disk by then or after. */
@@ -440,12 +441,18 @@ struct tally_rpc_server {
 	pthread_t *threads;
 	tally_rpc_handler fn;
 	void *ctx;
-	int stopping; /* atomic */
+	int stopping;	    /* atomic */
+	pthread_mutex_t mu; /* guards aios */
+	nng_aio **aios;	    /* each service thread's receive aio while it runs */
+	int next_slot;	    /* atomic: service threads claim their slot */
+	int exited;	    /* atomic: service threads gone */
 };
 
-/* Service threads wake up this often to notice a shutdown: the socket is closed only after
- * they are all gone, because NNG 1.5 can crash on a context used while its socket closes. */
-#define RPC_POLL_MS 200
+/* Service threads wait for requests without waking up in between (each wake-up costs NNG's
+ * timer thread): a shutdown cancels their receives. The socket is closed only after they are
+ * all gone, because NNG 1.5 can crash on a context used while its socket closes. The timeout
+ * is a safety net for a cancel that came just before a receive began. */
+#define RPC_POLL_MS 5000
 
 void tally_rpc_reply_error(tally_buf *b, uint64_t req_id, uint64_t epoch, const char *sqlstate,
 			   const char *fmt, ...)
@@ -467,8 +474,13 @@ static void *service_main(void *arg)
 	nng_aio *aio;
 	if (nng_ctx_open(&ctx, s->sock) != 0 || nng_aio_alloc(&aio, NULL, NULL) != 0) {
 		tally_log_error("rpc: could not open a service context");
+		__atomic_add_fetch(&s->exited, 1, __ATOMIC_RELEASE);
 		return NULL;
 	}
+	int slot = __atomic_fetch_add(&s->next_slot, 1, __ATOMIC_RELAXED);
+	pthread_mutex_lock(&s->mu);
+	s->aios[slot] = aio;
+	pthread_mutex_unlock(&s->mu);
 	tally_buf reply = {0};
 	while (!__atomic_load_n(&s->stopping, __ATOMIC_ACQUIRE)) {
 		nng_aio_set_timeout(aio, RPC_POLL_MS);
@@ -508,8 +520,12 @@ static void *service_main(void *arg)
 			tally_buf_free(&reply); /* don't pin a large read reply */
 	}
 	tally_buf_free(&reply);
+	pthread_mutex_lock(&s->mu);
+	s->aios[slot] = NULL;
+	pthread_mutex_unlock(&s->mu);
 	nng_aio_free(aio);
 	nng_ctx_close(ctx);
+	__atomic_add_fetch(&s->exited, 1, __ATOMIC_RELEASE);
 	return NULL;
 }
 
@@ -539,6 +555,8 @@ int tally_rpc_server_open(const char *host, int port, int nthreads, tally_rpc_ha
 	snprintf(s->addr, sizeof s->addr, "tcp://%s:%d", host, bound);
 	s->nthreads = nthreads > 0 ? nthreads : 4;
 	s->threads = tally_xcalloc((size_t)s->nthreads, sizeof *s->threads);
+	s->aios = tally_xcalloc((size_t)s->nthreads, sizeof *s->aios);
+	pthread_mutex_init(&s->mu, NULL);
 	for (int i = 0; i < s->nthreads; i++)
 		pthread_create(&s->threads[i], NULL, service_main, s);
 	*out = s;
@@ -555,9 +573,23 @@ void tally_rpc_server_close(tally_rpc_server *s)
 	if (!s)
 		return;
 	__atomic_store_n(&s->stopping, 1, __ATOMIC_RELEASE);
+	/* wake the service threads; again until they are gone (a receive may begin just after a
+	 * cancel) */
+	int64_t deadline = tally_mono_us() + (int64_t)RPC_POLL_MS * 1000 + 1000000;
+	while (__atomic_load_n(&s->exited, __ATOMIC_ACQUIRE) < s->nthreads &&
+	       tally_mono_us() < deadline) {
+		pthread_mutex_lock(&s->mu);
+		for (int i = 0; i < s->nthreads; i++)
+			if (s->aios[i])
+				nng_aio_cancel(s->aios[i]);
+		pthread_mutex_unlock(&s->mu);
+		usleep(10000);
+	}
 	for (int i = 0; i < s->nthreads; i++)
 		pthread_join(s->threads[i], NULL);
 	close_bounded(s->sock, 3000, "server");
 	free(s->threads);
+	free(s->aios);
+	pthread_mutex_destroy(&s->mu);
 	free(s);
 }
