@@ -124,6 +124,7 @@ static int bench_exec(PGconn *c, const char *sql)
 static int bench_shards;	      /* --shards: num_shards of the views made (0 = the default) */
 static int bench_replicas = -1;	      /* --replicas: num_replicas (-1 = the default) */
 static const char *bench_replication; /* --replication: the views' mode (NULL = default) */
+static bool bench_hang; /* failover --hang: SIGSTOP (a hung node) instead of SIGKILL */
 
 static int bench_create(PGconn *c, const char *name)
 {
@@ -839,11 +840,12 @@ static void *fo_thread(void *arg)
 	return NULL;
 }
 
-/* The first successful operation that ended after t, and the longest gap between successful
- * completions around t. */
+/* How long operations stalled around t: the longest gap between successful completions
+ * from t on (t itself counting as one), over the 5 s after it; -1 if none succeeded. */
 static double fo_recovery_s(const fo_worker *w, int64_t t, int *errors)
 {
 	*errors = 0;
+	int64_t last = t, gap = -1;
 	for (int i = 0; i < w->nops; i++) {
 		if (w->ops[i].end_us < t)
 			continue;
@@ -851,9 +853,13 @@ static double fo_recovery_s(const fo_worker *w, int64_t t, int *errors)
 			(*errors)++;
 			continue;
 		}
-		return (double)(w->ops[i].end_us - t) / 1e6;
+		if (w->ops[i].end_us > t + 5000000 && gap >= 0)
+			break;
+		if (w->ops[i].end_us - last > gap)
+			gap = w->ops[i].end_us - last;
+		last = w->ops[i].end_us;
 	}
-	return -1;
+	return gap < 0 ? -1 : (double)gap / 1e6;
 }
 
 static int bench_failover(const bench_opts *o, const char *victim, tally_buf *json)
@@ -910,16 +916,20 @@ static int bench_failover(const bench_opts *o, const char *victim, tally_buf *js
 		pthread_create(&th[i], NULL, fo_thread, &ws[i]);
 	usleep(2000000);
 	int64_t t_kill = tally_mono_us();
-	if (kill(pid, SIGKILL) != 0) {
+	int sig = bench_hang ? SIGSTOP : SIGKILL;
+	if (kill(pid, sig) != 0) {
 		fprintf(stderr, "tally-bench: kill %d: %s\n", pid, strerror(errno));
 		return -1;
 	}
-	printf("failover: killed %s (pid %d) with SIGKILL under load\n", victim, pid);
+	printf("failover: %s %s (pid %d) under load\n", bench_hang ? "stopped" : "killed", victim,
+	       pid);
 	usleep((useconds_t)(o->minutes > 0 && o->minutes < 1 ? o->minutes * 60e6 : 8e6));
 	for (int i = 0; i < 2; i++) {
 		__atomic_store_n(&ws[i].stop, 1, __ATOMIC_RELEASE);
 		pthread_join(th[i], NULL);
 	}
+	if (bench_hang)
+		kill(pid, SIGCONT);
 	int werr, rerr;
 	double w_s = fo_recovery_s(&ws[0], t_kill, &werr);
 	double r_s = fo_recovery_s(&ws[1], t_kill, &rerr);
@@ -928,10 +938,10 @@ static int bench_failover(const bench_opts *o, const char *victim, tally_buf *js
 		wafter += ws[0].ops[i].start_us > t_kill && ws[0].ops[i].ok;
 	for (int i = 0; i < ws[1].nops; i++)
 		rafter += ws[1].ops[i].start_us > t_kill && ws[1].ops[i].ok;
-	printf("failover: writes (%d-row INSERTs at sync_commit) flowing again %.3f s after the "
+	printf("failover: writes (%d-row INSERTs at sync_commit) stalled at most %.3f s after the "
 	       "kill (%d failed statements, %d succeeded after it)\n",
 	       FO_ROWS, w_s, werr, wafter);
-	printf("failover: reads (primary_only = off) served again %.3f s after the kill (%d "
+	printf("failover: reads (primary_only = off) stalled at most %.3f s after the kill (%d "
 	       "failed, %d succeeded after it)\n",
 	       r_s, rerr, rafter);
 	snprintf(sql, sizeof sql, "SELECT sum(count) FROM %s_v", o->prefix);
@@ -941,12 +951,13 @@ static int bench_failover(const bench_opts *o, const char *victim, tally_buf *js
 	       "are counted once %s is back)\n",
 	       counted, (long long)o->groups + ws[0].acked_rows, victim);
 	tally_buf_printf(json,
-			 "{\"benchmark\":\"failover\",\"victim\":\"%s\",\"write_recovery_s\":%.3f,"
+			 "{\"benchmark\":\"failover\",\"victim\":\"%s\",\"signal\":\"%s\","
+			 "\"write_recovery_s\":%.3f,"
 			 "\"read_recovery_s\":%.3f,\"write_errors\":%d,\"read_errors\":%d,"
 			 "\"writes_after\":%d,\"reads_after\":%d,\"acked_rows\":%lld,"
 			 "\"counted\":%lld}",
-			 victim, w_s, r_s, werr, rerr, wafter, rafter,
-			 (long long)o->groups + ws[0].acked_rows, counted);
+			 victim, bench_hang ? "SIGSTOP" : "SIGKILL", w_s, r_s, werr, rerr, wafter,
+			 rafter, (long long)o->groups + ws[0].acked_rows, counted);
 	for (int i = 0; i < 2; i++) {
 		PQfinish(ws[i].conn);
 		free(ws[i].ops);
@@ -997,7 +1008,7 @@ static const char *usage =
     "                          [--view-prefix b]\n"
     "       tally-bench all    [options of both]\n"
     "       tally-bench soak   --cluster-dir DIR [--minutes 30] [--sample 60] [ingest options]\n"
-    "       tally-bench failover --cluster-dir DIR --victim NODE [--groups 1000]\n"
+    "       tally-bench failover --cluster-dir DIR --victim NODE [--hang] [--groups 1000]\n"
     "\n"
     "ingest  COPY --events rows (k integer, v double precision; k in 0..groups-1) over\n"
     "        --connections connections, --batch rows per COPY, into stream <prefix>_s feeding\n"
@@ -1012,8 +1023,9 @@ static const char *usage =
     "        the view counted every event.\n"
     "failover  fill view <prefix>_v with --groups groups, then one client INSERTs 32 rows\n"
     "        per statement (sync_commit) and one reads the view (primary_only = off) without\n"
-    "        pause; after 2 s kill -9 NODE (pid from DIR/NODE/ready) and report how long\n"
-    "        until writes and reads succeed again (8 s of load after the kill).\n"
+    "        pause; after 2 s kill -9 NODE (pid from DIR/NODE/ready) and report the longest\n"
+    "        stall of writes and of reads in the 5 s after it (8 s of load after the kill);\n"
+    "        with --hang SIGSTOP it instead (a hung node) and SIGCONT it at the end.\n"
     "\n"
     "--insert-level L  SET pipeline_cluster.insert_level = L on every ingest connection\n"
     "                  (sync_receive, sync_commit or async); events/s counts acknowledged\n"
@@ -1045,7 +1057,8 @@ enum {
 	OPT_SHARDS,
 	OPT_REPLICAS,
 	OPT_REPLICATION,
-	OPT_VICTIM
+	OPT_VICTIM,
+	OPT_HANG
 };
 
 static const char *bench_victim; /* failover: the node killed */
@@ -1092,6 +1105,7 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 	    {"replicas", required_argument, NULL, OPT_REPLICAS},
 	    {"replication", required_argument, NULL, OPT_REPLICATION},
 	    {"victim", required_argument, NULL, OPT_VICTIM},
+	    {"hang", no_argument, NULL, OPT_HANG},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -1187,6 +1201,9 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 			    strcmp(optarg, "quorum"))
 				bad = "--replication", range = "async, sync or quorum";
 			bench_replication = optarg;
+			break;
+		case OPT_HANG:
+			bench_hang = true;
 			break;
 		case OPT_VICTIM:
 			if (!valid_prefix(optarg))
