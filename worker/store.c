@@ -7,13 +7,21 @@
  * few it applied above that (batches overtake each other in flight). A batch already applied
  * is acknowledged again without being merged.
  *
- * Durability (DESIGN §9): a batch is appended to the node's log (TALLY_REC_APPLY, the APPLY
- * body as received) and merged in the same critical section under the shard's mutex, so the
- * log order of a shard's records is its merge order; the primary acknowledges once the log
- * has it durably. A checkpoint writes each changed shard to DIR/snap/<view>-<shard>.snap
- * (temp file, fsync, rename, fsync of the directory): header, the aggregates' signature, the
- * end LSN of the last record it includes, the dedup state, every group, and a CRC32C over all
- * of it. Recovery loads the snapshots and then replays the log records after each shard's LSN.
+ * Durability (DESIGN §9): a change is appended to the node's log (TALLY_REC_SHARD: the copy's
+ * history id and position, then the change records, e.g. the APPLY body as received) and
+ * merged in the same critical section under the shard's mutex, so the log order of a shard's
+ * records is its merge order; the primary acknowledges once the log has it durably. A
+ * checkpoint writes each changed shard to DIR/snap/<view>-<shard>.snap (temp file, fsync,
+ * rename, fsync of the directory): header, history id and position, the aggregates'
+ * signature, the end LSN of the last record it includes, the dedup state, every group, the
+ * hints and their dedup state, and a CRC32C over all of it. Recovery loads the snapshots and
+ * then replays the log records after each shard's LSN.
+ *
+ * Replication (DESIGN §6): every change a primary copy makes is a numbered record of its
+ * history (gen, rlsn); the latest are kept in memory for the replicas (repl.c streams them);
+ * a replica applies them in order, or takes a snapshot of the whole copy. Hints (DESIGN §5):
+ * batches for another shard of the view are kept apart per batch, deduplicated per home
+ * shard, visible to reads unless in doubt, and handed off to the home shard's primary.
  *
  * Concurrency: a shard copy is changed by one batch at a time under its own mutex; the lock
  * is taken once per batch, never per event. The shard directory is read-mostly behind a

@@ -1,10 +1,14 @@
 /*
  * worker.c - the worker node: registers with the coordinator (retrying until it answers),
  * heartbeats it every pipeline_cluster.heartbeat_interval, takes cluster maps it pushes or
- * returns, and serves node-to-node requests: APPLY (merge a batch into a primary shard copy),
- * READ (return a shard copy's partial states) and MAP_PUSH. DDL typed at the worker is
- * forwarded to the coordinator; the reply carries the new map, installed before the client
- * hears back.
+ * returns, and serves node-to-node requests: APPLY (merge a batch into a primary shard copy,
+ * or keep it as a hint for another shard; with sync/quorum replication, answer once the
+ * replicas have it), READ (return a shard copy's partial states; a replica only when it can
+ * vouch for what it has), REPL / REPL_SNAP (a replica copy's change records or snapshot from
+ * its primary), STATUS (replication streams and hints, for the system views), POS (a copy's
+ * position, for remove_node) and MAP_PUSH. DDL typed at the worker is forwarded to the
+ * coordinator; the reply carries the new map, installed before the client hears back. The
+ * replicator and the hand-off thread are in repl.c.
  *
  * Registration state machine: UNREGISTERED -> (REGISTER ok) -> REGISTERED; a heartbeat the
  * coordinator refuses as unknown (it restarted) sends the worker back to UNREGISTERED.

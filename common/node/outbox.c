@@ -20,9 +20,17 @@
  * to one destination node fewer than OB_PER_DEST senders are serving (up to OB_ROUND of
  * them: two rounds overlap per destination, and a dead one holds up two senders), waits until
  * their record is durable, sends them all in parallel, and retires those acknowledged; a
- * failed batch is retried after a backoff (100 ms doubling to 2 s). A destination the map
- * says is down is not tried until the map says it is up. Batches of a view the map no longer
- * has are discarded (their rows have nowhere to go).
+ * failed batch is retried after a backoff (100 ms doubling to 2 s). Batches of a view the map
+ * no longer has are discarded (their rows have nowhere to go).
+ *
+ * Rerouting (DESIGN §5, route()): a batch whose home shard's primary is down in the map or
+ * suspected here goes to the next shard of the view whose primary is reachable, as a hint for
+ * its home; once sent somewhere without an answer it is resent there while that primary is
+ * reachable, and travels "in doubt" (TALLY_MSG_F_IN_DOUBT: invisible to reads until handed
+ * off) anywhere else. A holder's acknowledgement caps the floors sent to the home shard below
+ * that seq (persisted: flagged DONE entries and saved counters), so the home never counts a
+ * hinted batch as applied before its hand-off arrives. If no primary of the view is
+ * reachable, the batch waits.
  */
 #include "node_int.h"
 
