@@ -1318,7 +1318,10 @@ int tally_store_servable(tally_store *st, uint64_t view_id, uint32_t sh)
 	int rc = -1;
 	if (s) {
 		pthread_mutex_lock(&s->mu);
-		rc = s->pri_us != 0 && s->gen == s->pri_gen;
+		/* a copy with a history (perhaps behind: stale, not wrong), or an empty one whose
+		 * primary said it has nothing either; not an empty copy that may be waiting for
+		 * its first records or snapshot */
+		rc = s->gen != 0 || (s->pri_us != 0 && s->pri_gen == 0);
 		pthread_mutex_unlock(&s->mu);
 	}
 	pthread_rwlock_unlock(&st->mu);

@@ -408,9 +408,8 @@ static void handle_read(tally_worker *w, const tally_msg_hdr *h, tally_rd *r, ta
 				      v->info->name, q.shard, n->cfg.name);
 	} else if (v->info->primary[q.shard] != tally_node_id(n) &&
 		   tally_store_servable(w->store, v->info->id, q.shard) != 1) {
-		/* a replica that has not heard from its primary since it started, or is on
-		 * another history (e.g. a new copy waiting for its snapshot): it cannot tell
-		 * what it lacks */
+		/* an empty replica that may be waiting for its first records or snapshot (e.g. a
+		 * new copy after remove_node): it cannot tell what it lacks */
 		tally_rpc_reply_error(reply, h->req_id, m->cat->epoch, TALLY_SQLSTATE_UNAVAILABLE,
 				      "the copy of shard %s_%u on %s has not caught up with its "
 				      "primary",

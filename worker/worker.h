@@ -101,9 +101,10 @@ int tally_store_repl_apply(tally_store *st, tally_wal *wal, const tally_view_rt 
  * message less than TALLY_REPLICA_CURRENT_US ago? 1 yes, 0 no, -1 no such copy. */
 #define TALLY_REPLICA_CURRENT_US 1500000
 int tally_store_current(tally_store *st, uint64_t view_id, uint32_t shard);
-/* May this replica copy answer reads when its primary cannot: it has heard from its primary
- * since it started and is on its primary's history (perhaps behind)? 1 yes, 0 no, -1 no such
- * copy (a replica that has no copy has not heard from its primary either). */
+/* May this replica copy answer reads when its primary cannot: it has a history (perhaps
+ * behind its primary), or it is empty and its primary said it has nothing either? An empty
+ * copy that may still be waiting for its first records or snapshot may not. 1 yes, 0 no, -1
+ * no such copy. */
 int tally_store_servable(tally_store *st, uint64_t view_id, uint32_t shard);
 /* Primary side: the copy's state (snapshot file format) into out, with its history and
  * position; the log has it durably when this returns 0. */

@@ -82,6 +82,9 @@ typedef struct shard_read {
 	int ncand, next; /* next candidate to try */
 	bool done;
 	bool optional; /* asked only for hints it may hold (a key the shard does not own) */
+	int behind;    /* candidate that refused as behind its primary (-1): asked again
+			  without that condition once the primary did not answer either */
+	bool plain;    /* this wave's call does not ask for a current copy */
 	char why[300]; /* the last failure */
 } shard_read;
 
@@ -111,10 +114,13 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 		shard_read *x = &sr[nsr++];
 		x->shard = i;
 		x->optional = only >= 0 && i != only;
+		x->behind = -1;
 		x->ncand = copies_of(v, i, tally_node_id(n), primary_only, rot, x->cand);
 	}
 	tally_rpc_call *calls = tally_xcalloc((size_t)S, sizeof *calls);
 	int *of_call = tally_xcalloc((size_t)S, sizeof(int));
+	int *cand_of_call = tally_xcalloc((size_t)S, sizeof(int));
+	uint32_t *node_of_call = tally_xcalloc((size_t)S, sizeof(uint32_t));
 	int rc = 0, ncalls = 0;
 	tally_buf skipped = {0};
 	int nskipped = 0;
@@ -130,6 +136,7 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 			if (x->done)
 				continue;
 			const tally_node_info *pn = NULL;
+			x->plain = false;
 			while (x->next < x->ncand) {
 				const tally_node_info *ni =
 				    tally_catalog_node(cat, x->cand[x->next++]);
@@ -145,6 +152,17 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 						 ni ? ni->name : "?",
 						 ni && ni->state == TALLY_NODE_UP ? "not answering"
 										  : "down");
+			}
+			int cand = x->next - 1;
+			if (!pn && x->behind >= 0) {
+				/* every other copy failed: a replica behind its primary is better
+				 * than nothing (DESIGN §8: replicas may lag) */
+				cand = x->behind;
+				pn = tally_catalog_node(cat, x->cand[cand]);
+				x->behind = -1;
+				x->plain = true;
+				if (!tally_node_reachable(n, pn))
+					pn = NULL;
 			}
 			if (!pn) {
 				x->done = true;
@@ -182,13 +200,15 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 			tally_msg_put_read(&c->req, &r);
 			/* a replica read while its primary is reachable must be current (else the
 			 * primary answers); with the primary gone, any copy will do */
-			if (pn->id != v->primary[x->shard] &&
+			if (!x->plain && pn->id != v->primary[x->shard] &&
 			    tally_node_reachable(n, tally_catalog_node(cat, v->primary[x->shard])))
 				tally_put_be16(c->req.data + 4, TALLY_MSG_F_CURRENT);
 			tally_msg_end(&c->req);
 			c->addr = pn->data_addr;
 			c->peer = pn->name;
 			fallback &= x->next < x->ncand;
+			node_of_call[ncalls] = pn->id;
+			cand_of_call[ncalls] = cand;
 			of_call[ncalls++] = k;
 		}
 		if (rc != 0 || ncalls == 0)
@@ -201,7 +221,9 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 		for (int i = 0; i < ncalls && rc == 0; i++) {
 			tally_rpc_call *c = &calls[i];
 			shard_read *x = &sr[of_call[i]];
-			tally_node_note_call(n, x->cand[x->next - 1], c);
+			tally_node_note_call(n, node_of_call[i], c);
+			if (c->rc != 0 && !x->plain && strstr(c->errmsg, "is behind its primary"))
+				x->behind = cand_of_call[i];
 			if (c->rc != 0) {
 				snprintf(x->why, sizeof x->why, "could not read it from %s: %s",
 					 c->peer, c->errmsg);
@@ -292,6 +314,8 @@ int tally_read_view(tally_node *n, tally_map *m, const tally_view_rt *rt, const 
 	tally_buf_free(&skipped);
 	free(calls);
 	free(of_call);
+	free(cand_of_call);
+	free(node_of_call);
 	free(sr);
 	return rc;
 }
