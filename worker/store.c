@@ -1200,18 +1200,33 @@ size_t tally_store_hint_take(tally_store *st, uint64_t view_id, uint32_t sh, uin
 
 /* ---- replication (DESIGN §6) ------------------------------------------------------------- */
 
-int tally_store_pos(tally_store *st, uint64_t view_id, uint32_t sh, uint64_t *gen, uint64_t *rlsn)
+/* A copy's replication fields, read under its lock; false if this node has no such copy. */
+typedef struct copy_view {
+	uint64_t gen, rlsn, pri_gen, pri_rlsn;
+	int64_t pri_us;
+} copy_view;
+
+static bool copy_peek(tally_store *st, uint64_t view_id, uint32_t sh, copy_view *out)
 {
 	pthread_rwlock_rdlock(&st->mu);
 	shard *s = find(st, view_id, sh);
 	if (s) {
 		pthread_mutex_lock(&s->mu);
-		*gen = s->gen;
-		*rlsn = s->rlsn;
+		*out = (copy_view){s->gen, s->rlsn, s->pri_gen, s->pri_rlsn, s->pri_us};
 		pthread_mutex_unlock(&s->mu);
 	}
 	pthread_rwlock_unlock(&st->mu);
-	return s ? 0 : -1;
+	return s != NULL;
+}
+
+int tally_store_pos(tally_store *st, uint64_t view_id, uint32_t sh, uint64_t *gen, uint64_t *rlsn)
+{
+	copy_view c;
+	if (!copy_peek(st, view_id, sh, &c))
+		return -1;
+	*gen = c.gen;
+	*rlsn = c.rlsn;
+	return 0;
 }
 
 int tally_store_repl_fetch(tally_store *st, tally_wal *wal, uint64_t view_id, uint32_t sh,
@@ -1298,34 +1313,22 @@ void tally_store_repl_trim(tally_store *st, uint64_t view_id, uint32_t sh, uint6
 
 int tally_store_current(tally_store *st, uint64_t view_id, uint32_t sh)
 {
-	pthread_rwlock_rdlock(&st->mu);
-	shard *s = find(st, view_id, sh);
-	int rc = -1;
-	if (s) {
-		pthread_mutex_lock(&s->mu);
-		rc = s->gen != 0 && s->gen == s->pri_gen && s->rlsn >= s->pri_rlsn &&
-		     tally_mono_us() - s->pri_us < TALLY_REPLICA_CURRENT_US;
-		pthread_mutex_unlock(&s->mu);
-	}
-	pthread_rwlock_unlock(&st->mu);
-	return rc;
+	copy_view c;
+	if (!copy_peek(st, view_id, sh, &c))
+		return -1;
+	return c.gen != 0 && c.gen == c.pri_gen && c.rlsn >= c.pri_rlsn &&
+	       tally_mono_us() - c.pri_us < TALLY_REPLICA_CURRENT_US;
 }
 
 int tally_store_servable(tally_store *st, uint64_t view_id, uint32_t sh)
 {
-	pthread_rwlock_rdlock(&st->mu);
-	shard *s = find(st, view_id, sh);
-	int rc = -1;
-	if (s) {
-		pthread_mutex_lock(&s->mu);
-		/* a copy with a history (perhaps behind: stale, not wrong), or an empty one whose
-		 * primary said it has nothing either; not an empty copy that may be waiting for
-		 * its first records or snapshot */
-		rc = s->gen != 0 || (s->pri_us != 0 && s->pri_gen == 0);
-		pthread_mutex_unlock(&s->mu);
-	}
-	pthread_rwlock_unlock(&st->mu);
-	return rc;
+	copy_view c;
+	if (!copy_peek(st, view_id, sh, &c))
+		return -1;
+	/* a copy with a history (perhaps behind: stale, not wrong), or an empty one whose primary
+	 * said it has nothing either; not an empty copy that may be waiting for its first records
+	 * or snapshot */
+	return c.gen != 0 || (c.pri_us != 0 && c.pri_gen == 0);
 }
 
 int tally_store_repl_apply(tally_store *st, tally_wal *wal, const tally_view_rt *v, uint64_t epoch,

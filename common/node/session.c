@@ -413,15 +413,25 @@ static int run_show(session *s, tally_pg_conn *c, const tally_stmt *st, tally_er
 	return tally_pg_send_command_complete(c, "SHOW");
 }
 
-static int run_ddl(session *s, tally_pg_conn *c, const tally_stmt *st, tally_err *err)
+/* Run st at the coordinator (the role's ddl hook) and pass its notice on; the command tag in
+ * tag. */
+static int ddl_call(session *s, tally_pg_conn *c, const tally_stmt *st, char *tag, size_t tagsz,
+		    tally_err *err)
 {
-	char tag[64];
 	tally_err notice;
 	tally_err_clear(&notice);
-	if (s->node->role.ddl(s->node, st->text, &s->settings, tag, sizeof tag, &notice, err) != 0)
+	if (s->node->role.ddl(s->node, st->text, &s->settings, tag, tagsz, &notice, err) != 0)
 		return -1;
 	if (notice.sqlstate[0])
 		tally_pg_send_error(c, &notice);
+	return 0;
+}
+
+static int run_ddl(session *s, tally_pg_conn *c, const tally_stmt *st, tally_err *err)
+{
+	char tag[64];
+	if (ddl_call(s, c, st, tag, sizeof tag, err) != 0)
+		return -1;
 	return tally_pg_send_command_complete(c, tag);
 }
 
@@ -430,12 +440,8 @@ static int run_ddl(session *s, tally_pg_conn *c, const tally_stmt *st, tally_err
 static int run_remove_node(session *s, tally_pg_conn *c, const tally_stmt *st, tally_err *err)
 {
 	char tag[64];
-	tally_err notice;
-	tally_err_clear(&notice);
-	if (s->node->role.ddl(s->node, st->text, &s->settings, tag, sizeof tag, &notice, err) != 0)
+	if (ddl_call(s, c, st, tag, sizeof tag, err) != 0)
 		return -1;
-	if (notice.sqlstate[0])
-		tally_pg_send_error(c, &notice);
 	tally_pg_col pc = {.name = "remove_node", .type_oid = TALLY_OID_TEXT, .typlen = -1};
 	const char *val = st->u.remove_node.name;
 	uint32_t len = (uint32_t)strlen(val);
