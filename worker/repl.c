@@ -200,6 +200,9 @@ static int prepare(tally_repl *rp, rstream *x, pick *p, uint64_t *flush_to)
 	p->x = x;
 	p->nrec = 0;
 	tally_buf_reset(&p->recs);
+	/* The stream's fields change under rp->mu (the status rows and sync_streams read them);
+	 * the store is asked without it. */
+	pthread_mutex_lock(&rp->mu);
 	if (x->reprobe) {
 		x->reprobe = false;
 		x->known = false;
@@ -210,27 +213,31 @@ static int prepare(tally_repl *rp, rstream *x, pick *p, uint64_t *flush_to)
 	}
 	if (x->snapping) {
 		p->kind = 2;
+		pthread_mutex_unlock(&rp->mu);
 		return 1;
 	}
 	if (!x->known) {
+		pthread_mutex_unlock(&rp->mu);
 		p->kind = 0;
 		p->p_gen = p->p_rlsn = 0;
 		tally_store_pos(rp->st, x->view_id, x->shard, &p->p_gen, &p->p_rlsn);
 		return 1;
 	}
+	uint64_t r_gen = x->r_gen, r_rlsn = x->r_rlsn;
+	pthread_mutex_unlock(&rp->mu);
 	tally_repl_out o = {.recs = &p->recs};
 	tally_err err;
 	tally_err_clear(&err);
-	int rc = tally_store_repl_fetch(rp->st, n->wal, x->view_id, x->shard, self, x->r_gen,
-					x->r_rlsn, REPL_MAX_BYTES, &o, &err);
+	int rc = tally_store_repl_fetch(rp->st, n->wal, x->view_id, x->shard, self, r_gen, r_rlsn,
+					REPL_MAX_BYTES, &o, &err);
+	p->p_gen = o.gen;
+	p->p_rlsn = o.rlsn;
+	int send = 0;
 	pthread_mutex_lock(&rp->mu);
 	x->p_gen = o.gen;
 	x->p_rlsn = o.rlsn;
 	x->lag_bytes = o.lag_bytes;
 	x->lag_us = o.lag_us;
-	pthread_mutex_unlock(&rp->mu);
-	p->p_gen = o.gen;
-	p->p_rlsn = o.rlsn;
 	if (rc == TALLY_REPL_RECORDS && o.nrec > 0) {
 		p->kind = 1;
 		p->nrec = o.nrec;
@@ -239,18 +246,15 @@ static int prepare(tally_repl *rp, rstream *x, pick *p, uint64_t *flush_to)
 		p->last_end = o.last_end;
 		if (o.last_end > *flush_to)
 			*flush_to = o.last_end;
-		x->state = x->r_rlsn + o.nrec >= o.rlsn ? RS_STREAMING : RS_CATCHING_UP;
-		return 1;
-	}
-	if (rc == TALLY_REPL_RECORDS || rc == TALLY_REPL_NONE) {
+		x->state = r_rlsn + o.nrec >= o.rlsn ? RS_STREAMING : RS_CATCHING_UP;
+		send = 1;
+	} else if (rc == TALLY_REPL_RECORDS || rc == TALLY_REPL_NONE) {
 		x->state = RS_STREAMING;
 		if (tally_mono_us() - x->last_msg_us > REPL_KEEPALIVE_US) {
 			p->kind = 0; /* up to date: a keepalive keeps the replica readable */
-			return 1;
+			send = 1;
 		}
-		return 0;
-	}
-	if (rc == TALLY_REPL_DIVERGED) {
+	} else if (rc == TALLY_REPL_DIVERGED) {
 		if (!x->warned)
 			tally_log_error(
 			    "replica of shard %llu/%u on node %u has history this "
@@ -258,38 +262,45 @@ static int prepare(tally_repl *rp, rstream *x, pick *p, uint64_t *flush_to)
 			    "overwriting it; if this node lost its data, remove it with "
 			    "pipeline_cluster.remove_node",
 			    (unsigned long long)x->view_id, x->shard, x->dest,
-			    (unsigned long long)x->r_rlsn, (unsigned long long)o.rlsn);
+			    (unsigned long long)r_rlsn, (unsigned long long)o.rlsn);
 		x->warned = true;
 		x->state = RS_DIVERGED;
 		x->known = false; /* look again later */
 		x->next_try_us = tally_mono_us() + 5000000;
-		return 0;
-	}
-	if (rc == TALLY_REPL_SNAPSHOT) {
+	} else if (rc == TALLY_REPL_SNAPSHOT) {
+		pthread_mutex_unlock(&rp->mu);
 		uint64_t gen, rlsn;
-		if (tally_store_snap_encode(rp->st, n->wal, x->view_id, x->shard, self, &x->snap,
-					    &gen, &rlsn, &err) != 0) {
+		tally_buf snap = {0};
+		int src = tally_store_snap_encode(rp->st, n->wal, x->view_id, x->shard, self, &snap,
+						  &gen, &rlsn, &err);
+		pthread_mutex_lock(&rp->mu);
+		if (src != 0) {
 			tally_log_warn("replication: could not snapshot shard %llu/%u: %s",
 				       (unsigned long long)x->view_id, x->shard, err.message);
 			backoff(x, tally_mono_us());
-			return 0;
+			tally_buf_free(&snap);
+		} else {
+			tally_log_info("replication: sending a snapshot of shard %llu/%u (%zu "
+				       "bytes, position %llu) to node %u",
+				       (unsigned long long)x->view_id, x->shard, snap.len,
+				       (unsigned long long)rlsn, x->dest);
+			tally_buf_free(&x->snap);
+			x->snap = snap;
+			x->snapping = true;
+			x->snap_gen = gen;
+			x->snap_rlsn = rlsn;
+			x->snap_off = 0;
+			x->state = RS_CATCHING_UP;
+			p->kind = 2;
+			send = 1;
 		}
-		tally_log_info("replication: sending a snapshot of shard %llu/%u (%zu bytes, "
-			       "position %llu) to node %u",
-			       (unsigned long long)x->view_id, x->shard, x->snap.len,
-			       (unsigned long long)rlsn, x->dest);
-		x->snapping = true;
-		x->snap_gen = gen;
-		x->snap_rlsn = rlsn;
-		x->snap_off = 0;
-		x->state = RS_CATCHING_UP;
-		p->kind = 2;
-		return 1;
+	} else {
+		tally_log_warn("replication: shard %llu/%u: %s", (unsigned long long)x->view_id,
+			       x->shard, err.message);
+		backoff(x, tally_mono_us());
 	}
-	tally_log_warn("replication: shard %llu/%u: %s", (unsigned long long)x->view_id, x->shard,
-		       err.message);
-	backoff(x, tally_mono_us());
-	return 0;
+	pthread_mutex_unlock(&rp->mu);
+	return send;
 }
 
 static void build(tally_repl *rp, pick *p, tally_buf *req, uint64_t epoch)
