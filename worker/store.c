@@ -498,6 +498,23 @@ static shard *get_locked(tally_store *st, const tally_view_rt *v, uint64_t epoch
 	return find(st, v->info->id, sh); /* NULL if the view is gone */
 }
 
+/* Copy sh of v for a change, made if missing: returned with st->mu read-locked and its own
+ * mutex held (the caller releases both), or NULL with err and nothing held if the view was
+ * dropped. */
+static shard *lock_for_change(tally_store *st, const tally_view_rt *v, uint64_t epoch, uint32_t sh,
+			      tally_err *err)
+{
+	shard *s = get_locked(st, v, epoch, sh, true);
+	if (!s) {
+		pthread_rwlock_unlock(&st->mu);
+		tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE,
+			      "continuous view \"%s\" was dropped", v->info->name);
+		return NULL;
+	}
+	pthread_mutex_lock(&s->mu);
+	return s;
+}
+
 /* Walk a batch's groups without changing anything: every key and state must decode with the
  * shard's own aggregates. */
 static int validate(const tally_agg_spec *aggs, int naggs, uint32_t ngroups, tally_rd r)
@@ -726,13 +743,9 @@ int tally_store_apply(tally_store *st, tally_wal *wal, const tally_view_rt *v, u
 		      size_t bodylen, tally_rd *r, uint64_t *flush_lsn, uint64_t *rlsn,
 		      tally_err *err)
 {
-	shard *s = get_locked(st, v, epoch, a->target_shard, true);
-	if (!s) {
-		pthread_rwlock_unlock(&st->mu);
-		return tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE,
-				     "continuous view \"%s\" was dropped", v->info->name);
-	}
-	pthread_mutex_lock(&s->mu);
+	shard *s = lock_for_change(st, v, epoch, a->target_shard, err);
+	if (!s)
+		return -1;
 	int rc = 0;
 	bool is_hint = a->home_shard != a->target_shard;
 	ddtab *dt = is_hint ? hint_dd(s, a->home_shard, false) : &s->own;
@@ -1336,13 +1349,9 @@ int tally_store_repl_apply(tally_store *st, tally_wal *wal, const tally_view_rt 
 			   tally_rd *recs, uint64_t *pos_gen, uint64_t *pos_rlsn,
 			   uint64_t *flush_lsn, tally_err *err)
 {
-	shard *s = get_locked(st, v, epoch, sh, true);
-	if (!s) {
-		pthread_rwlock_unlock(&st->mu);
-		return tally_err_set(err, TALLY_SQLSTATE_UNDEFINED_TABLE,
-				     "continuous view \"%s\" was dropped", v->info->name);
-	}
-	pthread_mutex_lock(&s->mu);
+	shard *s = lock_for_change(st, v, epoch, sh, err);
+	if (!s)
+		return -1;
 	int rc = 0;
 	*flush_lsn = s->applied_lsn;
 	/* An empty copy takes any history from its start; otherwise only the continuation of its

@@ -91,11 +91,8 @@ static void ring_built_free(ring_built *rb)
 	memset(rb, 0, sizeof *rb);
 }
 
-/* Validate the members and vnodes and build their ring; on error rb holds nothing. */
-static int ring_build(const tally_ring_member *members, int nmembers, const char *view, int vnodes,
-		      ring_built *rb, tally_err *err)
+static int ring_check_members(const tally_ring_member *members, int nmembers, tally_err *err)
 {
-	memset(rb, 0, sizeof *rb);
 	if (!members || nmembers <= 0)
 		return tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
 				     "cannot place shards: the cluster has no worker nodes");
@@ -103,6 +100,16 @@ static int ring_build(const tally_ring_member *members, int nmembers, const char
 		return tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
 				     "cannot place shards on %d worker nodes, the limit is %d",
 				     nmembers, RING_MAX_MEMBERS);
+	return 0;
+}
+
+/* Validate the members and vnodes and build their ring; on error rb holds nothing. */
+static int ring_build(const tally_ring_member *members, int nmembers, const char *view, int vnodes,
+		      ring_built *rb, tally_err *err)
+{
+	memset(rb, 0, sizeof *rb);
+	if (ring_check_members(members, nmembers, err))
+		return -1;
 	if (vnodes < 0)
 		return tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
 				     "invalid number of ring points per node: %d", vnodes);
@@ -198,13 +205,8 @@ int tally_ring_place(const tally_ring_member *members, int nmembers, const char 
 	uint8_t *taken = NULL;
 	int rc = -1;
 
-	if (!members || nmembers <= 0)
-		return tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
-				     "cannot place shards: the cluster has no worker nodes");
-	if (nmembers > RING_MAX_MEMBERS)
-		return tally_err_set(err, TALLY_SQLSTATE_INVALID_PARAMETER,
-				     "cannot place shards on %d worker nodes, the limit is %d",
-				     nmembers, RING_MAX_MEMBERS);
+	if (ring_check_members(members, nmembers, err))
+		return -1;
 	if (ring_check_counts(num_shards, num_replicas, err))
 		return -1;
 	if (num_replicas + 1 > nmembers)

@@ -1289,3 +1289,25 @@ void th_faults_run(th_faults *f, const th_faults_opts *opts, th_faults_summary *
 		th_faults_summary_print(s, stderr);
 	} while (o.minutes > 0 && s->seconds < o.minutes * 60.0);
 }
+
+void th_faults_assert_clean(const th_faults_summary *s, const char *when, bool print)
+{
+	if (print)
+		th_faults_summary_print(s, stderr);
+	cr_assert(th_faults_summary_clean(s),
+		  "%s: lost %ld, doubled %ld, partial %ld, phantom %ld, mismatching rows %ld, "
+		  "read errors %d, settle timeouts %d, client errors %d, not detected %d, outage "
+		  "read errors %d, outage write errors %d, outage client errors at live nodes %ld "
+		  "(seed %llu)",
+		  when, s->lost, s->doubled, s->partial, s->phantom, s->mismatches, s->read_errors,
+		  s->settle_timeouts, s->client_errors, s->detect_timeouts, s->outage_read_errors,
+		  s->outage_write_errors, s->outage_client_other, (unsigned long long)s->seed);
+}
+
+uint64_t th_faults_seed(void)
+{
+	const char *e = getenv("TALLY_FAULT_SEED");
+	if (e && *e)
+		return strtoull(e, NULL, 10);
+	return (uint64_t)tally_now_us();
+}

@@ -184,5 +184,10 @@ const char *th_faults_view_query(int i);
 void th_faults_summary_print(const th_faults_summary *s, FILE *out);
 /* true when the summary shows no loss, double, partial, phantom, mismatch or error. */
 bool th_faults_summary_clean(const th_faults_summary *s);
+/* Assert (Criterion) that s is clean, naming every count and the seed; print s first if
+ * print. */
+void th_faults_assert_clean(const th_faults_summary *s, const char *when, bool print);
+/* The seed for a fault run: TALLY_FAULT_SEED if set (to replay one), else the clock. */
+uint64_t th_faults_seed(void);
 
 #endif

@@ -50,6 +50,11 @@ void th_poll_pause(int ms)
 		;
 }
 
+void th_fault_gap(int ms)
+{
+	th_poll_pause(ms);
+}
+
 bool th_wait_until(bool (*cond)(void *ctx), void *ctx, int deadline_ms)
 {
 	int64_t end = mono_ms() + deadline_ms;

@@ -145,6 +145,12 @@ void th_copy_ok(PGconn *conn, const char *copy_sql, const char *data, size_t len
 
 /* Poll cond(ctx) every 20 ms until it is true or deadline_ms pass. Returns its last value. */
 bool th_wait_until(bool (*cond)(void *ctx), void *ctx, int deadline_ms);
+/* Let ms pass where the time itself is the scenario (e.g. the gap between two faults), not a
+ * wait for some state: waits for state use th_wait_until. */
+void th_fault_gap(int ms);
+/* Wait (asserting, up to deadline_ms) until pipeline_cluster.nodes at node `at` shows node
+ * `name` in state want ("up", "down"), or without a row for it (want NULL). */
+void th_wait_node_state(th_node *at, const char *name, const char *want, int deadline_ms);
 /* Wait for pid to exit within deadline_ms; true and *status on exit, false on timeout. */
 bool th_wait_pid(pid_t pid, int *status, int deadline_ms);
 /* Run argv (argv[0] a path) with stdin from in (may be NULL), capture stdout into *out and

@@ -359,3 +359,34 @@ int th_oracle_compare(PGconn *cluster_conn, PGconn *oracle_conn, const char *que
 		  bad, query_cluster, query_oracle);
 	return n;
 }
+
+typedef struct node_state_ctx {
+	th_node *at;
+	const char *name;
+	const char *want; /* NULL: absent */
+} node_state_ctx;
+
+static bool node_state_is(void *p)
+{
+	node_state_ctx *s = p;
+	PGconn *conn = th_try_connect(s->at);
+	if (!conn)
+		return false;
+	char sql[160];
+	snprintf(sql, sizeof sql, "SELECT state FROM pipeline_cluster.nodes WHERE name = '%s'",
+		 s->name);
+	PGresult *r = PQexec(conn, sql);
+	bool ok = PQresultStatus(r) == PGRES_TUPLES_OK &&
+		  (s->want ? PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), s->want) == 0
+			   : PQntuples(r) == 0);
+	PQclear(r);
+	PQfinish(conn);
+	return ok;
+}
+
+void th_wait_node_state(th_node *at, const char *name, const char *want, int deadline_ms)
+{
+	node_state_ctx s = {at, name, want};
+	cr_assert(th_wait_until(node_state_is, &s, deadline_ms), "node %s is not %s at %s", name,
+		  want ? want : "gone", at->name);
+}

@@ -27,25 +27,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static uint64_t fault_seed(void)
-{
-	const char *e = getenv("TALLY_FAULT_SEED");
-	if (e && *e)
-		return strtoull(e, NULL, 10);
-	return (uint64_t)tally_now_us();
-}
-
-static void assert_clean(const th_faults_summary *s, const char *when, bool print)
-{
-	if (print)
-		th_faults_summary_print(s, stderr);
-	cr_assert(th_faults_summary_clean(s),
-		  "%s: lost %ld, doubled %ld, partial %ld, phantom %ld, mismatching rows %ld, "
-		  "read errors %d, settle timeouts %d, client errors %d (seed %llu)",
-		  when, s->lost, s->doubled, s->partial, s->phantom, s->mismatches, s->read_errors,
-		  s->settle_timeouts, s->client_errors, (unsigned long long)s->seed);
-}
-
 static void run_random(double minutes, int rounds, int max_down_ms)
 {
 	th_oracle *o = th_oracle_start();
@@ -54,7 +35,7 @@ static void run_random(double minutes, int rounds, int max_down_ms)
 	th_faults *f = th_faults_alloc(c, oc);
 	th_faults_opts opts = {.rounds = rounds,
 			       .minutes = minutes,
-			       .seed = fault_seed(),
+			       .seed = th_faults_seed(),
 			       .clients = 4,
 			       .max_down_ms = max_down_ms};
 	fprintf(stderr, "durability: seed %llu (TALLY_FAULT_SEED=%llu replays it)\n",
@@ -66,7 +47,7 @@ static void run_random(double minutes, int rounds, int max_down_ms)
 	cr_assert_gt(s.faults_coordinator, 0, "the coordinator was never killed");
 	cr_assert_gt(s.faults_origin, 0, "no origin node was killed under its clients");
 	cr_assert_gt(s.stmts_acked, 0, "nothing was acknowledged");
-	assert_clean(&s, "after the fault run", false);
+	th_faults_assert_clean(&s, "after the fault run", false);
 	th_faults_free(f);
 	PQfinish(oc);
 	th_cluster_stop(c);
@@ -133,7 +114,7 @@ Test(durability, failed_statement_all_or_nothing, .fini = th_fini, .timeout = 18
 	cr_assert_eq(th_faults_ingest(f, w1, 1, 2), 2, "good statements after");
 	cr_assert(th_faults_settle(f, 60000), "cluster did not settle");
 	th_faults_check(f, &s);
-	assert_clean(&s, "after the bad-row statements", true);
+	th_faults_assert_clean(&s, "after the bad-row statements", true);
 	cr_assert_eq(th_faults_outcome_of(f, bad_insert), TH_FAULTS_FAILED_ABSENT,
 		     "INSERT with a bad row was (partly) applied");
 	cr_assert_eq(th_faults_outcome_of(f, bad_copy), TH_FAULTS_FAILED_ABSENT,
@@ -167,7 +148,7 @@ Test(durability, failed_statement_all_or_nothing, .fini = th_fini, .timeout = 18
 	cr_assert_eq(PQstatus(w1), CONNECTION_OK, "the failed statement broke the connection");
 	cr_assert(th_faults_settle(f, 60000), "cluster did not settle after SIGCONT");
 	th_faults_check(f, &s);
-	assert_clean(&s, "after the sync_commit timeout", true);
+	th_faults_assert_clean(&s, "after the sync_commit timeout", true);
 	cr_assert_eq(th_faults_outcome_of(f, failed), TH_FAULTS_FAILED_APPLIED,
 		     "sync_commit statement %llu that timed out was not applied in full later",
 		     (unsigned long long)failed);
@@ -195,7 +176,7 @@ static void restart_and_check(th_cluster *c, th_faults *f, th_node *n, int sig,
 	char when[64];
 	snprintf(when, sizeof when, "after %s of %s", sig == SIGTERM ? "SIGTERM" : "SIGKILL",
 		 n->name);
-	assert_clean(s, when, true);
+	th_faults_assert_clean(s, when, true);
 }
 
 Test(durability, worker_restart_keeps_state, .fini = th_fini, .timeout = 240)
@@ -213,7 +194,7 @@ Test(durability, worker_restart_keeps_state, .fini = th_fini, .timeout = 240)
 	PQfinish(w2);
 	cr_assert(th_faults_settle(f, 60000), "cluster did not settle");
 	th_faults_check(f, &s);
-	assert_clean(&s, "before any restart", true);
+	th_faults_assert_clean(&s, "before any restart", true);
 	long acked = s.stmts_acked;
 
 	/* a clean stop loses nothing */
@@ -315,7 +296,7 @@ Test(durability, damaged_log_tail_cut_middle_refused, .fini = th_fini, .timeout 
 	cr_assert(th_faults_wait_up(f, 30000), "w1 did not come back after a garbage tail");
 	cr_assert(th_faults_settle(f, 60000), "cluster did not settle");
 	th_faults_check(f, &s);
-	assert_clean(&s, "after a garbage tail", true);
+	th_faults_assert_clean(&s, "after a garbage tail", true);
 	char *logtxt = th_read_file(w1->log);
 	cr_assert(logtxt && strstr(logtxt, "torn tail"), "the cut tail was not logged");
 	free(logtxt);
@@ -361,7 +342,7 @@ Test(durability, damaged_log_tail_cut_middle_refused, .fini = th_fini, .timeout 
 	cr_assert(th_faults_wait_up(f, 30000), "w1 did not come back after the repair");
 	cr_assert(th_faults_settle(f, 60000), "cluster did not settle");
 	th_faults_check(f, &s);
-	assert_clean(&s, "after repairing the log", true);
+	th_faults_assert_clean(&s, "after repairing the log", true);
 
 	PQfinish(conn);
 	th_faults_free(f);

@@ -28,28 +28,6 @@
 static const th_opts fast = {.sets = {"pipeline_cluster.failure_timeout=600ms",
 				      "pipeline_cluster.heartbeat_interval=100ms", NULL}};
 
-static uint64_t fault_seed(void)
-{
-	const char *e = getenv("TALLY_FAULT_SEED");
-	if (e && *e)
-		return strtoull(e, NULL, 10);
-	return (uint64_t)tally_now_us();
-}
-
-static void assert_clean(const th_faults_summary *s, const char *when, bool print)
-{
-	if (print)
-		th_faults_summary_print(s, stderr);
-	cr_assert(th_faults_summary_clean(s),
-		  "%s: lost %ld, doubled %ld, partial %ld, phantom %ld, mismatching rows %ld, "
-		  "read errors %d, settle timeouts %d, client errors %d, not detected %d, outage "
-		  "read errors %d, outage write errors %d, outage client errors at live nodes %ld "
-		  "(seed %llu)",
-		  when, s->lost, s->doubled, s->partial, s->phantom, s->mismatches, s->read_errors,
-		  s->settle_timeouts, s->client_errors, s->detect_timeouts, s->outage_read_errors,
-		  s->outage_write_errors, s->outage_client_other, (unsigned long long)s->seed);
-}
-
 static int env_int(const char *name, int dflt, int lo, int hi)
 {
 	const char *e = getenv(name);
@@ -71,7 +49,7 @@ static void run_outages(int workers, int replicas, int max_down, int sigstop_pct
 	th_faults *f = th_faults_alloc_replicas(c, oc, replicas);
 	th_faults_opts opts = {.rounds = rounds,
 			       .minutes = minutes,
-			       .seed = fault_seed(),
+			       .seed = th_faults_seed(),
 			       .clients = 4,
 			       .max_down_ms = max_down_ms,
 			       .replicas = replicas,
@@ -97,7 +75,7 @@ static void run_outages(int workers, int replicas, int max_down, int sigstop_pct
 		"failover: client statements failed during outages: %ld on a victim's own "
 		"connection, %ld at live nodes\n",
 		s.outage_client_origin, s.outage_client_other);
-	assert_clean(&s, "after the outage run", false);
+	th_faults_assert_clean(&s, "after the outage run", false);
 	th_faults_free(f);
 	PQfinish(oc);
 	th_cluster_stop(c);
@@ -222,7 +200,7 @@ static th_faults *start_loaded(int workers, th_oracle **o, PGconn **oc, th_clust
 	cr_assert(th_faults_settle(f, 60000), "cluster did not settle");
 	th_faults_summary s = {0};
 	th_faults_check(f, &s);
-	assert_clean(&s, "before the outage", true);
+	th_faults_assert_clean(&s, "before the outage", true);
 	return f;
 }
 
@@ -231,7 +209,7 @@ static void finish_exact(th_faults *f, const char *when)
 	cr_assert(th_faults_settle(f, 60000), "cluster did not settle %s", when);
 	th_faults_summary s = {0};
 	th_faults_check(f, &s);
-	assert_clean(&s, when, true);
+	th_faults_assert_clean(&s, when, true);
 }
 
 /* ---- N + 1 down -------------------------------------------------------------------------- */
@@ -484,14 +462,6 @@ static int64_t now_ms(void)
 	return tally_mono_us() / 1000;
 }
 
-/* The fault's own timing (the gap between two kills), not a wait for a condition. */
-static void fault_gap_ms(int ms)
-{
-	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-		;
-}
-
 /* Issue 4's target: a worker is marked down within failure_timeout + 0.5 s of its kill, also
  * when another worker died just before it (two failures at once are what num_replicas = 2
  * is for). The coordinator's detector marks the first one down and pushes the new map to
@@ -504,7 +474,7 @@ Test(failover, second_failure_detected_within_failure_timeout, .fini = th_fini, 
 	first.nodes[0] = th_worker(c, 1);
 	second.nodes[0] = th_worker(c, 2);
 	th_kill_node(c, first.nodes[0], SIGKILL);
-	fault_gap_ms(250); /* inside the first one's failure_timeout (600 ms) */
+	th_fault_gap(250); /* inside the first one's failure_timeout (600 ms) */
 	th_kill_node(c, second.nodes[0], SIGKILL);
 	int64_t t0 = now_ms();
 	cr_assert(th_wait_until(nodes_in_state, &first, 15000), "w1 not marked down");

@@ -192,16 +192,6 @@ static bool w3_has_primary(PGconn *co, th_faults *f)
 	return yes;
 }
 
-static void assert_clean(const th_faults_summary *s, const char *when)
-{
-	th_faults_summary_print(s, stderr);
-	cr_assert(th_faults_summary_clean(s),
-		  "%s: lost %ld, doubled %ld, partial %ld, phantom %ld, mismatching rows %ld, "
-		  "read errors %d, settle timeouts %d",
-		  when, s->lost, s->doubled, s->partial, s->phantom, s->mismatches, s->read_errors,
-		  s->settle_timeouts);
-}
-
 Test(partition, worker_cut_off_then_healed_exact, .fini = partition_fini, .timeout = 120)
 {
 	if (geteuid() != 0)
@@ -236,7 +226,7 @@ Test(partition, worker_cut_off_then_healed_exact, .fini = partition_fini, .timeo
 	cr_assert(th_faults_settle(f, 60000), "cluster did not settle before the partition");
 	th_faults_summary s = {0};
 	th_faults_check(f, &s);
-	assert_clean(&s, "before the partition");
+	th_faults_assert_clean(&s, "before the partition", true);
 	bool w3_primary = w3_has_primary(co, f);
 
 	/* cut: w3 keeps running, unreachable */
@@ -282,7 +272,7 @@ Test(partition, worker_cut_off_then_healed_exact, .fini = partition_fini, .timeo
 	cr_assert(th_faults_settle(f, 60000),
 		  "cluster did not settle (hints, lag, outboxes) after healing");
 	th_faults_check(f, &s);
-	assert_clean(&s, "after healing");
+	th_faults_assert_clean(&s, "after healing", true);
 	cr_assert_eq(s.stmts_acked, 10 + 10 + 45, "acknowledged statements");
 	PQfinish(co);
 	th_faults_free(f);

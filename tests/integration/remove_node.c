@@ -19,35 +19,9 @@
 static const th_opts fast = {.sets = {"pipeline_cluster.failure_timeout=600ms",
 				      "pipeline_cluster.heartbeat_interval=100ms", NULL}};
 
-typedef struct state_ctx {
-	th_node *at; /* whose map to ask */
-	const char *name;
-	const char *want; /* "up", "down", or NULL: absent */
-} state_ctx;
-
-static bool node_state_is(void *p)
-{
-	state_ctx *s = p;
-	PGconn *conn = th_try_connect(s->at);
-	if (!conn)
-		return false;
-	char sql[160];
-	snprintf(sql, sizeof sql, "SELECT state FROM pipeline_cluster.nodes WHERE name = '%s'",
-		 s->name);
-	PGresult *r = PQexec(conn, sql);
-	bool ok = PQresultStatus(r) == PGRES_TUPLES_OK &&
-		  (s->want ? PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), s->want) == 0
-			   : PQntuples(r) == 0);
-	PQclear(r);
-	PQfinish(conn);
-	return ok;
-}
-
 static void wait_state(th_node *at, const char *name, const char *want)
 {
-	state_ctx s = {at, name, want};
-	cr_assert(th_wait_until(node_state_is, &s, 15000), "node %s is not %s at %s", name,
-		  want ? want : "gone", at->name);
+	th_wait_node_state(at, name, want, 15000);
 }
 
 /* The last NOTICE a connection received. */

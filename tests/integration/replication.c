@@ -275,34 +275,9 @@ static const th_opts fast_small_buffer = {
 
 static char last_why[512]; /* why the last wait condition was false */
 
-typedef struct state_ctx {
-	th_node *at;
-	const char *name;
-	const char *want;
-} state_ctx;
-
-static bool node_state_is(void *p)
-{
-	state_ctx *s = p;
-	PGconn *conn = th_try_connect(s->at);
-	if (!conn)
-		return false;
-	char sql[160];
-	snprintf(sql, sizeof sql, "SELECT state FROM pipeline_cluster.nodes WHERE name = '%s'",
-		 s->name);
-	PGresult *r = PQexec(conn, sql);
-	bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
-		  strcmp(PQgetvalue(r, 0, 0), s->want) == 0;
-	PQclear(r);
-	PQfinish(conn);
-	return ok;
-}
-
 static void wait_state(th_node *at, const char *name, const char *want)
 {
-	state_ctx s = {at, name, want};
-	cr_assert(th_wait_until(node_state_is, &s, 15000), "node %s is not %s at %s", name, want,
-		  at->name);
+	th_wait_node_state(at, name, want, 15000);
 }
 
 /* Every running node's map shows name in state want. */
@@ -808,31 +783,42 @@ typedef struct down_watch {
 	pthread_t th;
 } down_watch;
 
+typedef struct down_poll {
+	down_watch *w;
+	PGconn *conn;
+	const char *sql;
+} down_poll;
+
+/* Seen down (its time noted), or told to stop. */
+static bool down_seen(void *arg)
+{
+	down_poll *d = arg;
+	if (__atomic_load_n(&d->w->stop, __ATOMIC_ACQUIRE))
+		return true;
+	PGresult *r = PQexec(d->conn, d->sql);
+	bool down = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+		    strcmp(PQgetvalue(r, 0, 0), "down") == 0;
+	PQclear(r);
+	if (down)
+		__atomic_store_n(&d->w->down_us, tally_mono_us(), __ATOMIC_RELEASE);
+	else if (PQstatus(d->conn) != CONNECTION_OK)
+		PQreset(d->conn);
+	return down;
+}
+
 static void *down_watch_main(void *arg)
 {
 	down_watch *w = arg;
 	char ci[160];
 	snprintf(ci, sizeof ci, "host=127.0.0.1 port=%d user=tally dbname=tally connect_timeout=5",
 		 w->port);
-	PGconn *conn = PQconnectdb(ci);
 	char sql[160];
 	snprintf(sql, sizeof sql, "SELECT state FROM pipeline_cluster.nodes WHERE name = '%s'",
 		 w->name);
-	while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
-		PGresult *r = PQexec(conn, sql);
-		bool down = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
-			    strcmp(PQgetvalue(r, 0, 0), "down") == 0;
-		PQclear(r);
-		if (down) {
-			__atomic_store_n(&w->down_us, tally_mono_us(), __ATOMIC_RELEASE);
-			break;
-		}
-		if (PQstatus(conn) != CONNECTION_OK)
-			PQreset(conn);
-		struct timespec ts = {0, 5 * 1000000}; /* the poll period, not a wait for state */
-		nanosleep(&ts, NULL);
-	}
-	PQfinish(conn);
+	down_poll d = {w, PQconnectdb(ci), sql};
+	while (!th_wait_until(down_seen, &d, 60000))
+		;
+	PQfinish(d.conn);
 	return NULL;
 }
 
